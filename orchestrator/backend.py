@@ -1,0 +1,172 @@
+"""How runs reach Ray: the only module that imports ray.
+
+The rest of jamsweep talks to a `RayBackend` (connect, tracker, start/wait/cancel runs)
+with plain data, so it can be read and tested without a cluster.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before ray is imported: no usage report, and (verified with `ss -ltnp` in
+# tests/test_ray_e2e.py) every port of an embedded Ray bound to 127.0.0.1.
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+from dataclasses import dataclass  # noqa: E402
+from typing import Any  # noqa: E402
+
+import ray  # noqa: E402
+from ray.exceptions import GetTimeoutError, RayError, TaskCancelledError  # noqa: E402
+
+from orchestrator.tracker import Tracker  # noqa: E402
+from schemas.errors import JamsweepError  # noqa: E402
+from schemas.layout import SweepLayout  # noqa: E402
+from schemas.run import RunRecord, RunSpec, RunStatus  # noqa: E402
+
+NAMESPACE = "jamsweep"
+
+
+def tracker_name(sweep: str) -> str:
+    return f"tracker:{sweep}"
+
+
+@dataclass
+class RunHandle:
+    spec: RunSpec
+    ref: Any  # ray.ObjectRef
+
+
+@dataclass
+class Outcome:
+    spec: RunSpec
+    state: RunStatus
+    metrics: dict | None = None
+    error: str | None = None
+
+
+def _run_task(spec: RunSpec, layout: SweepLayout, tracker: Any) -> dict | None:
+    """Body of one run's Ray task: tell the tracker, then train and write (workers.run)."""
+    from workers.run import execute
+
+    node = ray.get_runtime_context().get_node_id()[:12]
+    if not ray.get(tracker.started.remote(spec.run_id, node)):
+        return None  # cancelled before it started
+    return execute(spec, layout)
+
+
+class TrackerClient:
+    """Synchronous calls to the tracker actor, with the Tracker's method names."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    def __getattr__(self, method: str) -> Any:
+        remote = getattr(self.handle, method)
+        return lambda *args, **kwargs: ray.get(remote.remote(*args, **kwargs), timeout=60)
+
+
+class RayBackend:
+    """A connection to Ray: an embedded single-machine Ray when `address` is None (every
+    port on loopback), else the cluster at `address` ('auto', 'ray://HOST:10001')."""
+
+    def __init__(self, address: str | None = None, *, num_cpus: int | None = None) -> None:
+        self.address = address
+        self.num_cpus = num_cpus
+        self.embedded = address is None
+
+    def __enter__(self) -> RayBackend:
+        kwargs: dict[str, Any] = {
+            "namespace": NAMESPACE,
+            "log_to_driver": False,
+            "logging_level": "error",
+        }
+        try:
+            if self.embedded:
+                ray.init(
+                    num_cpus=self.num_cpus,
+                    include_dashboard=False,
+                    _node_ip_address="127.0.0.1",
+                    **kwargs,
+                )
+            else:
+                ray.init(address=self.address, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise JamsweepError(
+                f"cannot reach a Ray cluster at {self.address!r}: {exc}. Check the address "
+                "(auto, ray://HOST:10001, http://HOST:8265) and that the cluster is up"
+            ) from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        ray.shutdown()
+
+    # -- tracker ---------------------------------------------------------------------
+    def tracker(self, layout: SweepLayout) -> TrackerClient:
+        """The sweep's named, detached tracker actor (created if it does not exist)."""
+        actor = ray.remote(Tracker).options(
+            name=tracker_name(layout.sweep),
+            namespace=NAMESPACE,
+            lifetime="detached",
+            get_if_exists=True,
+            num_cpus=0,
+            max_restarts=-1,
+        )
+        return TrackerClient(actor.remote(layout))
+
+    def existing_tracker(self, sweep: str) -> TrackerClient | None:
+        try:
+            return TrackerClient(ray.get_actor(tracker_name(sweep), namespace=NAMESPACE))
+        except ValueError:
+            return None
+
+    # -- runs ------------------------------------------------------------------------
+    def start(self, specs: list[RunSpec], layout: SweepLayout, tracker: TrackerClient) -> list[RunHandle]:
+        task = ray.remote(_run_task)
+        handles = []
+        for spec in specs:
+            r = spec.resources
+            ref = task.options(
+                num_cpus=r.num_cpus,
+                num_gpus=r.num_gpus,
+                max_retries=r.max_retries,
+                retry_exceptions=True,
+                name=f"{spec.sweep}/{spec.arch.name}/w{spec.width:g}/s{spec.seed}",
+            ).remote(spec, layout, tracker.handle)
+            handles.append(RunHandle(spec, ref))
+        return handles
+
+    def wait(self, handles: list[RunHandle], timeout_s: float) -> list[Outcome]:
+        """Outcomes of the runs that ended within `timeout_s` (maybe none)."""
+        if not handles:
+            return []
+        by_ref = {h.ref: h for h in handles}
+        ready, _ = ray.wait(list(by_ref), num_returns=len(by_ref), timeout=timeout_s)
+        return [self._outcome(by_ref[ref]) for ref in ready]
+
+    def cancel(self, handles: list[RunHandle]) -> None:
+        for h in handles:
+            ray.cancel(h.ref, force=True)
+
+    @staticmethod
+    def _outcome(handle: RunHandle) -> Outcome:
+        try:
+            metrics = ray.get(handle.ref, timeout=10)
+        except TaskCancelledError:
+            return Outcome(handle.spec, RunStatus.CANCELLED)
+        except (RayError, GetTimeoutError) as exc:
+            return Outcome(handle.spec, RunStatus.FAILED, error=_last_line(exc))
+        if metrics is None:
+            return Outcome(handle.spec, RunStatus.CANCELLED)
+        return Outcome(handle.spec, RunStatus.DONE, metrics=metrics)
+
+
+def _last_line(exc: BaseException) -> str:
+    """The cause of a task's failure, without Ray's traceback framing."""
+    cause = getattr(exc, "cause", None)
+    if cause is not None:
+        return f"{type(cause).__name__}: {cause}"[:2000]
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return (lines[-1] if lines else type(exc).__name__)[:2000]
+
+

@@ -1,0 +1,190 @@
+"""The `jamsweep` command: parses, calls orchestrator.sweep, prints. JamsweepError is caught
+once (in JamsweepGroup) and printed as one message, exit code 1, no traceback."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Annotated, Any
+
+import click
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.table import Table
+from typer.core import TyperGroup
+
+from orchestrator import sweep as api
+from schemas.errors import JamsweepError
+from schemas.layout import RESULTS_DEFAULT
+
+# Wide enough for the tables when output goes to a file or a pipe (rich's default is 80).
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
+err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 140)
+
+
+class JamsweepGroup(TyperGroup):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except JamsweepError as exc:
+            err.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(130) from None
+
+
+app = typer.Typer(
+    cls=JamsweepGroup,
+    help="Sweeps of network width on Ray: train, track, reduce to the paper's curves.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+Results = Annotated[str, typer.Option("--results", help="Results folder or URI.")]
+Address = Annotated[
+    str | None,
+    typer.Option("--address", help="Ray cluster: auto, ray://HOST:10001 or http://HOST:8265."),
+]
+
+
+def _echo(line: str) -> None:
+    err.print(line, soft_wrap=True)
+
+
+@app.command()
+def submit(
+    grid: Annotated[str, typer.Argument(help="The grid file (YAML).")],
+    address: Address = None,
+    results: Annotated[
+        str | None, typer.Option("--results", help="Results folder or URI (default: the grid's, or ./results).")
+    ] = None,
+    num_cpus: Annotated[
+        int | None, typer.Option("--num-cpus", help="CPUs of the embedded Ray (default: all).")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and list the runs; write nothing.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Accept a grid that differs from the sweep's existing one.")
+    ] = False,
+) -> None:
+    """Run every run of GRID that has not finished yet, then reduce."""
+    report = api.submit(
+        grid, address=address, results=results, num_cpus=num_cpus, dry_run=dry_run, force=force,
+        echo=_echo,
+    )
+    if report.dry_run:
+        out.print(f"sweep {report.sweep}: {report.n_runs} runs, {report.n_already_done} done, "
+                  f"{len(report.planned)} would run:")
+        for s in report.planned:
+            out.print(f"  {s.run_id}  {s.arch.name}  h={s.width:g}  seed={s.seed}  N={s.n_params}")
+        return
+    assert report.status is not None
+    if report.curves is not None:
+        _print_curves(report.curves)
+    counts = ", ".join(f"{n} {s}" for s, n in report.status.counts.items() if n)
+    out.print(f"sweep {report.sweep}: {counts}. Results in {report.results}/{report.sweep}")
+    if not report.ok:
+        for r in report.status.failed:
+            err.print(f"failed: {r.arch} h={r.width:g} seed={r.seed} ({r.run_id}): {r.error}", soft_wrap=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def status(
+    sweep: Annotated[str | None, typer.Argument(help="Sweep name (default: every sweep).")] = None,
+    results: Results = RESULTS_DEFAULT,
+    address: Address = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh every 2 s until every run ended.")] = False,
+) -> None:
+    """What is pending / running / done / failed / cancelled."""
+    if sweep is None:
+        for st in api.ls(results):
+            _print_counts(st)
+        return
+    while True:
+        st = api.status(sweep, results=results, address=address)
+        if as_json:
+            out.print_json(json.dumps(st.to_json()))
+        else:
+            if watch:
+                out.clear()
+            _print_counts(st)
+            _print_runs(st)
+        if not watch or all(r.state.is_terminal() for r in st.records):
+            return
+        time.sleep(2)
+
+
+@app.command()
+def cancel(
+    sweep: Annotated[str, typer.Argument(help="Sweep name.")],
+    results: Results = RESULTS_DEFAULT,
+    address: Annotated[str, typer.Option("--address", help="The cluster running the sweep.")] = "auto",
+) -> None:
+    """Stop pending and running runs of SWEEP; they are recorded as cancelled."""
+    ids = api.cancel(sweep, results=results, address=address)
+    out.print(f"sweep {sweep}: cancelled {len(ids)} run(s)")
+
+
+@app.command()
+def reduce(
+    sweep: Annotated[str, typer.Argument(help="Sweep name.")],
+    results: Results = RESULTS_DEFAULT,
+    ensemble_over: Annotated[
+        str, typer.Option("--ensemble-over", help="Seeds averaged into f_bar: converged or all.")
+    ] = "converged",
+) -> None:
+    """Write curves.parquet and summary.json from the finished runs."""
+    if ensemble_over not in ("converged", "all"):
+        raise JamsweepError(f"--ensemble-over must be 'converged' or 'all', not {ensemble_over!r}")
+    curves = api.reduce(sweep, results=results, ensemble_over=ensemble_over)  # type: ignore[arg-type]
+    _print_curves(curves)
+    summary = api.load_summary(sweep, results=results)
+    out.print(f"N* per architecture: {summary['n_star']}")
+
+
+@app.command("ls")
+def list_sweeps(results: Results = RESULTS_DEFAULT) -> None:
+    """List the sweeps under the results folder."""
+    sweeps = api.ls(results)
+    if not sweeps:
+        out.print(f"no sweeps under {results}")
+    for st in sweeps:
+        _print_counts(st)
+
+
+def _print_counts(st: api.SweepStatus) -> None:
+    counts = "  ".join(f"{s} {n}" for s, n in st.counts.items())
+    out.print(f"{st.sweep}: {counts}  ({len(st.records)} runs, {st.source})")
+
+
+def _print_runs(st: api.SweepStatus) -> None:
+    table = Table("run_id", "arch", "width", "seed", "N", "state", "attempts", "node", "error")
+    for r in sorted(st.records, key=lambda r: (r.arch, r.width, r.seed)):
+        table.add_row(r.run_id, r.arch, f"{r.width:g}", str(r.seed), str(r.n_params), r.state.value,
+                      str(r.attempts), r.node or "", (r.error or "")[:60])
+    out.print(table)
+
+
+def _print_curves(curves: pd.DataFrame) -> None:
+    if curves.empty:
+        out.print("no finished runs to reduce yet")
+        return
+    table = Table("arch", "width", "N", "seeds", "converged", "test err", "± std", "ensemble err", "train loss")
+    for r in curves.itertuples():
+        table.add_row(r.arch, f"{r.width:g}", str(r.n_params), str(r.n_seeds), str(r.n_converged),
+                      f"{r.test_error_mean:.4f}", f"{r.test_error_std:.4f}",
+                      f"{r.ens_test_error:.4f}", f"{r.train_loss_mean:.2e}")
+    out.print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

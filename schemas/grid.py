@@ -1,0 +1,325 @@
+"""What a grid file may say (`GridSpec`), and its expansion into one `RunSpec` per run.
+
+User-facing models are strict: unknown keys are errors, every field is described, and
+cross-field checks name the offending value. `load_grid` reports every problem at once.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from schemas.errors import GridError
+
+if TYPE_CHECKING:
+    from schemas.run import RunSpec
+
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+DATASETS_WITH_ROOT = ("mnist_parity_pca", "cifar10")
+
+
+class Strict(BaseModel):
+    """Base of every model a person writes: frozen, unknown keys forbidden."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_safe_name(value: str, what: str) -> str:
+    if not SAFE_NAME.match(value) or value in (".", ".."):
+        raise ValueError(
+            f"{what} {value!r} is not a safe folder name: use letters, digits, '.', '_' or '-' "
+            "(at most 100, starting with a letter or digit)"
+        )
+    return value
+
+
+class DatasetSpec(Strict):
+    name: Literal["digits_parity_pca", "mnist_parity_pca", "cifar10"] = Field(
+        description="digits_parity_pca (scikit-learn's bundled 8x8 digits, offline), "
+        "mnist_parity_pca (torchvision MNIST under `root`), or cifar10 (10 classes).",
+    )
+    root: str | None = Field(
+        default=None,
+        description="Folder holding the data (MNIST/raw/... or cifar10 files); relative "
+        "paths are taken from the grid file's folder.",
+    )
+    download: bool = Field(
+        default=False, description="Let torchvision download the data into `root` if missing."
+    )
+    pca_dim: int = Field(
+        default=10, ge=1, description="d: principal components kept (whitened) for *_pca sets."
+    )
+    train_size: int = Field(ge=1, description="P: number of training samples.")
+    test_size: int | None = Field(
+        default=None, ge=1, description="Test samples (default: every sample not in the train set)."
+    )
+    data_seed: int = Field(default=0, ge=0, description="Seed of the train/test split.")
+
+    @model_validator(mode="after")
+    def _root_when_needed(self) -> DatasetSpec:
+        if self.name in DATASETS_WITH_ROOT and self.root is None:
+            raise ValueError(f"dataset {self.name!r} needs `root`: the folder that holds its files")
+        return self
+
+
+class FCArch(Strict):
+    kind: Literal["fc"] = Field(default="fc", description="Fully-connected net (the paper's FC).")
+    name: str = Field(description="Label of this architecture in results (arch=NAME).")
+    depth: int = Field(default=5, ge=1, description="L: number of hidden layers.")
+    widths: list[float] = Field(
+        description="h values to sweep; fractional h gives hidden layer i "
+        "floor(h + 1 - (i+1)/L) units, so N varies smoothly.",
+    )
+    init: Literal["orthogonal", "normal"] = Field(
+        default="orthogonal",
+        description="orthogonal (QR with sign correction) or normal (std = gain/sqrt(fan_in)).",
+    )
+    init_gain: float = Field(default=1.0, gt=0, description="Gain of the weight init.")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        return _check_safe_name(value, "architecture name")
+
+    @field_validator("widths")
+    @classmethod
+    def _valid_widths(cls, widths: list[float]) -> list[float]:
+        if not widths:
+            raise ValueError("widths is empty: list at least one width h >= 1")
+        bad = [w for w in widths if not math.isfinite(w) or w < 1]
+        if bad:
+            raise ValueError(f"widths must be finite and >= 1 (every layer needs a unit); got {bad}")
+        dup = sorted({w for w in widths if widths.count(w) > 1})
+        if dup:
+            raise ValueError(f"widths repeat {dup}: list each width once")
+        return widths
+
+    def layer_widths(self, h: float) -> list[int]:
+        """Hidden widths for (possibly fractional) h: floor(h + 1 - (i+1)/L), i = 0..L-1."""
+        return [math.floor(h + 1 - (i + 1) / self.depth) for i in range(self.depth)]
+
+    def n_params(self, h: float, d_in: int, n_out: int) -> int:
+        """N: number of weights (biases excluded), as in the paper."""
+        sizes = [d_in, *self.layer_widths(h), n_out]
+        return sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=False))
+
+
+def _arch_kind(value: Any) -> str:
+    """`kind` picks the architecture model; a grid may leave it out for the FC net."""
+    if isinstance(value, dict):
+        return str(value.get("kind", "fc"))
+    return str(getattr(value, "kind", "fc"))
+
+
+ArchSpec = Annotated[Annotated[FCArch, Tag("fc")], Discriminator(_arch_kind)]
+
+
+class TrainingSpec(Strict):
+    loss: Literal["square_hinge", "hinge", "cross_entropy"] = Field(
+        default="square_hinge",
+        description="square_hinge: (1/P) sum 1/2 max(0, margin - y f)^2 (the paper's); "
+        "hinge: (1/P) sum max(0, margin - y f); cross_entropy: logistic loss.",
+    )
+    margin: float = Field(default=1.0, ge=0, description="kappa: the hinge margin.")
+    optimizer: Literal["adam", "sgd"] = Field(default="adam", description="adam or sgd.")
+    lr0: float = Field(default=0.1, gt=0, description="lr = min(lr0 * h^lr_exponent, lr_max).")
+    lr_exponent: float = Field(default=-1.5, description="a in lr = min(lr0 * h^a, lr_max).")
+    lr_max: float = Field(default=1e-4, gt=0, description="Upper bound of the learning rate.")
+    adam_eps: float = Field(default=1e-8, gt=0, description="Adam's epsilon.")
+    batch_size: int | None = Field(
+        default=None, ge=1, description="Mini-batch size (default: full batch, as the paper)."
+    )
+    max_steps: int = Field(default=2_000_000, ge=1, description="Step budget of one run.")
+    dtype: Literal["float64", "float32"] = Field(
+        default="float64", description="float64 (default; float32 changes runs near jamming)."
+    )
+    delta_tol: float = Field(
+        default=1e-12,
+        ge=0,
+        description="A constraint counts as satisfied when its Delta <= delta_tol; "
+        "0 gives the authors' strict rule.",
+    )
+    snapshot_steps: list[int] = Field(
+        default_factory=list, description="Steps at which outputs f are stored as well."
+    )
+
+    @field_validator("snapshot_steps")
+    @classmethod
+    def _valid_snapshots(cls, steps: list[int]) -> list[int]:
+        if any(s < 0 for s in steps):
+            raise ValueError(f"snapshot_steps must be >= 0; got {steps}")
+        return sorted(set(steps))
+
+    def learning_rate(self, width: float) -> float:
+        return min(self.lr0 * width**self.lr_exponent, self.lr_max)
+
+
+class ResourceSpec(Strict):
+    num_cpus: float = Field(default=1, gt=0, description="CPUs Ray reserves for one run.")
+    num_gpus: float = Field(
+        default=0, ge=0, description="GPU fraction for one run (e.g. 0.25 packs four per GPU)."
+    )
+    max_retries: int = Field(
+        default=3, ge=0, description="Retries of a run whose worker or node died or that raised."
+    )
+
+
+class CheckpointSpec(Strict):
+    every_steps: int | None = Field(
+        default=None, ge=1, description="Save the training state every this many steps."
+    )
+    every_s: float = Field(
+        default=60.0, gt=0, description="Save the training state at least this often (seconds)."
+    )
+    keep: bool = Field(default=False, description="Keep checkpoints after the run's results land.")
+
+
+class GridSpec(Strict):
+    sweep: str = Field(description="Name of the sweep: the folder RESULTS/SWEEP.")
+    results: str | None = Field(
+        default=None,
+        description="Where results go (folder or URI); relative paths are taken from the grid "
+        "file's folder. The CLI's --results wins.",
+    )
+    dataset: DatasetSpec = Field(description="The data every run trains and tests on.")
+    architectures: list[ArchSpec] = Field(description="Architectures, each with its widths.")
+    seeds: int | list[int] = Field(
+        description="A count n (seeds 0..n-1) or an explicit list of distinct seeds."
+    )
+    training: TrainingSpec = Field(default_factory=TrainingSpec, description="How runs train.")
+    resources: ResourceSpec = Field(default_factory=ResourceSpec, description="Per-run resources.")
+    checkpoint: CheckpointSpec = Field(
+        default_factory=CheckpointSpec, description="When runs save their state."
+    )
+
+    @field_validator("sweep")
+    @classmethod
+    def _safe_sweep(cls, value: str) -> str:
+        return _check_safe_name(value, "sweep name")
+
+    @field_validator("seeds")
+    @classmethod
+    def _valid_seeds(cls, seeds: int | list[int]) -> int | list[int]:
+        if isinstance(seeds, int):
+            if seeds < 1:
+                raise ValueError(f"seeds must be a count >= 1 or a list; got {seeds}")
+            return seeds
+        if not seeds:
+            raise ValueError("seeds is an empty list: give a count or at least one seed")
+        if any(s < 0 for s in seeds):
+            raise ValueError(f"seeds must be >= 0; got {seeds}")
+        dup = sorted({s for s in seeds if seeds.count(s) > 1})
+        if dup:
+            raise ValueError(f"seeds repeat {dup}: list each seed once")
+        return seeds
+
+    @field_validator("architectures")
+    @classmethod
+    def _valid_architectures(cls, archs: list[FCArch]) -> list[FCArch]:
+        if not archs:
+            raise ValueError("architectures is empty: list at least one")
+        names = [a.name for a in archs]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"architecture names repeat {dup}: give each a distinct name")
+        return archs
+
+    @property
+    def seed_list(self) -> list[int]:
+        return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+
+    def expand(self) -> list["RunSpec"]:
+        """One RunSpec per (architecture, width, seed), in grid order."""
+        from schemas.run import RunSpec  # run.py builds on the models of this module
+
+        return [
+            RunSpec(
+                sweep=self.sweep,
+                arch=arch,
+                width=width,
+                seed=seed,
+                dataset=self.dataset,
+                training=self.training,
+                resources=self.resources,
+                checkpoint=self.checkpoint,
+            )
+            for arch in self.architectures
+            for width in arch.widths
+            for seed in self.seed_list
+        ]
+
+    def identity(self) -> dict[str, Any]:
+        """What makes two grids the same experiment (resources and paths aside)."""
+        return self.model_dump(
+            mode="json",
+            exclude={"results": True, "resources": True, "checkpoint": True,
+                     "dataset": {"root", "download"}},
+        )
+
+
+def parse_grid(text: str, *, source: str = "grid", base_dir: Path | None = None) -> GridSpec:
+    """Parse grid YAML text; raise GridError listing every problem."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise GridError(source, [f"not valid YAML{line}: {problem}"]) from None
+    if not isinstance(raw, dict):
+        raise GridError(source, ["the file must be a YAML mapping (key: value lines)"])
+    try:
+        grid = GridSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise GridError(source, [_describe(err) for err in exc.errors()]) from None
+    return _resolve_paths(grid, base_dir) if base_dir is not None else grid
+
+
+def load_grid(path: str | Path) -> tuple[GridSpec, str]:
+    """Read and validate a grid file; return the spec and the file's verbatim text."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise GridError(str(path), [f"cannot read the grid file: {exc.strerror}"]) from None
+    return parse_grid(text, source=str(path), base_dir=path.resolve().parent), text
+
+
+def _resolve_paths(grid: GridSpec, base_dir: Path) -> GridSpec:
+    def resolve(p: str | None) -> str | None:
+        if p is None or "://" in p or Path(p).is_absolute():
+            return p
+        return str((base_dir / p).resolve())
+
+    dataset = grid.dataset.model_copy(update={"root": resolve(grid.dataset.root)})
+    return grid.model_copy(update={"dataset": dataset, "results": resolve(grid.results)})
+
+
+def _describe(err: Any) -> str:
+    """One line per pydantic error: the field path, what is wrong, the value given."""
+    loc = ".".join(str(p) for p in err["loc"] if p not in ("fc",)) or "(top level)"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        return f"{loc}: unknown field; remove it or check its spelling"
+    if err["type"] == "missing":
+        return f"{loc}: required field is missing"
+    if "input" in err and err["type"] not in ("value_error",) and not isinstance(
+        err["input"], dict
+    ):
+        return f"{loc}: {msg} (got {err['input']!r})"
+    return f"{loc}: {msg}"
+

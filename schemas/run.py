@@ -1,0 +1,101 @@
+"""One training (`RunSpec`), its lifecycle (`RunStatus`) and its tracked record (`RunRecord`)."""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from functools import cached_property
+
+from pydantic import BaseModel, ConfigDict
+
+from schemas.grid import ArchSpec, CheckpointSpec, DatasetSpec, ResourceSpec, TrainingSpec
+
+N_OUTPUTS = {  # outputs of the net for each dataset
+    "digits_parity_pca": 1,
+    "mnist_parity_pca": 1,
+    "cifar10": 10,
+}
+
+
+class RunSpec(BaseModel):
+    """Everything one worker needs to train one (architecture, width, seed)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    sweep: str
+    arch: ArchSpec
+    width: float
+    seed: int
+    dataset: DatasetSpec
+    training: TrainingSpec
+    resources: ResourceSpec = ResourceSpec()
+    checkpoint: CheckpointSpec = CheckpointSpec()
+
+    @cached_property
+    def run_id(self) -> str:
+        """Hash of what determines the result: not the sweep, paths or resources."""
+        identity = {
+            "arch": self.arch.model_dump(mode="json", exclude={"widths"}),
+            "width": self.width,
+            "seed": self.seed,
+            "dataset": self.dataset.model_dump(mode="json", exclude={"root", "download"}),
+            "training": self.training.model_dump(mode="json"),
+        }
+        blob = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @property
+    def n_outputs(self) -> int:
+        return N_OUTPUTS[self.dataset.name]
+
+    @property
+    def n_params(self) -> int:
+        return self.arch.n_params(self.width, self.dataset.pca_dim, self.n_outputs)
+
+    @property
+    def key(self) -> tuple[str, float, int]:
+        return (self.arch.name, self.width, self.seed)
+
+
+class RunStatus(str, enum.Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    def is_terminal(self) -> bool:
+        return self in (RunStatus.DONE, RunStatus.FAILED, RunStatus.CANCELLED)
+
+    def can_become(self, new: RunStatus) -> bool:
+        """Any move but out of a terminal state (a resubmission makes a fresh record)."""
+        return not self.is_terminal()
+
+
+class InvalidTransition(RuntimeError):
+    """A run was asked to leave a terminal state: a bug, not a user error."""
+
+
+class RunRecord(BaseModel):
+    """What the tracker knows of one run. Lenient: one version writes, another reads."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    run_id: str
+    arch: str
+    width: float
+    seed: int
+    n_params: int
+    state: RunStatus = RunStatus.PENDING
+    attempts: int = 0
+    node: str | None = None
+    error: str | None = None
+    submitted_at: float | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+
+    def moved_to(self, new: RunStatus, **changes: object) -> RunRecord:
+        if not self.state.can_become(new):
+            raise InvalidTransition(f"run {self.run_id}: {self.state.value} -> {new.value}")
+        return self.model_copy(update={"state": new, **changes})

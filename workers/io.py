@@ -1,0 +1,145 @@
+"""Files of a sweep: Parquet tables, checkpoints and small texts, on a local folder or any
+pyarrow filesystem URI (s3://, gs://). Every write is atomic: a reader sees the whole
+file or none of it.
+
+Local writes go to a hidden temporary file beside the target ('.NAME.tmp-XXXX', which
+pyarrow, pandas and duckdb skip when reading a folder) and are renamed into place. Object
+stores make an object visible only once its upload completes, so there a write is direct.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import torch
+
+from schemas.errors import JamsweepError
+
+
+def resolve(location: str) -> tuple[pafs.FileSystem, str]:
+    """The filesystem and the path on it of a folder, file or URI."""
+    if "://" in location:
+        try:
+            return pafs.FileSystem.from_uri(location)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise JamsweepError(f"cannot open results location {location!r}: {exc}") from None
+    return pafs.LocalFileSystem(), str(Path(location).absolute())
+
+
+def is_local(location: str) -> bool:
+    return "://" not in location or location.startswith("file://")
+
+
+def exists(location: str) -> bool:
+    fs, path = resolve(location)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def write_bytes(location: str, data: bytes) -> None:
+    fs, path = resolve(location)
+    parent = path.rsplit("/", 1)[0]
+    fs.create_dir(parent, recursive=True)
+    if not isinstance(fs, pafs.LocalFileSystem):
+        with fs.open_output_stream(path) as out:
+            out.write(data)
+        return
+    tmp = os.path.join(parent, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def read_bytes(location: str) -> bytes:
+    fs, path = resolve(location)
+    with fs.open_input_stream(path) as src:
+        return src.read()
+
+
+def write_table(location: str, table: pa.Table) -> None:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    write_bytes(location, sink.getvalue().to_pybytes())
+
+
+def read_table(location: str, columns: list[str] | None = None) -> pa.Table:
+    fs, path = resolve(location)
+    return pq.read_table(path, filesystem=fs, columns=columns)
+
+
+def write_text(location: str, text: str) -> None:
+    write_bytes(location, text.encode())
+
+
+def read_text(location: str) -> str:
+    return read_bytes(location).decode()
+
+
+def delete(location: str) -> None:
+    fs, path = resolve(location)
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        fs.delete_file(path)
+
+
+def list_files(folder: str, suffix: str = ".parquet") -> list[str]:
+    """Every file under `folder` ending in `suffix`, hidden temporaries excluded."""
+    fs, path = resolve(folder)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    found = [
+        i.path for i in infos
+        if i.type == pafs.FileType.File and i.path.endswith(suffix) and not i.base_name.startswith(".")
+    ]
+    prefix = folder.rstrip("/")
+    return sorted(prefix + p[len(path.rstrip("/")):] for p in found)
+
+
+def list_dirs(folder: str) -> list[str]:
+    """Names of the sub-folders of `folder` (none if it does not exist)."""
+    fs, path = resolve(folder)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(path))
+    return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+
+
+def save_checkpoint(location: str, state: dict[str, Any]) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_bytes(location, buffer.getvalue())
+
+
+def load_checkpoint(location: str) -> dict[str, Any] | None:
+    """The saved state, or None when there is none or it cannot be read whole."""
+    if not exists(location):
+        return None
+    try:
+        return torch.load(io.BytesIO(read_bytes(location)), weights_only=True)
+    except Exception:  # a torn or foreign file is no checkpoint: start over
+        return None
+
+
+def check_writable(location: str) -> None:
+    """Raise JamsweepError unless a file can be created under `location`."""
+    probe = location.rstrip("/") + f"/.jamsweep-probe-{uuid.uuid4().hex[:8]}"
+    try:
+        write_bytes(probe, b"")
+        delete(probe)
+    except OSError as exc:
+        raise JamsweepError(
+            f"cannot write results under {location!r} ({exc.strerror or exc}); choose a folder "
+            "you can write to with --results"
+        ) from None

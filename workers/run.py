@@ -1,0 +1,88 @@
+"""Execute one run on a worker: data -> train (resuming from a checkpoint) -> result files.
+
+The metrics file is written last: its presence is what marks a run as finished, so a
+crash at any point leaves either a finished run or one that will be trained (again).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import pyarrow as pa
+import torch
+
+from schemas.layout import METRICS_FILE_SCHEMA, TRACE_FILE_SCHEMA, SweepLayout, logits_schema
+from schemas.run import RunSpec
+from workers import io
+from workers.data import Dataset, load_dataset
+from workers.train import DTYPES, RunResult, TrainState, train
+
+
+def pick_device() -> torch.device:
+    """The GPU Ray assigned (CUDA_VISIBLE_DEVICES as Ray set it), else the CPU."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+@functools.lru_cache(maxsize=4)
+def _dataset_on(spec_json: str, device: str, dtype: str) -> Dataset:
+    from schemas.grid import DatasetSpec
+
+    data = load_dataset(DatasetSpec.model_validate_json(spec_json))
+    return Dataset(data.train.to(device, DTYPES[dtype]), data.test.to(device, DTYPES[dtype]))
+
+
+def dataset_for(spec: RunSpec, device: torch.device) -> Dataset:
+    """The run's data on its device and in its dtype, loaded once per worker process."""
+    return _dataset_on(spec.dataset.model_dump_json(), str(device), spec.training.dtype)
+
+
+def execute(spec: RunSpec, layout: SweepLayout) -> dict:
+    """Train `spec`, write its logits, trace and metrics; return the metrics row."""
+    threads = os.environ.get("OMP_NUM_THREADS")
+    if threads:
+        torch.set_num_threads(max(1, int(threads)))
+    device = pick_device()
+    data = dataset_for(spec, device)
+    ckpt = layout.checkpoint(spec.run_id)
+    saved = io.load_checkpoint(ckpt)
+    resume = TrainState.from_dict(saved) if saved is not None else None
+
+    def save(state: TrainState) -> None:
+        io.save_checkpoint(ckpt, state.to_dict())
+
+    result = train(spec, data, device=device, resume=resume, save=save)
+    arch, width, seed = spec.key
+    io.write_table(layout.logits(arch, width, seed), logits_table(spec, data, result))
+    io.write_table(layout.trace(arch, width, seed), trace_table(spec, result))
+    io.write_table(layout.metrics(arch, width, seed), metrics_table(spec, result))
+    if not spec.checkpoint.keep:
+        io.delete(ckpt)
+    return {"run_id": spec.run_id, **result.metrics}
+
+
+def logits_table(spec: RunSpec, data: Dataset, result: RunResult) -> pa.Table:
+    """One row per (split, sample, step): the outputs f, with ||grad f|| on the test set."""
+    columns: dict[str, list] = {name: [] for name in logits_schema(1).names}
+    for out in result.outputs:
+        part = data.train if out.split == "train" else data.test
+        n = len(part)
+        columns["run_id"] += [spec.run_id] * n
+        columns["n_params"] += [spec.n_params] * n
+        columns["split"] += [out.split] * n
+        columns["sample"] += part.index.tolist()
+        columns["step"] += [out.step] * n
+        columns["label"] += part.y.cpu().to(torch.int64).tolist()
+        columns["f"] += out.f.tolist()
+        columns["grad_norm"] += out.grad_norm.tolist() if out.grad_norm is not None else [None] * n
+    return pa.table(columns, schema=logits_schema(spec.n_outputs))
+
+
+def trace_table(spec: RunSpec, result: RunResult) -> pa.Table:
+    rows = [{"run_id": spec.run_id, **r} for r in result.trace]
+    return pa.Table.from_pylist(rows, schema=TRACE_FILE_SCHEMA)
+
+
+def metrics_table(spec: RunSpec, result: RunResult) -> pa.Table:
+    row = {"run_id": spec.run_id, "n_params": spec.n_params, **result.metrics}
+    return pa.Table.from_pylist([row], schema=METRICS_FILE_SCHEMA)

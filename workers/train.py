@@ -1,0 +1,263 @@
+"""Train one run: a RunSpec and tensors in, outputs and metrics out. No files, no globals.
+
+The loop follows DESIGN.md section 1: full-batch Adam (or SGD) on the hinge loss, stop as
+soon as every constraint Delta_mu = margin - y_mu f(x_mu) is satisfied (Delta <= delta_tol),
+checked at log-spaced measurement steps and every 1000 steps, or at max_steps.
+Checkpointing is a callback, so the caller decides where (and whether) state is stored.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from schemas.run import RunSpec
+from workers.data import Dataset, Split
+from workers.models import build_fc
+
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+@dataclass
+class TrainState:
+    """Everything needed to continue a run bit for bit (saved as a checkpoint)."""
+
+    step: int
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    rng: torch.Tensor  # state of the mini-batch generator
+    trace: list[dict[str, float]]
+    snapshots: list[dict[str, Any]]
+    wall_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> TrainState:
+        return cls(**raw)
+
+
+@dataclass
+class Outputs:
+    """f on one split at one step, in the split's sample order: f (n,) or (n, C), and
+    ||grad_x f|| (n,) where computed."""
+
+    split: str
+    step: int
+    f: torch.Tensor
+    grad_norm: torch.Tensor | None = None
+
+
+@dataclass
+class RunResult:
+    outputs: list[Outputs]
+    metrics: dict[str, Any]
+    trace: list[dict[str, float]] = field(default_factory=list)
+
+
+def measurement_steps(max_steps: int) -> set[int]:
+    """Steps at which the stop rule is checked and the trace recorded: about 20 log-spaced
+    steps per decade, every 1000th step, and the last one."""
+    steps = {0, max_steps}
+    steps.update(range(0, max_steps + 1, 1000))
+    k = 0
+    while (s := int(10 ** (k / 20))) <= max_steps:
+        steps.add(s)
+        k += 1
+    return steps
+
+
+def deltas(f: torch.Tensor, y: torch.Tensor, margin: float) -> torch.Tensor:
+    """Delta_mu = margin - y_mu f(x_mu) for one output (n,); for C outputs,
+    margin - (f_y - f_c) for every wrong class c, shape (n, C-1)."""
+    if f.ndim == 1:
+        return margin - y * f
+    true = f.gather(1, y[:, None])
+    others = torch.ones_like(f, dtype=torch.bool).scatter_(1, y[:, None], False)
+    return (margin - (true - f))[others].view(len(f), -1)
+
+
+def loss_value(name: str, f: torch.Tensor, y: torch.Tensor, margin: float) -> torch.Tensor:
+    if name == "cross_entropy":
+        if f.ndim == 1:
+            return F.softplus(-y * f).mean()
+        return F.cross_entropy(f, y)
+    delta = deltas(f, y, margin)
+    per_sample = torch.relu(delta) if name == "hinge" else 0.5 * torch.relu(delta) ** 2
+    return per_sample.flatten(1).sum(1).mean() if f.ndim > 1 else per_sample.mean()
+
+
+def errors(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """1 where a sample is misclassified: y f <= 0, or argmax f != y."""
+    if f.ndim == 1:
+        return (y * f <= 0).to(f.dtype)
+    return (f.argmax(1) != y).to(f.dtype)
+
+
+def squeeze_output(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    out = model(x)
+    return out[:, 0] if out.shape[1] == 1 else out
+
+
+def measure(model: nn.Module, data: Split, spec: RunSpec) -> dict[str, float]:
+    """Loss, unsatisfied constraints N_Delta, largest Delta, error and ||f|| on a set."""
+    with torch.no_grad():
+        f = squeeze_output(model, data.x)
+        delta = deltas(f, data.y, spec.training.margin)
+        return {
+            "loss": loss_value(spec.training.loss, f, data.y, spec.training.margin).item(),
+            "n_unsat": int((delta > spec.training.delta_tol).sum().item()),
+            "max_delta": delta.max().item(),
+            "train_error": errors(f, data.y).mean().item(),
+            "f_norm": f.pow(2).mean().sqrt().item(),
+        }
+
+
+def input_gradient_norms(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """||grad_x f(x)|| per sample (n,); for C outputs, the Frobenius norm of the Jacobian.
+    Samples are independent, so the gradient of sum_mu f_c(x_mu) holds every row at once."""
+    x = x.detach().requires_grad_(True)
+    f = model(x)  # (n, C)
+    squares = torch.zeros(len(x), dtype=x.dtype, device=x.device)
+    for c in range(f.shape[1]):
+        (grad,) = torch.autograd.grad(f[:, c].sum(), x, retain_graph=c + 1 < f.shape[1])
+        squares += grad.flatten(1).pow(2).sum(1)
+    return squares.sqrt()
+
+
+def evaluate(model: nn.Module, data: Split, split: str, step: int) -> Outputs:
+    with torch.no_grad():
+        f = squeeze_output(model, data.x)
+    grad = input_gradient_norms(model, data.x) if split == "test" else None
+    return Outputs(split, step, f.cpu(), None if grad is None else grad.cpu())
+
+
+def build_model(spec: RunSpec, d_in: int) -> nn.Module:
+    return build_fc(spec.arch, spec.width, d_in, spec.n_outputs, spec.seed)
+
+
+def make_optimizer(spec: RunSpec, model: nn.Module) -> torch.optim.Optimizer:
+    lr = spec.training.learning_rate(spec.width)
+    if spec.training.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr, eps=spec.training.adam_eps)
+    return torch.optim.SGD(model.parameters(), lr=lr)
+
+
+class CheckpointClock:
+    """Says when to save: every `every_steps` steps, or `every_s` seconds after the last save."""
+
+    def __init__(self, every_steps: int | None, every_s: float) -> None:
+        self.every_steps = every_steps
+        self.every_s = every_s
+        self.last = time.monotonic()
+
+    def due(self, step: int) -> bool:
+        if self.every_steps is not None and step % self.every_steps == 0:
+            return True
+        return time.monotonic() - self.last >= self.every_s
+
+    def saved(self) -> None:
+        self.last = time.monotonic()
+
+
+def train(
+    spec: RunSpec,
+    data: Dataset,
+    *,
+    device: torch.device | str = "cpu",
+    resume: TrainState | None = None,
+    save: Callable[[TrainState], None] | None = None,
+) -> RunResult:
+    """Train `spec` on `data` (already on `device`, in the run's dtype) to the stop rule."""
+    started = time.monotonic()
+    dtype = DTYPES[spec.training.dtype]
+    model = build_model(spec, data.train.x.shape[1]).to(device=device, dtype=dtype)
+    optimizer = make_optimizer(spec, model)
+    batches = torch.Generator().manual_seed(spec.seed)
+    step, trace, snapshots, wall_before = 0, [], [], 0.0
+    if resume is not None:
+        model.load_state_dict(resume.model)
+        optimizer.load_state_dict(resume.optimizer)
+        batches.set_state(resume.rng)
+        step, trace, snapshots, wall_before = (
+            resume.step, list(resume.trace), list(resume.snapshots), resume.wall_s,
+        )
+
+    t = spec.training
+    checks = measurement_steps(t.max_steps)
+    snapshot_at = set(t.snapshot_steps)
+    clock = CheckpointClock(spec.checkpoint.every_steps, spec.checkpoint.every_s)
+    train_set = data.train
+    last: dict[str, float] | None = None
+
+    while True:
+        if step in snapshot_at and not any(s["step"] == step for s in snapshots):
+            snapshots.extend(_snapshot(model, data, step))
+        if step in checks:
+            last = {"step": step, **measure(model, train_set, spec)}
+            if not trace or trace[-1]["step"] != step:
+                trace.append(last)
+            if last["n_unsat"] == 0 or step >= t.max_steps:
+                break
+        x, y = _batch(train_set, t.batch_size, batches)
+        loss = loss_value(t.loss, squeeze_output(model, x), y, t.margin)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        if save is not None and clock.due(step):
+            wall = wall_before + time.monotonic() - started
+            save(TrainState(step, _cpu(model.state_dict()), optimizer.state_dict(),
+                            batches.get_state(), trace, snapshots, wall))
+            clock.saved()
+
+    assert last is not None
+    outputs = [evaluate(model, train_set, "train", step), evaluate(model, data.test, "test", step)]
+    test = outputs[1]
+    metrics = {
+        "steps": step,
+        "converged": last["n_unsat"] == 0,
+        "train_loss": last["loss"],
+        "n_unsat": last["n_unsat"],
+        "max_delta": last["max_delta"],
+        "train_error": last["train_error"],
+        "test_error": errors(test.f, data.test.y.cpu()).mean().item(),
+        "f_norm": test.f.pow(2).mean().sqrt().item(),
+        "grad_norm": test.grad_norm.pow(2).mean().sqrt().item() if test.grad_norm is not None else math.nan,
+        "lr": t.learning_rate(spec.width),
+        "wall_s": wall_before + time.monotonic() - started,
+        "device": str(device),
+    }
+    return RunResult(outputs=_restore_snapshots(snapshots) + outputs, metrics=metrics, trace=trace)
+
+
+def _batch(data: Split, batch_size: int | None, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    if batch_size is None or batch_size >= len(data):
+        return data.x, data.y
+    pick = torch.randperm(len(data), generator=generator)[:batch_size].to(data.x.device)
+    return data.x[pick], data.y[pick]
+
+
+def _snapshot(model: nn.Module, data: Dataset, step: int) -> list[dict[str, Any]]:
+    """Outputs at an intermediate step, kept as plain tensors so checkpoints can hold them."""
+    rows = []
+    for split, part in (("train", data.train), ("test", data.test)):
+        with torch.no_grad():
+            rows.append({"split": split, "step": step, "f": squeeze_output(model, part.x).cpu()})
+    return rows
+
+
+def _restore_snapshots(snapshots: list[dict[str, Any]]) -> list[Outputs]:
+    return [Outputs(s["split"], s["step"], s["f"]) for s in snapshots]
+
+
+def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in state.items()}
