@@ -12,6 +12,9 @@ import os
 # tests/test_ray_e2e.py) every port of an embedded Ray bound to 127.0.0.1.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# Ray 2.60 clusters require a token by default; clients then need token mode to send it
+# (the token comes from ~/.ray/auth_token or RAY_AUTH_TOKEN).
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 from dataclasses import dataclass  # noqa: E402
 from typing import Any  # noqa: E402
@@ -21,6 +24,7 @@ from ray.exceptions import GetTimeoutError, RayError, TaskCancelledError  # noqa
 
 from orchestrator.tracker import Tracker  # noqa: E402
 from schemas.errors import JamsweepError  # noqa: E402
+from schemas.grid import ResourceSpec  # noqa: E402
 from schemas.layout import SweepLayout  # noqa: E402
 from schemas.run import RunRecord, RunSpec, RunStatus  # noqa: E402
 
@@ -101,6 +105,23 @@ class RayBackend:
     def __exit__(self, *exc: object) -> None:
         ray.shutdown()
 
+    def check_resources(self, resources: ResourceSpec | None) -> None:
+        """Refuse runs that no node of the cluster could ever hold (they would wait forever)."""
+        if resources is None:
+            return
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        most_cpus = max((n.get("CPU", 0) for n in nodes), default=0)
+        most_gpus = max((n.get("GPU", 0) for n in nodes), default=0)
+        problems = []
+        if resources.num_cpus > most_cpus:
+            problems.append(f"resources.num_cpus = {resources.num_cpus:g} but the largest node has "
+                            f"{most_cpus:g} CPUs")
+        if resources.num_gpus > most_gpus:
+            problems.append(f"resources.num_gpus = {resources.num_gpus:g} but the largest node has "
+                            f"{most_gpus:g} GPUs")
+        if problems:
+            raise JamsweepError("; ".join(problems) + ": lower them in the grid, or add larger nodes")
+
     # -- tracker ---------------------------------------------------------------------
     def tracker(self, layout: SweepLayout) -> TrackerClient:
         """The sweep's named, detached tracker actor (created if it does not exist)."""
@@ -159,6 +180,39 @@ class RayBackend:
         if metrics is None:
             return Outcome(handle.spec, RunStatus.CANCELLED)
         return Outcome(handle.spec, RunStatus.DONE, metrics=metrics)
+
+
+class JobsClient:
+    """The Ray Jobs API of a cluster's dashboard (http://HOST:8265)."""
+
+    def __init__(self, address: str) -> None:
+        from ray.job_submission import JobSubmissionClient
+
+        try:
+            self.client = JobSubmissionClient(address)
+        except (ConnectionError, RayError, RuntimeError, ValueError) as exc:
+            raise JamsweepError(
+                f"cannot reach the Ray Jobs API at {address!r}: {_last_line(exc)}. Check the "
+                "address and port (the dashboard's, 8265 by default), that the cluster is up, "
+                "and the auth token (~/.ray/auth_token or RAY_AUTH_TOKEN)"
+            ) from None
+
+    def submit(self, entrypoint: str, runtime_env: dict, submission_id: str) -> str:
+        return self.client.submit_job(
+            entrypoint=entrypoint, runtime_env=runtime_env, submission_id=submission_id
+        )
+
+    def status(self, job_id: str) -> str:
+        return str(self.client.get_job_status(job_id).value)
+
+    def logs(self, job_id: str) -> str:
+        return self.client.get_job_logs(job_id)
+
+    def stop(self, job_id: str) -> None:
+        self.client.stop_job(job_id)
+
+
+TERMINAL_JOB_STATES = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
 def _last_line(exc: BaseException) -> str:

@@ -67,14 +67,27 @@ def submit(
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and list the runs; write nothing.")] = False,
     force: Annotated[
-        bool, typer.Option("--force", help="Accept a grid that differs from the sweep's existing one.")
+        bool,
+        typer.Option("--force", help="Replace a sweep of the same name that holds another grid "
+                     "(its folder is moved aside, not deleted)."),
     ] = False,
+    wait: Annotated[
+        bool, typer.Option("--wait/--detach", help="With an http:// address: follow the sweep "
+                           "until it ends, or return at once with the Ray job id.")
+    ] = True,
+    grid_base: Annotated[str | None, typer.Option("--grid-base", hidden=True)] = None,
 ) -> None:
     """Run every run of GRID that has not finished yet, then reduce."""
     report = api.submit(
         grid, address=address, results=results, num_cpus=num_cpus, dry_run=dry_run, force=force,
-        echo=_echo,
+        detach=not wait, grid_base=grid_base, echo=_echo,
     )
+    if report.job_id is not None and not report.dry_run:
+        out.print(f"sweep {report.sweep}: Ray job {report.job_id} is {report.job_state}. "
+                  f"Results in {report.results}/{report.sweep}")
+        if not report.ok:
+            raise typer.Exit(1)
+        return
     if report.dry_run:
         out.print(f"sweep {report.sweep}: {report.n_runs} runs, {report.n_already_done} done, "
                   f"{len(report.planned)} would run:")
@@ -127,6 +140,8 @@ def cancel(
 ) -> None:
     """Stop pending and running runs of SWEEP; they are recorded as cancelled."""
     ids = api.cancel(sweep, results=results, address=address)
+    for run_id in ids:
+        out.print(f"cancelled run {run_id}")
     out.print(f"sweep {sweep}: cancelled {len(ids)} run(s)")
 
 
@@ -137,14 +152,99 @@ def reduce(
     ensemble_over: Annotated[
         str, typer.Option("--ensemble-over", help="Seeds averaged into f_bar: converged or all.")
     ] = "converged",
+    max_subsets: Annotated[
+        int, typer.Option("--max-subsets", min=1,
+                          help="Seed subsets averaged per n in ensemble.parquet (all if fewer).")
+    ] = 64,
+    figures: Annotated[
+        bool, typer.Option("--figures/--no-figures", help="Also draw figures/*.png.")
+    ] = True,
 ) -> None:
-    """Write curves.parquet and summary.json from the finished runs."""
+    """Write curves.parquet, ensemble.parquet, summary.json and the figures."""
     if ensemble_over not in ("converged", "all"):
         raise JamsweepError(f"--ensemble-over must be 'converged' or 'all', not {ensemble_over!r}")
-    curves = api.reduce(sweep, results=results, ensemble_over=ensemble_over)  # type: ignore[arg-type]
+    curves = api.reduce(sweep, results=results, ensemble_over=ensemble_over,  # type: ignore[arg-type]
+                        max_subsets=max_subsets, figures=figures)
     _print_curves(curves)
-    summary = api.load_summary(sweep, results=results)
-    out.print(f"N* per architecture: {summary['n_star']}")
+    _print_summary(api.load_summary(sweep, results=results))
+
+
+@app.command()
+def plot(
+    sweep: Annotated[str, typer.Argument(help="Sweep name (reduced).")],
+    results: Results = RESULTS_DEFAULT,
+) -> None:
+    """Draw the paper's figures (figures/*.png) from the reduced tables."""
+    for path in api.plot(sweep, results=results):
+        out.print(path)
+
+
+@app.command()
+def report(
+    sweep: Annotated[str, typer.Argument(help="Sweep name (reduced).")],
+    results: Results = RESULTS_DEFAULT,
+    output: Annotated[
+        str | None, typer.Option("--output", help="Where to write (default: SWEEP/report.html).")
+    ] = None,
+) -> None:
+    """Write one self-contained HTML page: figures, curve table, fitted numbers."""
+    out.print(api.report(sweep, results=results, output=output))
+
+
+@app.command()
+def refine(
+    sweep: Annotated[str, typer.Argument(help="Sweep name.")],
+    results: Results = RESULTS_DEFAULT,
+    address: Address = None,
+    n_widths: Annotated[
+        int, typer.Option("--n-widths", min=1, help="Widths to add inside the bracket of N*.")
+    ] = 1,
+    seeds: Annotated[
+        int | None, typer.Option("--seeds", min=1,
+                                 help="Seeds 0..S-1 at each new width (default: the sweep's).")
+    ] = None,
+    arch: Annotated[
+        str | None, typer.Option("--arch", help="Refine this architecture only (default: all).")
+    ] = None,
+    num_cpus: Annotated[
+        int | None, typer.Option("--num-cpus", help="CPUs of the embedded Ray (default: all).")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show the new runs; run nothing.")
+    ] = False,
+) -> None:
+    """Add widths between the two that bracket N*, run them into SWEEP, and reduce."""
+    rep = api.refine(sweep, results=results, n_widths=n_widths, seeds=seeds, arch=arch,
+                     address=address, num_cpus=num_cpus, dry_run=dry_run, echo=_echo)
+    if dry_run:
+        out.print(f"sweep {sweep}: {len(rep.planned)} run(s) would be added:")
+        for s in rep.planned:
+            out.print(f"  {s.run_id}  {s.arch.name}  h={s.width:g}  seed={s.seed}  N={s.n_params}")
+        return
+    if rep.curves is not None:
+        _print_curves(rep.curves)
+        _print_summary(api.load_summary(sweep, results=results))
+    if rep.status is not None and rep.status.failed:
+        for r in rep.status.failed:
+            err.print(f"failed: {r.arch} h={r.width:g} seed={r.seed} ({r.run_id}): {r.error}",
+                      soft_wrap=True)
+        raise typer.Exit(1)
+
+
+def _print_summary(summary: dict) -> None:
+    """N* (all seeds / half the seeds) and the fitted numbers of every architecture."""
+    for arch, n_star in summary["n_star"].items():
+        half = summary.get("n_star_half", {}).get(arch)
+        half_text = f"{half:.1f}" if half is not None else "-"
+        out.print(f"{arch}: N* = {n_star if n_star is not None else '-'} (every seed), "
+                  f"{half_text} (half the seeds)")
+        for name, fit in summary.get("fits", {}).get(arch, {}).items():
+            if fit.get("reason"):
+                out.print(f"  fit {name}: none ({fit['reason']})")
+                continue
+            values = ", ".join(f"{k} = {v:.4g} ± {fit['errors'][k]:.2g}"
+                               for k, v in fit["params"].items())
+            out.print(f"  fit {name}: {fit['law']}: {values}")
 
 
 @app.command("ls")

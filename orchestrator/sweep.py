@@ -65,9 +65,13 @@ class SubmitReport:
     curves: pd.DataFrame | None = None
     dry_run: bool = False
     planned: list[RunSpec] = field(default_factory=list)
+    job_id: str | None = None  # set when the sweep went to a cluster as a Ray job
+    job_state: str | None = None
 
     @property
     def ok(self) -> bool:
+        if self.job_state is not None:
+            return self.job_state in ("SUCCEEDED", "PENDING", "RUNNING")
         return self.status is None or not self.status.failed
 
 
@@ -82,33 +86,62 @@ def submit(
     num_cpus: int | None = None,
     dry_run: bool = False,
     force: bool = False,
+    detach: bool = False,
+    grid_base: str | None = None,
     echo: Echo = _quiet,
 ) -> SubmitReport:
     """Run every run of the grid that has not finished yet; reduce when all are done.
 
-    Validates everything (grid, data, results location, sweep name) before writing.
+    Everything is checked (grid, data, results location, sweep name, cluster and its
+    resources) before anything is written. With an http(s):// address the sweep is handed
+    to the cluster as a Ray job (see orchestrator.remote) and goes on without this process.
     """
-    spec, text = load_grid(grid)
+    spec, text = load_grid(grid, base_dir=grid_base)
     layout = SweepLayout(results or spec.results or RESULTS_DEFAULT, spec.sweep)
+    if is_jobs_address(address):
+        from orchestrator.remote import submit_job
+
+        return submit_job(grid, spec, layout, address=address or "", force=force,
+                          detach=detach, dry_run=dry_run, echo=echo)
     check_dataset(spec.dataset)
-    _check_same_grid(layout, spec, force)
-    specs = spec.expand()
-    done_ids = finished_run_ids(layout, specs)
+    replace = _check_same_grid(layout, spec, force)
+    specs = spec.expand() if replace else with_extra_runs(spec.expand(), read_manifest(layout))
+    done_ids = set() if replace else finished_run_ids(layout, specs)
     todo = [s for s in specs if s.run_id not in done_ids]
     report = SubmitReport(spec.sweep, layout.results, len(specs), len(specs) - len(todo))
     if dry_run:
         report.dry_run, report.planned = True, todo
         return report
-
     io.check_writable(layout.results)
-    io.write_text(layout.grid_yaml, text)
-    io.write_table(layout.manifest, manifest_table(specs))
-    echo(f"sweep {spec.sweep}: {len(specs)} runs, {report.n_already_done} already done, "
-         f"{len(todo)} to run -> {layout.root}")
-    report.status = run_on_ray(layout, specs, todo, address=address, num_cpus=num_cpus, echo=echo)
-    if not report.status.failed:
+    if not todo:
+        echo(f"sweep {spec.sweep}: all {len(specs)} runs already done -> {layout.root}")
+        report.status = status(spec.sweep, results=layout.results)
+    else:
+        from orchestrator.backend import RayBackend
+
+        with RayBackend(address, num_cpus=num_cpus) as backend:
+            backend.check_resources(spec.resources)
+            if replace:
+                moved = io.move_aside(layout.root)
+                echo(f"sweep {spec.sweep}: the previous grid's results were moved to {moved}")
+            io.write_text(layout.grid_yaml, text)
+            io.write_table(layout.manifest, manifest_table(specs))
+            echo(f"sweep {spec.sweep}: {len(specs)} runs, {report.n_already_done} already done, "
+                 f"{len(todo)} to run -> {layout.root}")
+            report.status = drive(backend, layout, specs, todo, echo=echo)
+    if not report.status.failed and report.status.counts["cancelled"] == 0:
         report.curves = reduce(spec.sweep, results=layout.results)
     return report
+
+
+def is_jobs_address(address: str | None) -> bool:
+    return address is not None and address.startswith(("http://", "https://"))
+
+
+def with_extra_runs(grid_runs: list[RunSpec], manifest: list[RunSpec]) -> list[RunSpec]:
+    """The grid's runs plus those the manifest holds beyond them (added by `refine`)."""
+    ids = {s.run_id for s in grid_runs}
+    return grid_runs + [s for s in manifest if s.run_id not in ids]
 
 
 def run_on_ray(
@@ -120,33 +153,43 @@ def run_on_ray(
     num_cpus: int | None,
     echo: Echo = _quiet,
 ) -> SweepStatus:
-    """Drive the runs of `todo` to a terminal state on Ray; the tracker records everything."""
+    """Connect to Ray and drive `todo` (a subset of `specs`) to a terminal state."""
     from orchestrator.backend import RayBackend
 
+    with RayBackend(address, num_cpus=num_cpus) as backend:
+        backend.check_resources(todo[0].resources if todo else None)
+        return drive(backend, layout, specs, todo, echo=echo)
+
+
+def drive(backend, layout: SweepLayout, specs: list[RunSpec], todo: list[RunSpec], *,  # noqa: ANN001
+          echo: Echo = _quiet) -> SweepStatus:
+    """Start `todo` on the backend and wait for every run; the tracker records everything.
+
+    The tracker is asked for a cancellation every second; finished runs persist at once.
+    """
     previous = {r.run_id: r for r in read_records(layout)}
     todo_ids = {s.run_id for s in todo}
     records = [
         pending_record(s) if s.run_id in todo_ids else _done_record(s, previous.get(s.run_id))
         for s in specs
     ]
-    with RayBackend(address, num_cpus=num_cpus) as backend:
-        tracker = backend.tracker(layout)
-        tracker.register(records)
-        waiting = backend.start(todo, layout, tracker)
-        n_done = len(specs) - len(todo)
-        cancelling = False
-        while waiting:
-            for outcome in backend.wait(waiting, timeout_s=1.0):
-                tracker.finished(outcome.spec.run_id, outcome.state, outcome.error)
-                n_done += 1
-                echo(_progress_line(n_done, len(specs), outcome))
-                waiting = [h for h in waiting if h.spec.run_id != outcome.spec.run_id]
-            if not cancelling and waiting and tracker.is_cancelled():
-                backend.cancel(waiting)
-                cancelling = True
-        final = SweepStatus(layout.sweep, tracker.snapshot(), "live")
-        tracker.persist(force=True)
-    return final
+    tracker = backend.tracker(layout)
+    tracker.register(records)
+    waiting = backend.start(todo, layout, tracker)
+    n_done = len(specs) - len(todo)
+    cancelling = False
+    while waiting:
+        for outcome in backend.wait(waiting, timeout_s=1.0):
+            tracker.finished(outcome.spec.run_id, outcome.state, outcome.error)
+            n_done += 1
+            echo(_progress_line(n_done, len(specs), outcome))
+            waiting = [h for h in waiting if h.spec.run_id != outcome.spec.run_id]
+        if not cancelling and waiting and tracker.is_cancelled():
+            echo(f"sweep {layout.sweep}: cancelled; stopping {len(waiting)} run(s)")
+            backend.cancel(waiting)
+            cancelling = True
+    tracker.persist(True)
+    return SweepStatus(layout.sweep, tracker.snapshot(), "live")
 
 
 def _done_record(spec: RunSpec, previous: RunRecord | None) -> RunRecord:
@@ -167,22 +210,24 @@ def _progress_line(n: int, total: int, o) -> str:  # noqa: ANN001  (an Outcome)
     return f"[{n}/{total}] cancelled {what}"
 
 
-def _check_same_grid(layout: SweepLayout, spec: GridSpec, force: bool) -> None:
-    """Refuse to mix two grids' results under one sweep name (unless --force)."""
+def _check_same_grid(layout: SweepLayout, spec: GridSpec, force: bool) -> bool:
+    """Refuse to mix two grids' results under one sweep name. Returns True when the sweep
+    holds a different grid and `force` asks to replace it (its folder is moved aside)."""
     if not io.exists(layout.grid_yaml):
-        return
+        return False
     try:
         old = parse_grid(io.read_text(layout.grid_yaml), source=layout.grid_yaml)
     except JamsweepError:
         old = None
     if old is not None and old.identity() == spec.identity():
-        return
+        return False
     if not force:
         raise JamsweepError(
             f"sweep {spec.sweep!r} already exists in {layout.results} with a different grid; "
-            "use another sweep name, or --force to keep the finished runs that both grids share "
-            "and replace the rest"
+            "use another sweep name, or --force to move the existing results aside "
+            f"({spec.sweep}.replaced-TIMESTAMP) and start this grid afresh"
         )
+    return True
 
 
 def finished_run_ids(layout: SweepLayout, specs: list[RunSpec]) -> set[str]:
@@ -252,6 +297,11 @@ def cancel(sweep: str, *, results: str = RESULTS_DEFAULT, address: str = "auto")
     from orchestrator.backend import RayBackend
 
     _existing(sweep, results)
+    if is_jobs_address(address):
+        from orchestrator.remote import run_cli_job
+
+        log = run_cli_job(address, ["cancel", sweep, "--results", str(Path(results).absolute())])
+        return [line.split()[-1] for line in log.splitlines() if line.startswith("cancelled run ")]
     with RayBackend(address) as backend:
         tracker = backend.existing_tracker(sweep)
         if tracker is None:
@@ -287,54 +337,280 @@ def read_manifest(layout: SweepLayout) -> list[RunSpec]:
 
 
 def reduce(
-    sweep: str, *, results: str = RESULTS_DEFAULT, ensemble_over: EnsembleOver = "converged"
+    sweep: str,
+    *,
+    results: str = RESULTS_DEFAULT,
+    ensemble_over: EnsembleOver = "converged",
+    max_subsets: int | None = None,
+    figures: bool = True,
 ) -> pd.DataFrame:
-    """Write curves.parquet and summary.json from the finished runs; return the curves.
+    """Write curves.parquet, ensemble.parquet, summary.json and the figures from the finished
+    runs; return the curves.
 
-    Streams one width at a time: only that width's test outputs are in memory.
+    Streams one width at a time: that width's final test outputs are filled run by run from
+    the per-run Parquet files (pyarrow, only the rows and columns needed), reduced, and
+    dropped before the next width is read; no table of every run's outputs is ever built.
+    `max_subsets` bounds the seed subsets averaged per n in ensemble.parquet.
     """
+    from workers.reduce import MAX_SUBSETS, ensemble_curve, ensemble_members
+
     layout = _existing(sweep, results)
     specs = read_manifest(layout)
     done = finished_run_ids(layout, specs)
-    rows = []
+    curve_rows: list[dict] = []
+    ensemble_rows: list[dict] = []
     for (arch, width), group in _by_width(s for s in specs if s.run_id in done).items():
-        metrics = pd.concat([io.read_table(layout.metrics(*s.key)).to_pandas() for s in group])
-        logits = pd.concat([_final_test_outputs(layout, s, metrics) for s in group])
-        rows.append({"arch": arch, "width": width, **width_curve(metrics, logits, ensemble_over=ensemble_over)})
-    curves = pd.DataFrame(rows)
-    if rows:
-        curves = curves.sort_values(["arch", "n_params"]).reset_index(drop=True)
+        metrics = _width_metrics(layout, group)
+        outputs = _final_test_outputs(layout, group, metrics)
+        key = {"arch": arch, "width": width, "n_params": group[0].n_params}
+        curve_rows.append(key | width_curve(metrics, outputs, ensemble_over=ensemble_over))
+        members = ensemble_members(metrics, outputs.run_ids, ensemble_over)
+        ensemble_rows += [key | row for row in ensemble_curve(
+            outputs, members, max_subsets=max_subsets or MAX_SUBSETS)]
+        del outputs  # the next width reuses the memory
+    curves, ensemble = _reduced_tables(curve_rows, ensemble_rows)
+    summary = _reduce_summary(sweep, specs, done, curves, ensemble_over,
+                              max_subsets or MAX_SUBSETS)
     io.write_table(layout.curves, pa.Table.from_pandas(curves, preserve_index=False))
-    summary = {
-        "sweep": sweep,
-        "n_runs": len(specs),
-        "n_done": len(done),
-        "ensemble_over": ensemble_over,
-        "n_star": jamming_points(curves) if rows else {},
-        "reduced_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+    io.write_table(layout.ensemble, pa.Table.from_pandas(ensemble, preserve_index=False))
     io.write_text(layout.summary, json.dumps(summary, indent=2) + "\n")
+    if figures and len(curves):
+        from orchestrator.plots import write_figures
+
+        write_figures(layout, curves, ensemble, summary)
     return curves
 
 
 def _by_width(specs) -> dict[tuple[str, float], list[RunSpec]]:  # noqa: ANN001
+    """Runs grouped by (arch, width), in first-seen order; seeds sorted within a group."""
     groups: dict[tuple[str, float], list[RunSpec]] = {}
     for s in specs:
         groups.setdefault((s.arch.name, s.width), []).append(s)
-    return groups
+    return {key: sorted(group, key=lambda s: s.seed) for key, group in groups.items()}
 
 
-def _final_test_outputs(layout: SweepLayout, spec: RunSpec, metrics: pd.DataFrame) -> pd.DataFrame:
-    steps = int(metrics.loc[metrics["run_id"] == spec.run_id, "steps"].iloc[0])
-    fs, path = io.resolve(layout.logits(*spec.key))
-    table = pq.read_table(
-        path, filesystem=fs, columns=["run_id", "sample", "label", "f"],
-        filters=[("split", "=", "test"), ("step", "=", steps)],
-    )
-    return table.to_pandas()
+def _final_test_outputs(layout: SweepLayout, specs: list[RunSpec], metrics: pd.DataFrame):  # noqa: ANN201
+    """The width's final test outputs (a workers.reduce.WidthOutputs), one run file at a time:
+    only the output matrix (runs, samples[, C]) and one run's rows are held."""
+    from workers.reduce import WidthOutputsBuilder
+
+    steps = dict(zip(metrics["run_id"], metrics["steps"], strict=True))
+    builder = WidthOutputsBuilder(len(specs))
+    for spec in specs:
+        builder.add(spec.run_id, *_run_final_test(layout, spec, int(steps[spec.run_id])))
+    return builder.build()
 
 
 def load_summary(sweep: str, *, results: str = RESULTS_DEFAULT) -> dict:
-    return json.loads(io.read_text(_existing(sweep, results).summary))
+    """summary.json of a reduced sweep."""
+    layout = _existing(sweep, results)
+    if not io.exists(layout.summary):
+        raise JamsweepError(
+            f"sweep {sweep!r} has not been reduced yet: run `jamsweep reduce {sweep}` first"
+        )
+    return json.loads(io.read_text(layout.summary))
 
 
+
+
+# -- reduce: reading one run, assembling the tables ---------------------------------------
+
+
+def _width_metrics(layout: SweepLayout, specs: list[RunSpec]) -> pd.DataFrame:
+    """The metrics rows of one width's runs (one small file per run)."""
+    tables = [io.read_table(layout.metrics(*s.key)) for s in specs]
+    return pa.concat_tables(tables, promote_options="default").to_pandas()
+
+
+def _run_final_test(layout: SweepLayout, spec: RunSpec, steps: int) -> tuple:
+    """(sample (S,), label (S,), f (S,) or (S, C), grad_norm (S,)) of one run's test split at
+    its final step, read with pyarrow: only these columns, only these rows."""
+    fs, path = io.resolve(layout.logits(*spec.key))
+    table = pq.read_table(
+        path, filesystem=fs, columns=["sample", "label", "f", "grad_norm"],
+        filters=[("split", "=", "test"), ("step", "=", steps)],
+    )
+    if table.num_rows == 0:
+        raise JamsweepError(
+            f"run {spec.run_id} ({spec.arch.name} h={spec.width:g} seed={spec.seed}) has no test "
+            f"outputs at its final step {steps} in {layout.logits(*spec.key)}; delete its "
+            "metrics file and submit again to retrain it"
+        )
+    grad = table.column("grad_norm").to_numpy()  # nulls (no gradient stored) become NaN
+    return (table.column("sample").to_numpy(), table.column("label").to_numpy(),
+            _f_matrix(table.column("f")), grad)
+
+
+def _f_matrix(column: pa.ChunkedArray):  # noqa: ANN202
+    """f as numpy: (S,) for a float column, (S, C) for a list column (every list C long)."""
+    import pyarrow.compute as pc
+
+    if not pa.types.is_list(column.type) and not pa.types.is_large_list(column.type):
+        return column.to_numpy()
+    lists = column.combine_chunks()
+    lengths = pc.list_value_length(lists)
+    lo, hi = pc.min(lengths).as_py(), pc.max(lengths).as_py()
+    if lo != hi:
+        raise JamsweepError(f"outputs f of one run have {lo} to {hi} entries; expected one length")
+    return lists.flatten().to_numpy().reshape(len(lists), lo)
+
+
+def _reduced_tables(curve_rows: list[dict],
+                    ensemble_rows: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """curves (with n_over_nstar) and ensemble frames, sorted by (arch, N[, n])."""
+    from workers.reduce import CURVE_COLUMNS, ENSEMBLE_COLUMNS, with_n_over_nstar
+
+    curves = pd.DataFrame(curve_rows, columns=CURVE_COLUMNS)
+    curves = curves.sort_values(["arch", "n_params"], kind="stable").reset_index(drop=True)
+    curves = with_n_over_nstar(curves, jamming_points(curves))
+    ensemble = pd.DataFrame(ensemble_rows, columns=ENSEMBLE_COLUMNS)
+    ensemble = ensemble.sort_values(["arch", "n_params", "n"], kind="stable").reset_index(drop=True)
+    return curves, ensemble
+
+
+def _reduce_summary(sweep: str, specs: list[RunSpec], done: set[str], curves: pd.DataFrame,
+                    ensemble_over: str, max_subsets: int) -> dict:
+    """summary.json: N* (all seeds, half the seeds), its bracket, and the fits per arch."""
+    from workers.fits import fit_curves
+    from workers.reduce import half_jamming_points, jamming_bracket
+
+    n_star = jamming_points(curves)
+    brackets: dict[str, list[float] | None] = {}
+    for arch in n_star:
+        try:
+            brackets[arch] = list(jamming_bracket(curves, arch))
+        except JamsweepError:
+            brackets[arch] = None
+    fits = {
+        arch: {name: fit.to_json() for name, fit in fit_curves(group, n_star[arch]).items()}
+        for arch, group in curves.groupby("arch")
+    }
+    return {
+        "sweep": sweep,
+        "n_runs": len(specs),
+        "n_done": len(done),
+        "ensemble_over": ensemble_over,
+        "max_subsets": max_subsets,
+        "n_star": n_star,
+        "n_star_half": half_jamming_points(curves),
+        "n_star_bracket": brackets,
+        "fits": fits,
+        "reduced_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+# -- plot, report ---------------------------------------------------------------------------
+
+
+def _reduced(sweep: str, results: str) -> tuple[SweepLayout, pd.DataFrame, pd.DataFrame, dict]:
+    """The reducer's outputs of a sweep: layout, curves, ensemble, summary."""
+    summary = load_summary(sweep, results=results)
+    layout = _existing(sweep, results)
+    curves = io.read_table(layout.curves).to_pandas()
+    ensemble = (io.read_table(layout.ensemble).to_pandas() if io.exists(layout.ensemble)
+                else pd.DataFrame())
+    return layout, curves, ensemble, summary
+
+
+def plot(sweep: str, *, results: str = RESULTS_DEFAULT) -> list[str]:
+    """Draw the paper's figures from the reduced tables into figures/; return their paths."""
+    from orchestrator.plots import write_figures
+
+    layout, curves, ensemble, summary = _reduced(sweep, results)
+    if curves.empty:
+        raise JamsweepError(f"sweep {sweep!r} has no finished runs to plot yet")
+    return write_figures(layout, curves, ensemble, summary)
+
+
+def report(sweep: str, *, results: str = RESULTS_DEFAULT, output: str | None = None) -> str:
+    """Write one self-contained HTML page (figures, curve table, fits); return its path."""
+    from orchestrator.plots import render_figures, report_html
+
+    layout, curves, ensemble, summary = _reduced(sweep, results)
+    figures = render_figures(curves, ensemble, summary) if len(curves) else {}
+    target = output or f"{layout.root}/report.html"
+    io.write_text(target, report_html(summary, curves, figures))
+    return target
+
+
+# -- refine: more widths around N* ----------------------------------------------------------
+
+
+@dataclass
+class RefineReport:
+    sweep: str
+    brackets: dict[str, tuple[float, float]]  # arch -> (width below N*, width at N*)
+    widths: dict[str, list[float]]  # arch -> the widths added
+    planned: list[RunSpec]  # the new runs
+    status: SweepStatus | None = None
+    curves: pd.DataFrame | None = None
+
+
+def refine(
+    sweep: str,
+    *,
+    results: str = RESULTS_DEFAULT,
+    n_widths: int = 1,
+    seeds: int | None = None,
+    arch: str | None = None,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    dry_run: bool = False,
+    echo: Echo = _quiet,
+) -> RefineReport:
+    """Add `n_widths` widths inside the bracket of N* of each architecture (or `arch`), with
+    seeds 0..seeds-1 (default: the seeds the sweep already runs), run them into the same
+    sweep, and reduce. The new runs join manifest.parquet."""
+    from orchestrator.refine import propose_widths, refined_specs, width_step
+    from workers.reduce import jamming_bracket
+
+    layout = _existing(sweep, results)
+    manifest = read_manifest(layout)
+    convergence = _convergence_table(layout, manifest)
+    archs = [arch] if arch is not None else sorted({s.arch.name for s in manifest})
+    report = RefineReport(sweep, {}, {}, [])
+    for name in archs:
+        template = next((s for s in manifest if s.arch.name == name), None)
+        if template is None:
+            raise JamsweepError(f"sweep {sweep!r} has no architecture {name!r}; it has "
+                                f"{sorted({s.arch.name for s in manifest})}")
+        lo, hi = jamming_bracket(convergence, name)
+        same = [s for s in manifest if s.arch.name == name]
+        widths = propose_widths(lo, hi, n_widths, step=width_step(template),
+                                n_params=lambda w, t=template: _n_params_at(t, w),
+                                existing={s.n_params for s in same})
+        seed_list = list(range(seeds)) if seeds is not None else sorted({s.seed for s in same})
+        report.brackets[name], report.widths[name] = (lo, hi), widths
+        report.planned += refined_specs(template, widths, seed_list)
+    for name, widths in report.widths.items():
+        lo, hi = report.brackets[name]
+        echo(f"{name}: N* between h={lo:g} and h={hi:g}; adding h = "
+             f"{', '.join(f'{w:g}' for w in widths)}")
+    if dry_run or not report.planned:
+        return report
+    known = {s.run_id for s in manifest}
+    all_specs = manifest + [s for s in report.planned if s.run_id not in known]
+    io.write_table(layout.manifest, manifest_table(all_specs))
+    report.status = run_on_ray(layout, all_specs, report.planned, address=address,
+                               num_cpus=num_cpus, echo=echo)
+    if not report.status.failed:
+        report.curves = reduce(sweep, results=results)
+    return report
+
+
+def _n_params_at(template: RunSpec, width: float) -> int:
+    return template.model_copy(update={"width": width}).n_params
+
+
+def _convergence_table(layout: SweepLayout, specs: list[RunSpec]) -> pd.DataFrame:
+    """Per (arch, width): n_params, n_seeds, n_converged of the finished runs (metrics only)."""
+    done = finished_run_ids(layout, specs)
+    rows = []
+    for (arch, width), group in _by_width(s for s in specs if s.run_id in done).items():
+        metrics = _width_metrics(layout, group)
+        rows.append({"arch": arch, "width": width, "n_params": group[0].n_params,
+                     "n_seeds": len(group), "n_converged": int(metrics["converged"].sum())})
+    if not rows:
+        raise JamsweepError(f"sweep {layout.sweep!r} has no finished runs yet: nothing brackets "
+                            "N*; wait for the sweep (jamsweep status) before refining")
+    return pd.DataFrame(rows)

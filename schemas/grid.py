@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 DATASETS_WITH_ROOT = ("mnist_parity_pca", "cifar10")
+PCA_DATASETS = ("digits_parity_pca", "mnist_parity_pca")  # flat whitened inputs: FC nets
+IMAGE_SHAPES = {"cifar10": (3, 32, 32)}  # (channels, height, width) of the image sets: CNNs
 
 
 class Strict(BaseModel):
@@ -109,13 +111,77 @@ class FCArch(Strict):
         return widths
 
     def layer_widths(self, h: float) -> list[int]:
-        """Hidden widths for (possibly fractional) h: floor(h + 1 - (i+1)/L), i = 0..L-1."""
-        return [math.floor(h + 1 - (i + 1) / self.depth) for i in range(self.depth)]
+        """Hidden widths for (possibly fractional) h: floor(h + 1 - (i+1)/L), i = 0..L-1.
+
+        The 1e-9 keeps float rounding from flooring exact integers down (3.6 + 1 - 3/5 is
+        3.9999999999999996 in floating point, but means 4)."""
+        return [math.floor(h + 1 - (i + 1) / self.depth + 1e-9) for i in range(self.depth)]
 
     def n_params(self, h: float, d_in: int, n_out: int) -> int:
         """N: number of weights (biases excluded), as in the paper."""
         sizes = [d_in, *self.layer_widths(h), n_out]
         return sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=False))
+
+
+class CNNArch(Strict):
+    """The paper's CIFAR-10 CNN: 3 convolutions with f channels (ReLU), then one linear layer.
+
+    Arxiv 1901.01608 gives 3 conv layers of f channels, 1 fully-connected layer, Xavier init;
+    we found no stated kernel size, stride or padding (neither in the text we could reach nor
+    in the authors' published code), so the defaults are a choice: 3x3 kernels, stride 2,
+    padding 1, which halve the image at each layer (32 -> 16 -> 8 -> 4) and keep the widest
+    nets of the sweep (f = 2048) affordable. They are fields, so a grid can set others."""
+
+    kind: Literal["cnn"] = Field(description="Convolutional net (the paper's CIFAR-10 CNN).")
+    name: str = Field(description="Label of this architecture in results (arch=NAME).")
+    widths: list[int] = Field(
+        description="f values to sweep: the channels of every convolutional layer."
+    )
+    depth: int = Field(default=3, ge=1, description="Number of convolutional layers (paper: 3).")
+    kernel_size: int = Field(default=3, ge=1, description="Side of the square kernels.")
+    stride: int = Field(default=2, ge=1, description="Stride of every convolution.")
+    padding: int = Field(default=1, ge=0, description="Zero padding on each side of every image.")
+    init: Literal["xavier_uniform", "xavier_normal"] = Field(
+        default="xavier_uniform",
+        description="Xavier/Glorot init of every weight: uniform with bound "
+        "gain*sqrt(6/(fan_in+fan_out)) (Glorot & Bengio's), or normal with std "
+        "gain*sqrt(2/(fan_in+fan_out)); biases start at zero.",
+    )
+    init_gain: float = Field(default=1.0, gt=0, description="Gain of the weight init.")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        return _check_safe_name(value, "architecture name")
+
+    @field_validator("widths")
+    @classmethod
+    def _valid_widths(cls, widths: list[int]) -> list[int]:
+        if not widths:
+            raise ValueError("widths is empty: list at least one channel count f >= 1")
+        bad = [w for w in widths if w < 1]
+        if bad:
+            raise ValueError(f"widths (channel counts f) must be >= 1; got {bad}")
+        dup = sorted({w for w in widths if widths.count(w) > 1})
+        if dup:
+            raise ValueError(f"widths repeat {dup}: list each width once")
+        return widths
+
+    def feature_size(self, image_size: int) -> int:
+        """Side of the feature maps after the convolutions (0 if the image vanishes)."""
+        side = image_size
+        for _ in range(self.depth):
+            side = (side + 2 * self.padding - self.kernel_size) // self.stride + 1
+            if side < 1:
+                return 0
+        return side
+
+    def n_params(self, f: float, in_channels: int, n_out: int, image_size: int = 32) -> int:
+        """N: number of weights (biases excluded): the kernels of the convolutions plus the
+        read-out from the f * side^2 features to the n_out outputs."""
+        f, k2 = int(f), self.kernel_size**2
+        convs = in_channels * f * k2 + (self.depth - 1) * f * f * k2
+        return convs + f * self.feature_size(image_size) ** 2 * n_out
 
 
 def _arch_kind(value: Any) -> str:
@@ -125,7 +191,9 @@ def _arch_kind(value: Any) -> str:
     return str(getattr(value, "kind", "fc"))
 
 
-ArchSpec = Annotated[Annotated[FCArch, Tag("fc")], Discriminator(_arch_kind)]
+ArchSpec = Annotated[
+    Annotated[FCArch, Tag("fc")] | Annotated[CNNArch, Tag("cnn")], Discriminator(_arch_kind)
+]
 
 
 class TrainingSpec(Strict):
@@ -229,7 +297,9 @@ class GridSpec(Strict):
 
     @field_validator("architectures")
     @classmethod
-    def _valid_architectures(cls, archs: list[FCArch]) -> list[FCArch]:
+    def _valid_architectures(
+        cls, archs: list[FCArch | CNNArch]
+    ) -> list[FCArch | CNNArch]:
         if not archs:
             raise ValueError("architectures is empty: list at least one")
         names = [a.name for a in archs]
@@ -237,6 +307,35 @@ class GridSpec(Strict):
         if dup:
             raise ValueError(f"architecture names repeat {dup}: give each a distinct name")
         return archs
+
+    @model_validator(mode="after")
+    def _archs_fit_dataset(self) -> GridSpec:
+        """FC nets take the flat *_pca inputs, CNNs the images; a CNN must not shrink the
+        image to nothing. Every mismatch is reported at once."""
+        data = self.dataset.name
+        problems = []
+        for i, arch in enumerate(self.architectures):
+            where = f"architectures[{i}] {arch.name!r} (kind {arch.kind})"
+            if arch.kind == "fc" and data not in PCA_DATASETS:
+                problems.append(
+                    f"{where} needs a flat *_pca dataset ({', '.join(PCA_DATASETS)}), "
+                    f"not dataset.name {data!r}; use a kind: cnn architecture for images"
+                )
+            elif arch.kind == "cnn" and data not in IMAGE_SHAPES:
+                problems.append(
+                    f"{where} needs an image dataset ({', '.join(IMAGE_SHAPES)}), not "
+                    f"dataset.name {data!r}"
+                )
+            elif arch.kind == "cnn" and arch.feature_size(IMAGE_SHAPES[data][1]) < 1:
+                problems.append(
+                    f"{where}: kernel_size {arch.kernel_size}, stride {arch.stride} and "
+                    f"padding {arch.padding} over {arch.depth} layers shrink the "
+                    f"{IMAGE_SHAPES[data][1]}-pixel images of {data!r} to nothing; use a "
+                    "smaller stride or kernel, more padding or fewer layers"
+                )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @property
     def seed_list(self) -> list[int]:
@@ -289,14 +388,17 @@ def parse_grid(text: str, *, source: str = "grid", base_dir: Path | None = None)
     return _resolve_paths(grid, base_dir) if base_dir is not None else grid
 
 
-def load_grid(path: str | Path) -> tuple[GridSpec, str]:
-    """Read and validate a grid file; return the spec and the file's verbatim text."""
+def load_grid(path: str | Path, base_dir: str | Path | None = None) -> tuple[GridSpec, str]:
+    """Read and validate a grid file; return the spec and the file's verbatim text.
+
+    Relative paths in it are taken from `base_dir` (default: the file's folder)."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
         raise GridError(str(path), [f"cannot read the grid file: {exc.strerror}"]) from None
-    return parse_grid(text, source=str(path), base_dir=path.resolve().parent), text
+    base = Path(base_dir) if base_dir is not None else path.resolve().parent
+    return parse_grid(text, source=str(path), base_dir=base), text
 
 
 def _resolve_paths(grid: GridSpec, base_dir: Path) -> GridSpec:
@@ -311,7 +413,7 @@ def _resolve_paths(grid: GridSpec, base_dir: Path) -> GridSpec:
 
 def _describe(err: Any) -> str:
     """One line per pydantic error: the field path, what is wrong, the value given."""
-    loc = ".".join(str(p) for p in err["loc"] if p not in ("fc",)) or "(top level)"
+    loc = ".".join(str(p) for p in err["loc"] if p not in ("fc", "cnn")) or "(top level)"
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         return f"{loc}: unknown field; remove it or check its spelling"

@@ -131,6 +131,7 @@ METRICS_FILE_SCHEMA = pa.schema(
         ("lr", pa.float64()),
         ("wall_s", pa.float64()),
         ("device", pa.string()),
+        ("resumed_from", pa.int64()),  # step of the checkpoint the last attempt resumed (0: none)
     ]
 )
 

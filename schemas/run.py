@@ -9,7 +9,14 @@ from functools import cached_property
 
 from pydantic import BaseModel, ConfigDict
 
-from schemas.grid import ArchSpec, CheckpointSpec, DatasetSpec, ResourceSpec, TrainingSpec
+from schemas.grid import (
+    IMAGE_SHAPES,
+    ArchSpec,
+    CheckpointSpec,
+    DatasetSpec,
+    ResourceSpec,
+    TrainingSpec,
+)
 
 N_OUTPUTS = {  # outputs of the net for each dataset
     "digits_parity_pca": 1,
@@ -51,6 +58,10 @@ class RunSpec(BaseModel):
 
     @property
     def n_params(self) -> int:
+        """N (weights only): an FC net sees pca_dim inputs, a CNN the dataset's images."""
+        if self.arch.kind == "cnn":
+            channels, side, _ = IMAGE_SHAPES[self.dataset.name]
+            return self.arch.n_params(self.width, channels, self.n_outputs, image_size=side)
         return self.arch.n_params(self.width, self.dataset.pca_dim, self.n_outputs)
 
     @property

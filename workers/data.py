@@ -85,8 +85,9 @@ def normalise(x: torch.Tensor) -> torch.Tensor:
     return (flat * math.sqrt(flat.shape[1]) / flat.norm(dim=1, keepdim=True)).view_as(x)
 
 
-def split_pool(pool: Pool, spec: DatasetSpec, labels: torch.Tensor) -> Dataset:
-    order = balanced_order(torch.from_numpy(pool.classes), spec.data_seed)
+def split_indices(order: torch.Tensor, spec: DatasetSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """Train = the first P pooled indices of the balanced order, test = the rest (or its
+    first test_size)."""
     if spec.train_size >= len(order):
         raise JamsweepError(
             f"dataset.train_size = {spec.train_size} leaves no test samples: {spec.name} has "
@@ -96,6 +97,13 @@ def split_pool(pool: Pool, spec: DatasetSpec, labels: torch.Tensor) -> Dataset:
     test_idx = order[spec.train_size :]
     if spec.test_size is not None:
         test_idx = test_idx[: spec.test_size]
+    return train_idx, test_idx
+
+
+def split_pool(pool: Pool, spec: DatasetSpec, labels: torch.Tensor) -> Dataset:
+    # Balanced over the labels the net learns (even -1 first, then odd +1; or class ids).
+    order = balanced_order(labels, spec.data_seed)
+    train_idx, test_idx = split_indices(order, spec)
     x = torch.from_numpy(pool.x)
 
     def subset(idx: torch.Tensor) -> Split:
@@ -151,6 +159,10 @@ def load_dataset(spec: DatasetSpec) -> Dataset:
     """The dataset of `spec` (float64, CPU), built once per process and cached."""
     if spec.name in ("digits_parity_pca", "mnist_parity_pca"):
         return _parity_pca(spec.model_dump_json())
+    if spec.name == "cifar10":
+        from workers.cifar10 import load_cifar10  # it builds on this module
+
+        return load_cifar10(spec)
     raise JamsweepError(f"dataset {spec.name!r} is not available yet")
 
 
@@ -162,4 +174,9 @@ def check_dataset(spec: DatasetSpec) -> None:
                 f"dataset.root {spec.root!r} is not a readable folder; point it at the data "
                 "(relative paths are taken from the grid file's folder)"
             )
+    if spec.name == "cifar10":
+        from workers.cifar10 import check_cifar10
+
+        check_cifar10(spec)  # without decoding the 60k images
+        return
     load_dataset(spec)

@@ -116,6 +116,17 @@ def list_dirs(folder: str) -> list[str]:
     return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
 
 
+def move_aside(folder: str) -> str:
+    """Rename `folder` to FOLDER.replaced-<UTC time> (nothing is deleted); return the new name."""
+    import time
+
+    fs, path = resolve(folder)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = f"{path.rstrip('/')}.replaced-{stamp}"
+    fs.move(path, target)
+    return f"{folder.rstrip('/')}.replaced-{stamp}"
+
+
 def save_checkpoint(location: str, state: dict[str, Any]) -> None:
     buffer = io.BytesIO()
     torch.save(state, buffer)

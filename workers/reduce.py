@@ -1,79 +1,359 @@
-"""From stored outputs to the paper's curves: pure functions, tables in, tables out.
+"""From stored outputs to the paper's curves: pure functions, arrays and tables in, tables out.
 
 Conventions (README, "What the reducer computes"):
-- a run's outputs are those at its final step (metrics.steps);
-- the ensemble f_bar averages f over the converged seeds of a width (all seeds with
-  `ensemble_over="all"`); a width with no converged seed has no ensemble (NaN);
-- test error is the fraction of test samples with y f <= 0 (argmax error for several
-  outputs); spreads are standard deviations over seeds (ddof=0).
+- a run's outputs are its test outputs at its final step (metrics.steps); snapshots are ignored;
+- `f` of one width is (runs, samples) for one output, (runs, samples, C) for C outputs;
+  norms over outputs are Euclidean, |f(x)| = sqrt(sum_c f_c(x)^2), and a norm over the test
+  set is the root mean square over samples, ||g||_mu = sqrt(mean_mu |g(x_mu)|^2);
+- an error is y f <= 0 for one output (f = 0 counts as an error), argmax f != y for several
+  (ties go to the lowest class index, as numpy's and torch's argmax);
+- single-net columns (test_error_*, train_*, f_norm, grad_norm) average over every finished
+  seed of the width; spreads are standard deviations over seeds (ddof=0);
+- the ensemble members are the converged seeds of a width (every seed with
+  `ensemble_over="all"`); f_bar is their mean output; the ensemble columns (ens_test_error,
+  gap, f_var, delta, and ensemble.parquet) use the members only, so that gap compares the
+  same nets averaged and alone; a width without members has NaN there.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 
+from schemas.errors import JamsweepError
+
 EnsembleOver = Literal["converged", "all"]
+MAX_SUBSETS = 64  # subsets of n seeds per n in ensemble.parquet (all of them when fewer)
+
+CURVE_COLUMNS = [  # curves.parquet, one row per (arch, width)
+    "arch", "width", "n_params", "n_outputs", "n_seeds", "n_converged",
+    "test_error_mean", "test_error_std", "train_error_mean", "train_loss_mean",
+    "ens_test_error", "ens_member_error_mean", "gap", "f_norm", "f_var", "grad_norm", "delta",
+    "n_ensembled", "n_over_nstar",
+]
+ENSEMBLE_COLUMNS = [  # ensemble.parquet, one row per (arch, width, n)
+    "arch", "width", "n_params", "n", "n_subsets", "exact",
+    "test_error_mean", "test_error_std", "excess_error", "delta",
+]
 
 
-def outputs_matrix(logits: pd.DataFrame) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Test outputs of one width as a matrix: (run ids, f (runs, samples[, C]), labels).
+@dataclass(frozen=True)
+class WidthOutputs:
+    """Final test outputs of every run of one (arch, width), samples aligned across runs."""
 
-    `logits` holds the final-step test rows of every run of the width: run_id, sample,
-    label, f. Samples are aligned by their index, so runs need not list them in one order.
-    """
+    run_ids: list[str]  # (R,)
+    f: np.ndarray  # (R, S) one output, (R, S, C) several
+    grad_norm: np.ndarray  # (R,): ||grad_x f||_mu of each run on the test set
+    labels: np.ndarray  # (S,): +-1 for one output, class index for several
+
+    @property
+    def flat(self) -> np.ndarray:
+        """f as (R, S*C), a view: what a weighted average over runs multiplies."""
+        return self.f.reshape(len(self.run_ids), -1)
+
+
+class WidthOutputsBuilder:
+    """Fills one width's output matrix run by run, so only one run's table is ever held
+    beside it (the streaming reducer's memory bound). Samples are aligned by their index."""
+
+    def __init__(self, n_runs: int) -> None:
+        self.n_runs = n_runs
+        self.run_ids: list[str] = []
+        self.samples: np.ndarray | None = None  # (S,) sorted sample indices of the first run
+        self.labels: np.ndarray | None = None  # (S,)
+        self.f: np.ndarray | None = None  # (R, S[, C])
+        self.grad_norm = np.full(n_runs, np.nan)  # (R,)
+
+    def add(self, run_id: str, sample: np.ndarray, label: np.ndarray, f: np.ndarray,
+            grad_norm: np.ndarray) -> None:
+        """One run: sample (S,), label (S,), f (S,) or (S, C), grad_norm (S,) per sample."""
+        i = len(self.run_ids)
+        if self.f is None:
+            order = np.argsort(sample, kind="stable")
+            self.samples = sample[order]
+            self.labels = np.asarray(label)[order]
+            self.f = np.empty((self.n_runs, *np.shape(f)), dtype=np.float64)
+        assert self.samples is not None and self.labels is not None
+        rows = self._positions(run_id, sample)
+        self.f[i, rows] = f
+        self.grad_norm[i] = _rms(np.asarray(grad_norm, dtype=np.float64))
+        self.run_ids.append(run_id)
+
+    def _positions(self, run_id: str, sample: np.ndarray) -> np.ndarray:
+        assert self.samples is not None
+        rows = np.searchsorted(self.samples, sample)
+        ok = len(sample) == len(self.samples) and np.array_equal(
+            self.samples[np.minimum(rows, len(self.samples) - 1)], sample
+        )
+        if not ok:
+            raise JamsweepError(
+                f"run {run_id} has final test outputs for other samples than the other runs of "
+                "its width; the runs of a sweep must share one test set (same dataset spec)"
+            )
+        return rows
+
+    def build(self) -> WidthOutputs:
+        if self.f is None or len(self.run_ids) != self.n_runs:
+            raise JamsweepError(f"expected {self.n_runs} runs' outputs, got {len(self.run_ids)}")
+        assert self.labels is not None
+        return WidthOutputs(self.run_ids, self.f, self.grad_norm, self.labels)
+
+
+def outputs_matrix(logits: pd.DataFrame) -> WidthOutputs:
+    """A width's outputs from a pandas frame of final test rows (run_id, sample, label, f and
+    optionally grad_norm), as `open_sweep(...).logits('test')` gives them after filtering."""
     runs = sorted(logits["run_id"].unique())
-    samples = np.sort(logits["sample"].unique())
-    col = {s: i for i, s in enumerate(samples)}
-    row = {r: i for i, r in enumerate(runs)}
-    first = logits["f"].iloc[0]
-    n_out = len(first) if isinstance(first, (list, np.ndarray)) else 1
-    f = np.full((len(runs), len(samples), n_out), np.nan)
-    r_idx = logits["run_id"].map(row).to_numpy()
-    s_idx = logits["sample"].map(col).to_numpy()
-    f[r_idx, s_idx] = np.stack(logits["f"].to_numpy()).reshape(len(logits), n_out)
-    labels = np.zeros(len(samples), dtype=np.int64)
-    labels[s_idx] = logits["label"].to_numpy()
-    return runs, (f[..., 0] if n_out == 1 else f), labels
+    builder = WidthOutputsBuilder(len(runs))
+    for run in runs:
+        rows = logits[logits["run_id"] == run]
+        f = np.stack(rows["f"].to_numpy()) if _is_multi(rows["f"]) else rows["f"].to_numpy(float)
+        grad = (rows["grad_norm"].to_numpy(float) if "grad_norm" in rows
+                else np.full(len(rows), np.nan))
+        builder.add(run, rows["sample"].to_numpy(), rows["label"].to_numpy(), f, grad)
+    return builder.build()
+
+
+def _is_multi(f: pd.Series) -> bool:
+    return len(f) > 0 and isinstance(f.iloc[0], (list, np.ndarray))
+
+
+# -- per-sample and per-run pieces ----------------------------------------------------------
+
+
+def misclassified(f: np.ndarray, labels: np.ndarray, *,
+                  multi_output: bool | None = None) -> np.ndarray:
+    """Booleans (..., S): y f <= 0 for one output, f (..., S); argmax f != y for several,
+    f (..., S, C). `multi_output` defaults to "f has one axis more than labels"; batched
+    callers say it, since (k, S) and (S, C) look alike."""
+    if multi_output is None:
+        multi_output = f.ndim > labels.ndim
+    if multi_output:
+        return np.argmax(f, axis=-1) != labels
+    return f * labels <= 0
 
 
 def error_rate(f: np.ndarray, labels: np.ndarray) -> float:
     """Misclassified fraction: y f <= 0 for one output (samples,), argmax for (samples, C)."""
-    if f.ndim == 1:
-        return float(np.mean(labels * f <= 0))
-    return float(np.mean(np.argmax(f, axis=-1) != labels))
+    return float(np.mean(misclassified(f, labels)))
+
+
+def _rms(x: np.ndarray) -> float:
+    """||x||_mu = sqrt(mean over samples of |x|^2) for x (S,) or (S, C)."""
+    if len(x) == 0:
+        return math.nan
+    return float(np.sqrt(np.mean(np.sum(x.reshape(len(x), -1) ** 2, axis=1))))
+
+
+def per_run_errors(outputs: WidthOutputs) -> np.ndarray:
+    """Test error of each run (R,), one run at a time (no (R, S) temporary)."""
+    return np.array([error_rate(f, outputs.labels) for f in outputs.f])
+
+
+def ensemble_members(metrics: pd.DataFrame, run_ids: Sequence[str],
+                     ensemble_over: EnsembleOver) -> np.ndarray:
+    """Indices into `run_ids` of the runs averaged into f_bar."""
+    if ensemble_over not in ("converged", "all"):
+        raise JamsweepError(f"ensemble_over must be 'converged' or 'all', not {ensemble_over!r}")
+    if ensemble_over == "all":
+        return np.arange(len(run_ids))
+    converged = set(metrics.loc[metrics["converged"].astype(bool), "run_id"])
+    return np.array([i for i, r in enumerate(run_ids) if r in converged], dtype=np.int64)
+
+
+def ensemble_mean(outputs: WidthOutputs, members: np.ndarray) -> np.ndarray:
+    """f_bar over `members`: (S,) or (S, C); a product with an indicator, so no copy of their
+    rows. Sum, then divide: outputs that tie exactly in the mean tie in the result too."""
+    indicator = np.zeros(len(outputs.run_ids))
+    indicator[members] = 1.0
+    return (indicator @ outputs.flat).reshape(outputs.f.shape[1:]) / len(members)
+
+
+def distances_to(outputs: WidthOutputs, center: np.ndarray, runs: np.ndarray) -> np.ndarray:
+    """||f_i - center||^2_mu for each i in `runs` (len(runs),), one run at a time."""
+    n = outputs.f.shape[1]
+    return np.array([np.sum((outputs.f[i] - center) ** 2) / n for i in runs])
+
+
+# -- one row of curves.parquet ----------------------------------------------------------
 
 
 def width_curve(
-    metrics: pd.DataFrame, logits: pd.DataFrame, *, ensemble_over: EnsembleOver = "converged"
+    metrics: pd.DataFrame, outputs: WidthOutputs, *, ensemble_over: EnsembleOver = "converged"
 ) -> dict:
-    """One row of curves.parquet from the metrics rows and final test outputs of a width."""
-    runs, f, labels = outputs_matrix(logits)
-    converged = set(metrics.loc[metrics["converged"], "run_id"])
-    members = [i for i, r in enumerate(runs) if ensemble_over == "all" or r in converged]
-    ens = error_rate(f[members].mean(axis=0), labels) if members else math.nan
-    errs = metrics["test_error"].to_numpy()
-    return {
+    """One row of curves.parquet (without arch, width, n_over_nstar) from a width's metrics rows
+    (one per run: run_id, n_params, converged, train_error, train_loss) and test outputs."""
+    metrics = metrics.set_index("run_id").loc[outputs.run_ids].reset_index()
+    errors = per_run_errors(outputs)  # (R,)
+    f_norms = np.array([_rms(f) for f in outputs.f])  # (R,)
+    members = ensemble_members(metrics, outputs.run_ids, ensemble_over)
+    row = {
         "n_params": int(metrics["n_params"].iloc[0]),
-        "n_seeds": len(metrics),
-        "n_converged": int(metrics["converged"].sum()),
-        "test_error_mean": float(errs.mean()),
-        "test_error_std": float(errs.std(ddof=0)),
+        "n_outputs": 1 if outputs.f.ndim == 2 else int(outputs.f.shape[2]),
+        "n_seeds": len(outputs.run_ids),
+        "n_converged": int(metrics["converged"].astype(bool).sum()),
+        "test_error_mean": float(errors.mean()),
+        "test_error_std": float(errors.std(ddof=0)),
         "train_error_mean": float(metrics["train_error"].mean()),
         "train_loss_mean": float(metrics["train_loss"].mean()),
-        "ens_test_error": ens,
+        "f_norm": float(f_norms.mean()),
+        "grad_norm": float(np.mean(outputs.grad_norm)),
         "n_ensembled": len(members),
+    }
+    return row | _ensemble_columns(outputs, members, errors)
+
+
+def _ensemble_columns(outputs: WidthOutputs, members: np.ndarray, errors: np.ndarray) -> dict:
+    if len(members) == 0:
+        return dict.fromkeys(
+            ("ens_test_error", "ens_member_error_mean", "gap", "f_var", "delta"), math.nan)
+    f_bar = ensemble_mean(outputs, members)
+    ens_error = error_rate(f_bar, outputs.labels)
+    member_error = float(errors[members].mean())
+    f_var = float(distances_to(outputs, f_bar, members).mean())
+    return {
+        "ens_test_error": ens_error,
+        "ens_member_error_mean": member_error,
+        "gap": member_error - ens_error,
+        "f_var": f_var,
+        "delta": _delta(f_var, outputs.grad_norm[members]),
     }
 
 
-def jamming_points(curves: pd.DataFrame) -> dict[str, float | None]:
+def _delta(f_var: float, grad_norms: np.ndarray) -> float:
+    """Boundary shift estimate delta = ||f - f_bar|| / ||grad f|| (paper, section 4)."""
+    grad = float(np.mean(grad_norms))
+    return math.sqrt(f_var) / grad if grad > 0 else math.nan
+
+
+# -- ensemble.parquet: averages of n seeds ------------------------------------------------
+
+
+def seed_subsets(m: int, n: int, *, max_subsets: int = MAX_SUBSETS,
+                 seed: int = 0) -> tuple[np.ndarray, bool]:
+    """Subsets of n of m seeds as index rows (k, n), and whether they are all C(m, n) of them.
+
+    Exact when C(m, n) <= max_subsets; otherwise max_subsets uniform random subsets drawn
+    from a generator seeded by (seed, m, n), so a reduce gives the same table every time."""
+    if math.comb(m, n) <= max_subsets:
+        return np.array(list(itertools.combinations(range(m), n)), dtype=np.int64), True
+    rng = np.random.default_rng([seed, m, n])
+    return np.sort(rng.random((max_subsets, m)).argsort(axis=1)[:, :n], axis=1), False
+
+
+def ensemble_curve(outputs: WidthOutputs, members: np.ndarray, *,
+                   max_subsets: int = MAX_SUBSETS, seed: int = 0) -> list[dict]:
+    """Rows of ensemble.parquet for one width: for n = 1..len(members), the test error of the
+    average of n members (mean and std over subsets), its excess over the full ensemble
+    (paper Fig. 4), and delta_n = sqrt(mean ||f_bar^n - f_bar||^2) / ||grad f||."""
+    m = len(members)
+    if m == 0:
+        return []
+    f_bar = ensemble_mean(outputs, members).reshape(-1)  # (S*C,)
+    full_error = error_rate(f_bar.reshape(outputs.f.shape[1:]), outputs.labels)
+    grad = float(np.mean(outputs.grad_norm[members]))
+    rows = []
+    for n in range(1, m + 1):
+        subsets, exact = seed_subsets(m, n, max_subsets=max_subsets, seed=seed)
+        errors, dist2 = _subset_errors(outputs, members[subsets], f_bar)
+        rows.append({
+            "n": n, "n_subsets": len(subsets), "exact": exact,
+            "test_error_mean": float(errors.mean()), "test_error_std": float(errors.std(ddof=0)),
+            "excess_error": float(errors.mean()) - full_error,
+            "delta": math.sqrt(float(dist2.mean())) / grad if grad > 0 else math.nan,
+        })
+    return rows
+
+
+def _subset_errors(outputs: WidthOutputs, subsets: np.ndarray,
+                   f_bar: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Test error (k,) and ||f_bar_subset - f_bar||^2_mu (k,) of the averages of `subsets`
+    (k, n) of run indices. One matrix product per block of subsets; a block holds at most a
+    quarter of the width's rows, which bounds the temporaries."""
+    r, n_samples = len(outputs.run_ids), outputs.f.shape[1]
+    block = max(1, r // 4)
+    errors, dist2 = np.empty(len(subsets)), np.empty(len(subsets))
+    for start in range(0, len(subsets), block):
+        chunk = subsets[start:start + block]
+        indicator = np.zeros((len(chunk), r))  # (b, R)
+        np.put_along_axis(indicator, chunk, 1.0, axis=1)
+        avg = indicator @ outputs.flat  # (b, S*C): sums, then means (see ensemble_mean)
+        avg /= chunk.shape[1]
+        shaped = avg.reshape(len(chunk), *outputs.f.shape[1:])
+        wrong = misclassified(shaped, outputs.labels, multi_output=outputs.f.ndim == 3)
+        errors[start:start + len(chunk)] = wrong.mean(axis=1)
+        avg -= f_bar
+        dist2[start:start + len(chunk)] = np.einsum("ij,ij->i", avg, avg) / n_samples
+    return errors, dist2
+
+
+# -- N*, over architectures ---------------------------------------------------------------
+
+
+def jamming_points(curves: pd.DataFrame) -> dict[str, int | None]:
     """N* per architecture: the smallest N at which every seed reached zero loss (None when
     no width did)."""
-    out: dict[str, float | None] = {}
+    out: dict[str, int | None] = {}
     for arch, group in curves.groupby("arch"):
         jammed = group[group["n_converged"] == group["n_seeds"]]
         out[str(arch)] = int(jammed["n_params"].min()) if len(jammed) else None
     return out
+
+
+def half_jamming_points(curves: pd.DataFrame) -> dict[str, float | None]:
+    """Per architecture, the N at which half the seeds reached zero loss: the first crossing
+    of 1/2 by the converged fraction, interpolated linearly in log N between the two widths
+    around it (None when the fraction never reaches 1/2, or already exceeds it at the
+    smallest N)."""
+    out: dict[str, float | None] = {}
+    for arch, group in curves.groupby("arch"):
+        g = group.sort_values("n_params")
+        n = g["n_params"].to_numpy(float)
+        p = (g["n_converged"] / g["n_seeds"]).to_numpy(float)
+        out[str(arch)] = _first_crossing(n, p, 0.5)
+    return out
+
+
+def _first_crossing(n: np.ndarray, p: np.ndarray, level: float) -> float | None:
+    above = np.flatnonzero(p >= level)
+    if len(above) == 0:
+        return None
+    k = int(above[0])
+    if p[k] == level:
+        return float(n[k])
+    if k == 0:
+        return None
+    t = (level - p[k - 1]) / (p[k] - p[k - 1])
+    return float(np.exp(np.log(n[k - 1]) + t * (np.log(n[k]) - np.log(n[k - 1]))))
+
+
+def jamming_bracket(curves: pd.DataFrame, arch: str) -> tuple[float, float]:
+    """The widths (below, at) N* of `arch`: the largest width under N* and the width of N*.
+
+    Raises JamsweepError when N* is not bracketed by the sweep (no width reached zero loss
+    with every seed, or the smallest width already did)."""
+    group = curves[curves["arch"] == arch].sort_values("n_params")
+    if group.empty:
+        raise JamsweepError(f"architecture {arch!r} has no finished runs; known: "
+                            f"{sorted(curves['arch'].unique())}")
+    jammed = (group["n_converged"] == group["n_seeds"]).to_numpy()
+    if not jammed.any():
+        raise JamsweepError(f"{arch}: no width reached zero loss with every seed, so N* is above "
+                            "the sweep; add larger widths (or more steps) to the grid")
+    k = int(np.argmax(jammed))
+    if k == 0:
+        raise JamsweepError(f"{arch}: every seed of the smallest width already reached zero "
+                            "loss, so N* is below the sweep; add smaller widths to the grid")
+    widths = group["width"].to_numpy(float)
+    return float(widths[k - 1]), float(widths[k])
+
+
+def with_n_over_nstar(curves: pd.DataFrame, n_star: dict[str, int | None]) -> pd.DataFrame:
+    """curves plus n_over_nstar = N / N* of the row's architecture (NaN without N*)."""
+    stars = curves["arch"].map(lambda a: n_star.get(a) or math.nan).astype(float)
+    return curves.assign(n_over_nstar=curves["n_params"] / stars)

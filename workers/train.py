@@ -8,6 +8,7 @@ Checkpointing is a callback, so the caller decides where (and whether) state is 
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
@@ -18,9 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from schemas.grid import IMAGE_SHAPES
 from schemas.run import RunSpec
 from workers.data import Dataset, Split
-from workers.models import build_fc
+from workers.models import build_cnn, build_fc
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -141,6 +143,10 @@ def evaluate(model: nn.Module, data: Split, split: str, step: int) -> Outputs:
 
 
 def build_model(spec: RunSpec, d_in: int) -> nn.Module:
+    """The run's net; d_in is the input width (FC) or the image channels (CNN)."""
+    if spec.arch.kind == "cnn":
+        side = IMAGE_SHAPES[spec.dataset.name][1]
+        return build_cnn(spec.arch, spec.width, d_in, spec.n_outputs, spec.seed, side)
     return build_fc(spec.arch, spec.width, d_in, spec.n_outputs, spec.seed)
 
 
@@ -203,6 +209,11 @@ def train(
             snapshots.extend(_snapshot(model, data, step))
         if step in checks:
             last = {"step": step, **measure(model, train_set, spec)}
+            if not math.isfinite(last["loss"]):
+                raise FloatingPointError(
+                    f"loss is {last['loss']} at step {step}: training diverged; lower the "
+                    "learning rate (lr0 / lr_max) or use float64"
+                )
             if not trace or trace[-1]["step"] != step:
                 trace.append(last)
             if last["n_unsat"] == 0 or step >= t.max_steps:
@@ -215,8 +226,9 @@ def train(
         step += 1
         if save is not None and clock.due(step):
             wall = wall_before + time.monotonic() - started
-            save(TrainState(step, _cpu(model.state_dict()), optimizer.state_dict(),
-                            batches.get_state(), trace, snapshots, wall))
+            # Copies: the callback may keep the state while training goes on.
+            save(TrainState(step, _cpu(model.state_dict()), copy.deepcopy(optimizer.state_dict()),
+                            batches.get_state(), [dict(t) for t in trace], list(snapshots), wall))
             clock.saved()
 
     assert last is not None
@@ -235,6 +247,7 @@ def train(
         "lr": t.learning_rate(spec.width),
         "wall_s": wall_before + time.monotonic() - started,
         "device": str(device),
+        "resumed_from": resume.step if resume is not None else 0,
     }
     return RunResult(outputs=_restore_snapshots(snapshots) + outputs, metrics=metrics, trace=trace)
 

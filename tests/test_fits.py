@@ -1,0 +1,107 @@
+"""workers.fits recovers known laws from synthetic curves, with honest uncertainties."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from workers.fits import (
+    fit_curves,
+    fit_divergence,
+    fit_error,
+    fit_gap,
+    fit_variance,
+    fits_from_json,
+)
+
+N = np.geomspace(1e3, 1e6, 14)
+
+
+def noisy(y, rel, seed):
+    return y * (1 + rel * np.random.default_rng(seed).normal(size=len(y)))
+
+
+def test_gap_fit_recovers_e0_e1_and_ignores_points_at_or_below_n_star():
+    gap = 2.0 * N**-0.5 + 5.0 * N**-0.75
+    corrupted = gap.copy()
+    corrupted[:4] = 1.0  # the jammed region: must not enter the fit
+    fit = fit_gap(N, corrupted, n_min=N[3])
+    assert fit.ok and fit.n_points == 10 and fit.n_range == (N[4], N[-1])
+    assert fit.params["E0"] == pytest.approx(2.0, rel=1e-6)
+    assert fit.params["E1"] == pytest.approx(5.0, rel=1e-5)
+    assert np.allclose(fit.predict(N[4:]), gap[4:])
+
+
+def test_error_fit_recovers_the_plateau_and_both_corrections():
+    sem = 0.01 * (1.5 * N**-0.5)
+    eps = noisy(0.02 + 1.5 * N**-0.5 - 3.0 * N**-0.75, 0.0, 0)
+    fit = fit_error(N, eps, n_min=None, sigma=sem)
+    assert fit.ok
+    assert fit.params["eps_inf"] == pytest.approx(0.02, rel=1e-6)
+    assert fit.params["B0"] == pytest.approx(1.5, rel=1e-5)
+    assert fit.params["B1"] == pytest.approx(-3.0, rel=1e-4)
+
+
+def test_power_law_fits_recover_free_exponents():
+    var = fit_variance(N, noisy(3.0 * N**-0.25, 0.01, 1), n_min=None)
+    assert var.params["alpha"] == pytest.approx(0.25, abs=3 * var.errors["alpha"] + 1e-3)
+    assert var.params["A"] == pytest.approx(3.0, rel=0.05)
+    n_star = 1000.0
+    n = n_star * (1 + np.geomspace(0.05, 2.5, 10))
+    norms = 4.0 * (n / n_star - 1) ** -1.0
+    far = np.append(n, [10 * n_star, 20 * n_star])  # beyond the window: must not count
+    div = fit_divergence(far, np.append(norms, [1e6, 1e6]), n_star=n_star)
+    assert div.ok and div.n_points == 10
+    assert div.params["beta"] == pytest.approx(1.0, rel=1e-9)
+    assert div.params["C"] == pytest.approx(4.0, rel=1e-9)
+
+
+def test_reported_uncertainty_matches_the_scatter_of_repeated_fits():
+    """The one-sigma error of E0 agrees with the spread of E0 over noise realisations."""
+    truth = 2.0 * N**-0.5 + 5.0 * N**-0.75
+    estimates, reported = [], []
+    for seed in range(200):
+        noise = 2e-4 * np.random.default_rng(seed).normal(size=len(N))
+        fit = fit_gap(N, truth + noise, n_min=None)
+        estimates.append(fit.params["E0"])
+        reported.append(fit.errors["E0"])
+    spread = float(np.std(estimates))
+    assert float(np.median(reported)) == pytest.approx(spread, rel=0.25)
+    assert abs(np.mean(estimates) - 2.0) < 3 * spread / math.sqrt(200)
+
+
+def test_too_few_points_give_a_reason_not_numbers():
+    fit = fit_gap(N[:5], N[:5] ** -0.5, n_min=N[2])  # two points above N*
+    assert not fit.ok and "2 usable point" in fit.reason and fit.params == {}
+    assert np.isnan(fit.predict(N)).all()
+    assert "no N*" in fit_divergence(N, N, n_star=None).reason
+    back = fits_from_json(fit.to_json())
+    assert back == fit
+
+
+def curves_frame(n_star):
+    n = np.geomspace(100, 1e5, 30)
+    over = n > n_star
+    return pd.DataFrame({
+        "n_params": n, "n_seeds": 8,
+        "gap": np.where(over, 2.0 * n**-0.5 + 5.0 * n**-0.75, 0.3),
+        "test_error_mean": 0.05 + 2.0 * n**-0.5 + 5.0 * n**-0.75,
+        "test_error_std": 0.01 * n**-0.5,
+        "f_var": np.where(over, (3.0 * n**-0.25) ** 2, 50.0),
+        "f_norm": np.where(over, 2.0 * np.abs(n / n_star - 1) ** -1.0, 0.1),
+    })
+
+
+def test_fit_curves_fits_every_law_above_n_star_only():
+    n_star = 400.0
+    fits = fit_curves(curves_frame(n_star), n_star)
+    assert all(f.ok for f in fits.values())
+    assert all(f.n_range[0] > n_star for f in fits.values())
+    assert fits["gap"].params["E0"] == pytest.approx(2.0, rel=1e-6)
+    assert fits["variance"].params["alpha"] == pytest.approx(0.25, rel=1e-6)
+    assert fits["divergence"].params["beta"] == pytest.approx(1.0, rel=1e-6)
+    assert fits["error"].params["eps_inf"] == pytest.approx(0.05, rel=1e-6)
+    assert all(not f.ok for f in fit_curves(curves_frame(n_star), None).values())

@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import os
+
+import pyarrow as pa
+import pytest
+
+from orchestrator.tracker import Tracker, read_records
+from schemas.errors import JamsweepError
+from schemas.layout import SweepLayout, format_width
+from schemas.run import InvalidTransition, RunRecord, RunStatus
+from workers import io
+
+
+def test_atomic_write_leaves_only_the_whole_file(tmp_path):
+    target = str(tmp_path / "a" / "b" / "t.parquet")
+    io.write_table(target, pa.table({"x": [1, 2, 3]}))
+    assert os.listdir(tmp_path / "a" / "b") == ["t.parquet"]
+    assert io.read_table(target).column("x").to_pylist() == [1, 2, 3]
+
+
+def test_hidden_partial_files_are_never_listed_as_results(tmp_path):
+    folder = tmp_path / "metrics" / "arch=a" / "width=2" / "seed=0"
+    folder.mkdir(parents=True)
+    (folder / ".part-0.parquet.tmp-1234").write_bytes(b"PAR1 half written")
+    assert io.list_files(str(tmp_path / "metrics")) == []
+    io.write_table(str(folder / "part-0.parquet"), pa.table({"x": [1]}))
+    assert io.list_files(str(tmp_path / "metrics")) == [str(folder / "part-0.parquet")]
+
+
+def test_a_torn_checkpoint_is_no_checkpoint(tmp_path):
+    path = str(tmp_path / "c.pt")
+    io.save_checkpoint(path, {"step": 3})
+    assert io.load_checkpoint(path) == {"step": 3}
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 2])
+    assert io.load_checkpoint(path) is None
+    assert io.load_checkpoint(str(tmp_path / "none.pt")) is None
+
+
+def test_unwritable_results_location_is_a_clear_error(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        if os.access(ro, os.W_OK):  # root ignores permission bits: use a path under a file
+            target = str(tmp_path / "file")
+            open(target, "w").close()
+            ro_target = target + "/sub"
+        else:
+            ro_target = str(ro)
+        with pytest.raises(JamsweepError, match="cannot write results"):
+            io.check_writable(ro_target)
+    finally:
+        ro.chmod(0o700)
+
+
+def test_layout_paths():
+    lay = SweepLayout("s3://bucket/res/", "sw")
+    assert lay.logits("fc5", 3.5, 2) == "s3://bucket/res/sw/logits/arch=fc5/width=3.5/seed=2/part-0.parquet"
+    assert lay.metrics("fc5", 12.0, 0).endswith("metrics/arch=fc5/width=12/seed=0/part-0.parquet")
+    assert format_width(7.0) == "7" and format_width(0.25) == "0.25"
+
+
+def record(run_id: str) -> RunRecord:
+    return RunRecord(run_id=run_id, arch="a", width=2.0, seed=0, n_params=10)
+
+
+def test_status_enum_has_behaviour():
+    assert RunStatus.DONE.is_terminal() and RunStatus.FAILED.is_terminal()
+    assert RunStatus.CANCELLED.is_terminal() and not RunStatus.RUNNING.is_terminal()
+    with pytest.raises(InvalidTransition):
+        record("x").moved_to(RunStatus.DONE).moved_to(RunStatus.RUNNING)
+
+
+def test_tracker_records_attempts_and_persists_terminal_states(tmp_path):
+    lay = SweepLayout(str(tmp_path), "sw")
+    tracker = Tracker(lay, persist_every_s=3600)
+    tracker.register([record("r1"), record("r2")])
+    assert tracker.started("r1", "node-a")
+    assert tracker.started("r1", "node-b")  # a retry
+    tracker.finished("r1", RunStatus.DONE)
+    tracker.finished("r2", RunStatus.FAILED, error="ValueError: boom")
+    on_disk = {r.run_id: r for r in read_records(lay)}  # written at once despite the throttle
+    assert on_disk["r1"].state is RunStatus.DONE and on_disk["r1"].attempts == 2
+    assert on_disk["r1"].node == "node-b"
+    assert on_disk["r2"].state is RunStatus.FAILED and on_disk["r2"].error == "ValueError: boom"
+    assert tracker.counts() == {"done": 1, "failed": 1}
+
+
+def test_cancel_closes_open_runs_and_stops_new_starts(tmp_path):
+    tracker = Tracker(SweepLayout(str(tmp_path), "sw"))
+    tracker.register([record("r1"), record("r2")])
+    tracker.finished("r1", RunStatus.DONE)
+    assert tracker.cancel() == ["r2"]
+    assert not tracker.started("r2", "n")
+    tracker.finished("r2", RunStatus.DONE)  # a late report does not reopen it
+    assert {r.run_id: r.state for r in tracker.snapshot()} == {
+        "r1": RunStatus.DONE, "r2": RunStatus.CANCELLED,
+    }

@@ -1,0 +1,118 @@
+"""The streaming reduce of orchestrator.sweep on result files written directly (no Ray)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from sweepfiles import write_sweep
+
+from orchestrator import sweep as api
+from orchestrator.results import open_sweep
+from schemas.errors import JamsweepError
+from workers import io
+from workers.reduce import ensemble_curve, ensemble_members, outputs_matrix, width_curve
+
+
+def reference_tables(root: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The slow way: every run in one pandas frame, then the pure functions per width."""
+    sweep = open_sweep(root)
+    metrics = sweep.metrics()
+    logits = sweep.logits("test").merge(metrics[["run_id", "steps"]], on="run_id")
+    final = logits[logits["step"] == logits["steps"]]
+    curves, ensemble = [], []
+    for (arch, width), rows in final.groupby(["arch", "width"]):
+        m = metrics[(metrics["arch"] == arch) & (metrics["width"] == width)]
+        outputs = outputs_matrix(rows)
+        curves.append({"arch": arch, "width": width, **width_curve(m, outputs)})
+        members = ensemble_members(m, outputs.run_ids, "converged")
+        ensemble += [{"arch": arch, "width": width, **r} for r in ensemble_curve(outputs, members)]
+    return pd.DataFrame(curves), pd.DataFrame(ensemble)
+
+
+@pytest.mark.parametrize("n_outputs", [1, 10])
+def test_streaming_reduce_equals_the_all_in_one_frame_reduction(tmp_path, n_outputs):
+    files = write_sweep(str(tmp_path), n_outputs=n_outputs, seeds=5, widths=[2, 4, 8, 16, 32])
+    curves = api.reduce("synth", results=str(tmp_path), figures=False)
+    want_curves, want_ensemble = reference_tables(files.layout.root)
+    got = curves.sort_values("width").reset_index(drop=True)
+    assert (got["arch"] == want_curves["arch"]).all()
+    for column in want_curves.columns.drop("arch"):
+        assert np.allclose(got[column].to_numpy(float), want_curves[column].to_numpy(float),
+                           rtol=1e-12, equal_nan=True), column
+    ensemble = pd.read_parquet(files.layout.ensemble).sort_values(["width", "n"])
+    for column in want_ensemble.columns.drop("arch"):
+        assert np.allclose(ensemble[column].to_numpy(float), want_ensemble[column].to_numpy(float),
+                           rtol=1e-12), column
+
+
+def test_reduce_reads_the_final_step_not_the_snapshot(tmp_path):
+    """sweepfiles computes each run's test error from its final outputs; the step-0 snapshot
+    in the same file has other outputs, so reading it would change the mean error."""
+    files = write_sweep(str(tmp_path), seeds=3)
+    curves = api.reduce("synth", results=str(tmp_path), figures=False)
+    metrics = open_sweep(files.layout.root).metrics()
+    want = metrics.groupby("n_params")["test_error"].mean()
+    assert np.allclose(curves.set_index("n_params")["test_error_mean"], want.loc[curves["n_params"]])
+
+
+def test_reduce_writes_curves_ensemble_summary_and_figures(tmp_path):
+    files = write_sweep(str(tmp_path), seeds=4, widths=[2, 3, 4, 6, 8, 12, 16, 24, 32, 48])
+    api.reduce("synth", results=str(tmp_path), max_subsets=3)
+    layout = files.layout
+    curves = pd.read_parquet(layout.curves)
+    assert len(curves) == 10 and curves["n_params"].is_monotonic_increasing
+    assert (curves["n_seeds"] == 4).all()
+    # default_converged(5): widths 0..3 none or half, 5.. all: N* is the 6th width's N
+    n_star = int(curves["n_params"].iloc[5])
+    summary = json.loads(io.read_text(layout.summary))
+    assert summary["n_star"] == {"fc5": n_star}
+    assert summary["n_star_bracket"] == {"fc5": [8.0, 12.0]}
+    assert summary["n_star_half"]["fc5"] == float(curves["n_params"].iloc[4])  # 2 of 4 there
+    assert np.allclose(curves["n_over_nstar"], curves["n_params"] / n_star)
+    assert summary["fits"]["fc5"]["gap"]["n_range"][0] > n_star
+    ensemble = pd.read_parquet(layout.ensemble)
+    per_width = ensemble.groupby("n_params")["n"].max()
+    members = curves.set_index("n_params")["n_ensembled"]
+    assert (per_width == members.loc[per_width.index]).all()
+    full = ensemble[ensemble["n_params"] == n_star]  # 4 members: C(4, n) = 4, 6, 4, 1
+    assert full["n_subsets"].tolist() == [3, 3, 3, 1]  # sampled where more than 3
+    assert full["exact"].tolist() == [False, False, False, True]
+    pngs = io.list_files(layout.figures_dir, ".png")
+    assert len(pngs) == 5 and all(io.read_bytes(p)[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
+def test_reduce_of_a_sweep_without_finished_runs_writes_empty_tables(tmp_path):
+    files = write_sweep(str(tmp_path), seeds=2, widths=[2, 3])
+    for spec in files.specs:
+        io.delete(files.layout.metrics(*spec.key))
+    curves = api.reduce("synth", results=str(tmp_path))
+    assert curves.empty and "test_error_mean" in curves.columns
+    assert pq.read_table(files.layout.ensemble).num_rows == 0
+    assert json.loads(io.read_text(files.layout.summary))["n_star"] == {}
+    assert not io.exists(files.layout.figures_dir)
+
+
+def test_a_run_without_final_test_outputs_is_reported(tmp_path):
+    files = write_sweep(str(tmp_path), seeds=2, widths=[2, 3])
+    spec = files.specs[1]
+    table = pq.read_table(files.layout.logits(*spec.key))
+    io.write_table(files.layout.logits(*spec.key), table.filter(pc.equal(table["step"], 0)))
+    with pytest.raises(JamsweepError, match=f"run {spec.run_id}.*final step"):
+        api.reduce("synth", results=str(tmp_path), figures=False)
+
+
+def test_ensemble_over_all_includes_unconverged_seeds(tmp_path):
+    write_sweep(str(tmp_path), seeds=4, widths=[2, 3, 4, 6])
+    conv = api.reduce("synth", results=str(tmp_path), figures=False)
+    every = api.reduce("synth", results=str(tmp_path), figures=False, ensemble_over="all")
+    assert conv["n_ensembled"].tolist() == [0, 2, 4, 4]  # default_converged(2)
+    assert every["n_ensembled"].tolist() == [4, 4, 4, 4]
+    assert math.isnan(conv["ens_test_error"].iloc[0])
+    assert not math.isnan(every["ens_test_error"].iloc[0])
+    assert api.load_summary("synth", results=str(tmp_path))["ensemble_over"] == "all"

@@ -1,0 +1,98 @@
+"""refine: widths proposed inside the bracket of N*, and the runs it would add (no Ray)."""
+
+from __future__ import annotations
+
+import pytest
+from sweepfiles import default_converged, write_sweep
+from typer.testing import CliRunner
+
+from orchestrator import sweep as api
+from orchestrator.cli import app
+from orchestrator.refine import candidate_widths, propose_widths, refined_specs, width_step
+from schemas.errors import JamsweepError
+from schemas.grid import FCArch
+
+FC5 = FCArch(name="fc5", depth=5, widths=[6, 8])
+
+
+def fc_n(width: float) -> int:
+    return FC5.n_params(width, 10, 1)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5, 9, 20])
+def test_proposed_widths_lie_inside_the_bracket_with_new_distinct_n(k):
+    widths = propose_widths(6, 8, k, step=0.2, n_params=fc_n, existing={fc_n(6), fc_n(8)})
+    assert 1 <= len(widths) <= k and widths == sorted(widths)
+    assert all(6 < w < 8 for w in widths)
+    ns = [fc_n(w) for w in widths]
+    assert len(set(ns)) == len(ns) and fc_n(6) not in ns and fc_n(8) not in ns
+    assert len(widths) == min(k, 9)  # h = 6.2 ... 7.8: nine widths, each with its own N
+
+
+def test_one_width_bisects_the_bracket_and_several_spread_evenly():
+    assert propose_widths(6, 8, 1, step=0.2, n_params=fc_n) == [7.0]
+    assert propose_widths(6, 8, 3, step=0.2, n_params=fc_n) == [6.4, 7.0, 7.4]
+    assert propose_widths(16, 32, 3, step=1.0, n_params=lambda w: int(w) ** 2) == [20, 24, 28]
+
+
+def test_widths_whose_n_the_sweep_has_are_skipped():
+    taken = {fc_n(7.0), fc_n(6.8)}
+    widths = propose_widths(6, 8, 1, step=0.2, n_params=fc_n, existing=taken)
+    assert widths == [7.2]  # the nearest free width to the middle
+    assert not taken & {fc_n(w) for w in widths}
+
+
+def test_candidates_are_the_first_width_of_each_new_n():
+    cands = candidate_widths(6, 7, 0.1, fc_n)  # N changes only at multiples of 1/5
+    assert sorted(cands.values()) == [6.2, 6.4, 6.6, 6.8]
+
+
+def test_a_bracket_without_new_n_is_an_error_that_says_what_to_do():
+    with pytest.raises(JamsweepError, match="add seeds"):
+        propose_widths(6, 6.2, 2, step=0.2, n_params=fc_n)
+    with pytest.raises(JamsweepError, match="lo < hi"):
+        propose_widths(8, 6, 2, step=0.2, n_params=fc_n)
+
+
+def test_refined_specs_change_width_seed_run_id_and_n(tmp_path):
+    files = write_sweep(str(tmp_path), seeds=2, widths=[2, 4])
+    template = files.specs[0]
+    new = refined_specs(template, [2.4, 3.0], [0, 5])
+    assert [(s.width, s.seed) for s in new] == [(2.4, 0), (2.4, 5), (3.0, 0), (3.0, 5)]
+    assert [s.n_params for s in new] == [fc_n(2.4)] * 2 + [fc_n(3.0)] * 2
+    ids = {s.run_id for s in new} | {s.run_id for s in files.specs}
+    assert len(ids) == len(new) + len(files.specs)
+    assert all(s.training == template.training and s.dataset == template.dataset for s in new)
+    assert width_step(template) == 0.2
+
+
+def test_refine_dry_run_plans_runs_inside_the_bracket_and_writes_nothing(tmp_path):
+    files = write_sweep(str(tmp_path), seeds=3, widths=[2, 4, 8, 16],
+                        converged=default_converged(2))  # N* at h = 8, half of the seeds at 4
+    before = (tmp_path / "synth" / "manifest.parquet").read_bytes()
+    report = api.refine("synth", results=str(tmp_path), n_widths=2, seeds=5, dry_run=True)
+    assert report.brackets == {"fc5": (4.0, 8.0)}
+    assert len(report.widths["fc5"]) == 2 and all(4 < w < 8 for w in report.widths["fc5"])
+    assert len(report.planned) == 10 and {s.seed for s in report.planned} == set(range(5))
+    assert all(s.arch.name == "fc5" and s.sweep == "synth" for s in report.planned)
+    assert not {s.run_id for s in report.planned} & {s.run_id for s in files.specs}
+    assert (tmp_path / "synth" / "manifest.parquet").read_bytes() == before
+    assert report.status is None
+
+
+def test_refine_without_a_bracket_says_which_widths_to_add(tmp_path):
+    write_sweep(str(tmp_path), seeds=2, widths=[2, 4], converged=lambda k, seed: False)
+    with pytest.raises(JamsweepError, match="add larger widths"):
+        api.refine("synth", results=str(tmp_path), dry_run=True)
+    with pytest.raises(JamsweepError, match="no architecture 'nope'"):
+        api.refine("synth", results=str(tmp_path), arch="nope", dry_run=True)
+
+
+def test_refine_command_lists_the_planned_runs(tmp_path):
+    write_sweep(str(tmp_path), seeds=2, widths=[2, 4, 8], converged=default_converged(2))
+    result = CliRunner().invoke(app, ["refine", "synth", "--results", str(tmp_path),
+                                      "--n-widths", "1", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "2 run(s) would be added" in result.output and "h=6" in result.output
+    bad = CliRunner().invoke(app, ["refine", "nope", "--results", str(tmp_path), "--dry-run"])
+    assert bad.exit_code == 1 and "no sweep 'nope'" in bad.output
