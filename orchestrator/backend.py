@@ -21,6 +21,7 @@ from typing import Any  # noqa: E402
 
 import ray  # noqa: E402
 from ray.exceptions import GetTimeoutError, RayError, TaskCancelledError  # noqa: E402
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: E402
 
 from orchestrator.tracker import Tracker  # noqa: E402
 from schemas.errors import JamsweepError  # noqa: E402
@@ -88,6 +89,7 @@ class RayBackend:
         try:
             if self.embedded:
                 ray.init(
+                    address="local",  # a new Ray, even if another runs on this machine
                     num_cpus=self.num_cpus,
                     include_dashboard=False,
                     _node_ip_address="127.0.0.1",
@@ -125,6 +127,9 @@ class RayBackend:
     # -- tracker ---------------------------------------------------------------------
     def tracker(self, layout: SweepLayout) -> TrackerClient:
         """The sweep's named, detached tracker actor (created if it does not exist)."""
+        # On the driver's node (the head, for a Ray job) while it lives: worker nodes come
+        # and go. Should that node die anyway, the actor restarts from status.parquet.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
         actor = ray.remote(Tracker).options(
             name=tracker_name(layout.sweep),
             namespace=NAMESPACE,
@@ -132,6 +137,8 @@ class RayBackend:
             get_if_exists=True,
             num_cpus=0,
             max_restarts=-1,
+            max_task_retries=3,
+            scheduling_strategy=here,
         )
         return TrackerClient(actor.remote(layout))
 
@@ -186,8 +193,11 @@ class JobsClient:
     """The Ray Jobs API of a cluster's dashboard (http://HOST:8265)."""
 
     def __init__(self, address: str) -> None:
+        import logging
+
         from ray.job_submission import JobSubmissionClient
 
+        logging.getLogger("ray").setLevel(logging.WARNING)  # no "Uploading package" chatter
         try:
             self.client = JobSubmissionClient(address)
         except (ConnectionError, RayError, RuntimeError, ValueError) as exc:

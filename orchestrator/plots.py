@@ -146,7 +146,7 @@ def fig4(ensemble: pd.DataFrame, curves: pd.DataFrame) -> Figure:
     norm = matplotlib.colors.LogNorm(lo, max(hi, lo + 1))
     styles = dict(zip(sorted(ensemble["arch"].unique()), ["-", "--", ":", "-."] * 8, strict=False))
     for (arch, n_params), g in ensemble.groupby(["arch", "n_params"]):
-        colour = plt.cm.viridis(norm(n_params))
+        colour = plt.cm.viridis(norm(float(n_params)))  # type: ignore[arg-type]
         label = f"{arch} N={n_params}"
         left.plot(g["n"], g["excess_error"], marker="o", ms=3, ls=styles[arch], color=colour,
                   label=label)

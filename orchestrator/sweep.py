@@ -21,7 +21,6 @@ from schemas.grid import GridSpec, load_grid, parse_grid
 from schemas.layout import MANIFEST_SCHEMA, RESULTS_DEFAULT, SweepLayout
 from schemas.run import RunRecord, RunSpec, RunStatus
 from workers import io
-from workers.data import check_dataset
 from workers.reduce import EnsembleOver, jamming_points, width_curve
 
 Echo = Callable[[str], None]
@@ -103,6 +102,8 @@ def submit(
 
         return submit_job(grid, spec, layout, address=address or "", force=force,
                           detach=detach, dry_run=dry_run, echo=echo)
+    from workers.data import check_dataset  # imports torch: only when submitting
+
     check_dataset(spec.dataset)
     replace = _check_same_grid(layout, spec, force)
     specs = spec.expand() if replace else with_extra_runs(spec.expand(), read_manifest(layout))
@@ -355,12 +356,16 @@ def reduce(
     from workers.reduce import MAX_SUBSETS, ensemble_curve, ensemble_members
 
     layout = _existing(sweep, results)
-    specs = read_manifest(layout)
-    done = finished_run_ids(layout, specs)
+    runs = _manifest_runs(layout)
+    present = set(io.list_files(layout.metrics_dir))
     curve_rows: list[dict] = []
     ensemble_rows: list[dict] = []
-    for (arch, width), group in _by_width(s for s in specs if s.run_id in done).items():
-        metrics = _width_metrics(layout, group)
+    n_done = 0
+    for (arch, width), group in _by_width(runs).items():
+        group, metrics = _finished_width(layout, group, present)
+        if not group:
+            continue
+        n_done += len(group)
         outputs = _final_test_outputs(layout, group, metrics)
         key = {"arch": arch, "width": width, "n_params": group[0].n_params}
         curve_rows.append(key | width_curve(metrics, outputs, ensemble_over=ensemble_over))
@@ -368,8 +373,9 @@ def reduce(
         ensemble_rows += [key | row for row in ensemble_curve(
             outputs, members, max_subsets=max_subsets or MAX_SUBSETS)]
         del outputs  # the next width reuses the memory
+        pa.default_memory_pool().release_unused()  # and so may other processes
     curves, ensemble = _reduced_tables(curve_rows, ensemble_rows)
-    summary = _reduce_summary(sweep, specs, done, curves, ensemble_over,
+    summary = _reduce_summary(sweep, len(runs), n_done, curves, ensemble_over,
                               max_subsets or MAX_SUBSETS)
     io.write_table(layout.curves, pa.Table.from_pandas(curves, preserve_index=False))
     io.write_table(layout.ensemble, pa.Table.from_pandas(ensemble, preserve_index=False))
@@ -381,23 +387,25 @@ def reduce(
     return curves
 
 
-def _by_width(specs) -> dict[tuple[str, float], list[RunSpec]]:  # noqa: ANN001
+def _by_width(runs: list[ManifestRun]) -> dict[tuple[str, float], list[ManifestRun]]:
     """Runs grouped by (arch, width), in first-seen order; seeds sorted within a group."""
-    groups: dict[tuple[str, float], list[RunSpec]] = {}
-    for s in specs:
-        groups.setdefault((s.arch.name, s.width), []).append(s)
-    return {key: sorted(group, key=lambda s: s.seed) for key, group in groups.items()}
+    groups: dict[tuple[str, float], list[ManifestRun]] = {}
+    for r in runs:
+        groups.setdefault((r.arch, r.width), []).append(r)
+    return {key: sorted(group, key=lambda r: r.seed) for key, group in groups.items()}
 
 
-def _final_test_outputs(layout: SweepLayout, specs: list[RunSpec], metrics: pd.DataFrame):  # noqa: ANN201
+def _final_test_outputs(  # noqa: ANN201  (a workers.reduce.WidthOutputs)
+    layout: SweepLayout, runs: list[ManifestRun], metrics: pd.DataFrame
+):
     """The width's final test outputs (a workers.reduce.WidthOutputs), one run file at a time:
     only the output matrix (runs, samples[, C]) and one run's rows are held."""
     from workers.reduce import WidthOutputsBuilder
 
     steps = dict(zip(metrics["run_id"], metrics["steps"], strict=True))
-    builder = WidthOutputsBuilder(len(specs))
-    for spec in specs:
-        builder.add(spec.run_id, *_run_final_test(layout, spec, int(steps[spec.run_id])))
+    builder = WidthOutputsBuilder(len(runs))
+    for run in runs:
+        builder.add(run.run_id, *_run_final_test(layout, run, int(steps[run.run_id])))
     return builder.build()
 
 
@@ -416,24 +424,63 @@ def load_summary(sweep: str, *, results: str = RESULTS_DEFAULT) -> dict:
 # -- reduce: reading one run, assembling the tables ---------------------------------------
 
 
-def _width_metrics(layout: SweepLayout, specs: list[RunSpec]) -> pd.DataFrame:
-    """The metrics rows of one width's runs (one small file per run)."""
-    tables = [io.read_table(layout.metrics(*s.key)) for s in specs]
-    return pa.concat_tables(tables, promote_options="default").to_pandas()
+@dataclass(frozen=True)
+class ManifestRun:
+    """What the reducer needs of a run: the manifest's light columns (no spec to validate)."""
+
+    run_id: str
+    arch: str
+    width: float
+    seed: int
+    n_params: int
+
+    @property
+    def key(self) -> tuple[str, float, int]:
+        return (self.arch, self.width, self.seed)
 
 
-def _run_final_test(layout: SweepLayout, spec: RunSpec, steps: int) -> tuple:
+def _manifest_runs(layout: SweepLayout) -> list[ManifestRun]:
+    if not io.exists(layout.manifest):
+        return []
+    table = io.read_table(layout.manifest, ["run_id", "arch", "width", "seed", "n_params"])
+    return [ManifestRun(**row) for row in table.to_pylist()]
+
+
+def _finished_width(layout: SweepLayout, runs: list[ManifestRun],
+                    present: set[str]) -> tuple[list[ManifestRun], pd.DataFrame]:
+    """The finished runs of one width and their metrics rows, each metrics file read once.
+
+    Finished means what finished_run_ids says: the metrics file (written last, atomically)
+    is there, can be read and names this run."""
+    done, tables = [], []
+    for run in runs:
+        path = layout.metrics(*run.key)
+        if path not in present:
+            continue
+        try:
+            table = io.read_table(path)
+        except (OSError, pa.ArrowException):
+            continue  # unreadable: not a result
+        if table.num_rows and table.column("run_id")[0].as_py() == run.run_id:
+            done.append(run)
+            tables.append(table)
+    if not tables:
+        return [], pd.DataFrame()
+    return done, pa.concat_tables(tables, promote_options="default").to_pandas()
+
+
+def _run_final_test(layout: SweepLayout, run: ManifestRun, steps: int) -> tuple:
     """(sample (S,), label (S,), f (S,) or (S, C), grad_norm (S,)) of one run's test split at
     its final step, read with pyarrow: only these columns, only these rows."""
-    fs, path = io.resolve(layout.logits(*spec.key))
+    fs, path = io.resolve(layout.logits(*run.key))
     table = pq.read_table(
         path, filesystem=fs, columns=["sample", "label", "f", "grad_norm"],
         filters=[("split", "=", "test"), ("step", "=", steps)],
     )
     if table.num_rows == 0:
         raise JamsweepError(
-            f"run {spec.run_id} ({spec.arch.name} h={spec.width:g} seed={spec.seed}) has no test "
-            f"outputs at its final step {steps} in {layout.logits(*spec.key)}; delete its "
+            f"run {run.run_id} ({run.arch} h={run.width:g} seed={run.seed}) has no test "
+            f"outputs at its final step {steps} in {layout.logits(*run.key)}; delete its "
             "metrics file and submit again to retrain it"
         )
     grad = table.column("grad_norm").to_numpy()  # nulls (no gradient stored) become NaN
@@ -468,7 +515,7 @@ def _reduced_tables(curve_rows: list[dict],
     return curves, ensemble
 
 
-def _reduce_summary(sweep: str, specs: list[RunSpec], done: set[str], curves: pd.DataFrame,
+def _reduce_summary(sweep: str, n_runs: int, n_done: int, curves: pd.DataFrame,
                     ensemble_over: str, max_subsets: int) -> dict:
     """summary.json: N* (all seeds, half the seeds), its bracket, and the fits per arch."""
     from workers.fits import fit_curves
@@ -482,13 +529,14 @@ def _reduce_summary(sweep: str, specs: list[RunSpec], done: set[str], curves: pd
         except JamsweepError:
             brackets[arch] = None
     fits = {
-        arch: {name: fit.to_json() for name, fit in fit_curves(group, n_star[arch]).items()}
+        str(arch): {name: fit.to_json()
+                    for name, fit in fit_curves(group, n_star[str(arch)]).items()}
         for arch, group in curves.groupby("arch")
     }
     return {
         "sweep": sweep,
-        "n_runs": len(specs),
-        "n_done": len(done),
+        "n_runs": n_runs,
+        "n_done": n_done,
         "ensemble_over": ensemble_over,
         "max_subsets": max_subsets,
         "n_star": n_star,
@@ -561,12 +609,14 @@ def refine(
     """Add `n_widths` widths inside the bracket of N* of each architecture (or `arch`), with
     seeds 0..seeds-1 (default: the seeds the sweep already runs), run them into the same
     sweep, and reduce. The new runs join manifest.parquet."""
+    import functools
+
     from orchestrator.refine import propose_widths, refined_specs, width_step
     from workers.reduce import jamming_bracket
 
     layout = _existing(sweep, results)
     manifest = read_manifest(layout)
-    convergence = _convergence_table(layout, manifest)
+    convergence = _convergence_table(layout)
     archs = [arch] if arch is not None else sorted({s.arch.name for s in manifest})
     report = RefineReport(sweep, {}, {}, [])
     for name in archs:
@@ -577,7 +627,7 @@ def refine(
         lo, hi = jamming_bracket(convergence, name)
         same = [s for s in manifest if s.arch.name == name]
         widths = propose_widths(lo, hi, n_widths, step=width_step(template),
-                                n_params=lambda w, t=template: _n_params_at(t, w),
+                                n_params=functools.partial(_n_params_at, template),
                                 existing={s.n_params for s in same})
         seed_list = list(range(seeds)) if seeds is not None else sorted({s.seed for s in same})
         report.brackets[name], report.widths[name] = (lo, hi), widths
@@ -602,12 +652,14 @@ def _n_params_at(template: RunSpec, width: float) -> int:
     return template.model_copy(update={"width": width}).n_params
 
 
-def _convergence_table(layout: SweepLayout, specs: list[RunSpec]) -> pd.DataFrame:
+def _convergence_table(layout: SweepLayout) -> pd.DataFrame:
     """Per (arch, width): n_params, n_seeds, n_converged of the finished runs (metrics only)."""
-    done = finished_run_ids(layout, specs)
+    present = set(io.list_files(layout.metrics_dir))
     rows = []
-    for (arch, width), group in _by_width(s for s in specs if s.run_id in done).items():
-        metrics = _width_metrics(layout, group)
+    for (arch, width), group in _by_width(_manifest_runs(layout)).items():
+        group, metrics = _finished_width(layout, group, present)
+        if not group:
+            continue
         rows.append({"arch": arch, "width": width, "n_params": group[0].n_params,
                      "n_seeds": len(group), "n_converged": int(metrics["converged"].sum())})
     if not rows:

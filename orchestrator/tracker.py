@@ -21,7 +21,8 @@ class Tracker:
     def __init__(self, layout: SweepLayout, persist_every_s: float = 2.0) -> None:
         self.layout = layout
         self.persist_every_s = persist_every_s
-        self.records: dict[str, RunRecord] = {}
+        # A restarted tracker (its node died) starts from what it last persisted.
+        self.records: dict[str, RunRecord] = {r.run_id: r for r in read_records(layout)}
         self.last_persist = 0.0
         self.cancelled = False
 
@@ -33,8 +34,8 @@ class Tracker:
         self.persist(force=True)
 
     def finished(self, run_id: str, state: RunStatus, error: str | None = None) -> None:
-        rec = self.records[run_id]
-        if rec.state.is_terminal():
+        rec = self.records.get(run_id)
+        if rec is None or rec.state.is_terminal():
             return  # a late report of a run already closed (e.g. cancelled) changes nothing
         self.records[run_id] = rec.moved_to(state, error=error, ended_at=time.time())
         self.persist(force=True)
@@ -53,9 +54,9 @@ class Tracker:
     # -- what the workers say ---------------------------------------------------------
     def started(self, run_id: str, node: str) -> bool:
         """A worker began an attempt; returns False if the run should not go on."""
-        rec = self.records[run_id]
-        if rec.state.is_terminal():
-            return False
+        rec = self.records.get(run_id)
+        if rec is None or rec.state.is_terminal():
+            return rec is None  # unknown to a tracker restarted from disk: let it run
         self.records[run_id] = rec.moved_to(
             RunStatus.RUNNING, node=node, attempts=rec.attempts + 1, started_at=time.time()
         )

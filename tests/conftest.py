@@ -34,3 +34,91 @@ def jamsweep(*args: str, cwd: Path | None = None, timeout: float = 600) -> subpr
 def write_grid(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RayHead:
+    """A real `ray start --head --block` on loopback, in its own process group; `kill()`
+    ends every process of it (the whole cluster dies), by their ids."""
+
+    def __init__(self, num_cpus: int, log: Path) -> None:
+        self.gcs_port, self.dash_port = free_port(), free_port()
+        ports = {
+            "--port": self.gcs_port,
+            "--dashboard-port": self.dash_port,
+            "--ray-client-server-port": free_port(),
+            "--dashboard-agent-listen-port": free_port(),
+            "--dashboard-agent-grpc-port": free_port(),
+            "--metrics-export-port": free_port(),
+            "--runtime-env-agent-port": free_port(),
+        }
+        bin_dir = Path(sys.executable).parent
+        cmd = [str(bin_dir / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+               "--dashboard-host=127.0.0.1", "--include-dashboard=true", f"--num-cpus={num_cpus}",
+               *(f"{k}={v}" for k, v in ports.items())]
+        env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+        self.proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                                     start_new_session=True, env=env)
+        self.gcs = f"127.0.0.1:{self.gcs_port}"
+        self.dashboard = f"http://127.0.0.1:{self.dash_port}"
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 90) -> None:
+        import time
+        import urllib.error
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ray start exited with {self.proc.returncode}")
+            try:
+                urllib.request.urlopen(f"{self.dashboard}/api/version", timeout=2)
+                return
+            except urllib.error.HTTPError:
+                return  # it answers (401 without the auth token): it is up
+            except OSError:
+                time.sleep(0.5)
+        self.kill()
+        raise RuntimeError("the Ray head did not come up")
+
+    def kill(self) -> None:
+        """SIGKILL every process of this head (and of the jobs and workers it started)."""
+        import signal
+
+        victims = _descendants(self.proc.pid)
+        for pid in victims:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # and whatever left the tree but not the group
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=30)
+
+
+def _descendants(pid: int) -> set[int]:
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = {pid}, [pid]
+    while frontier:
+        p = frontier.pop()
+        kids = [c for c, pp in parents.items() if pp == p]
+        found.update(kids)
+        frontier.extend(kids)
+    return found

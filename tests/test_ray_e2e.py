@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import jamsweep, write_grid
+from tests.conftest import _descendants, jamsweep, write_grid
 
 pytestmark = pytest.mark.ray
 
@@ -162,21 +162,3 @@ def test_embedded_ray_listens_on_loopback_only():
     for line in mine:
         local = line.split()[3]
         assert local.startswith(("127.0.0.1:", "[::1]:", "[::ffff:127.0.0.1]:")), line
-
-
-def _descendants(pid: int) -> set[int]:
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found, frontier = {pid}, [pid]
-    while frontier:
-        p = frontier.pop()
-        kids = [c for c, pp in parents.items() if pp == p]
-        found.update(kids)
-        frontier.extend(kids)
-    return found

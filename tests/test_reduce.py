@@ -195,8 +195,8 @@ def hand_ensemble(f, labels, grads, members, subsets_of_n):
             dist2.append(sum(hand_sq_norm(avg[s] - f_bar[s]) for s in range(len(labels)))
                          / len(labels))
         mean = sum(errors) / len(errors)
-        rows.append({"n": n, "test_error_mean": mean,
-                     "test_error_std": math.sqrt(sum((e - mean) ** 2 for e in errors) / len(errors)),
+        std = math.sqrt(sum((e - mean) ** 2 for e in errors) / len(errors))
+        rows.append({"n": n, "test_error_mean": mean, "test_error_std": std,
                      "excess_error": mean - full,
                      "delta": math.sqrt(sum(dist2) / len(dist2)) / grad})
     return rows

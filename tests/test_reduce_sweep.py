@@ -58,7 +58,8 @@ def test_reduce_reads_the_final_step_not_the_snapshot(tmp_path):
     curves = api.reduce("synth", results=str(tmp_path), figures=False)
     metrics = open_sweep(files.layout.root).metrics()
     want = metrics.groupby("n_params")["test_error"].mean()
-    assert np.allclose(curves.set_index("n_params")["test_error_mean"], want.loc[curves["n_params"]])
+    got = curves.set_index("n_params")["test_error_mean"]
+    assert np.allclose(got, want.loc[curves["n_params"]])
 
 
 def test_reduce_writes_curves_ensemble_summary_and_figures(tmp_path):

@@ -18,7 +18,6 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-import torch
 
 from schemas.errors import JamsweepError
 
@@ -128,6 +127,8 @@ def move_aside(folder: str) -> str:
 
 
 def save_checkpoint(location: str, state: dict[str, Any]) -> None:
+    import torch  # here, not at the top: the CLI reads tables without paying torch's import
+
     buffer = io.BytesIO()
     torch.save(state, buffer)
     write_bytes(location, buffer.getvalue())
@@ -135,6 +136,8 @@ def save_checkpoint(location: str, state: dict[str, Any]) -> None:
 
 def load_checkpoint(location: str) -> dict[str, Any] | None:
     """The saved state, or None when there is none or it cannot be read whole."""
+    import torch
+
     if not exists(location):
         return None
     try:

@@ -135,7 +135,8 @@ def misclassified(f: np.ndarray, labels: np.ndarray, *,
         multi_output = f.ndim > labels.ndim
     if multi_output:
         return np.argmax(f, axis=-1) != labels
-    return f * labels <= 0
+    # y f <= 0 by the signs, without a float temporary as large as f
+    return np.where(labels > 0, f <= 0, np.where(labels < 0, f >= 0, True))
 
 
 def error_rate(f: np.ndarray, labels: np.ndarray) -> float:
@@ -273,10 +274,10 @@ def ensemble_curve(outputs: WidthOutputs, members: np.ndarray, *,
 def _subset_errors(outputs: WidthOutputs, subsets: np.ndarray,
                    f_bar: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Test error (k,) and ||f_bar_subset - f_bar||^2_mu (k,) of the averages of `subsets`
-    (k, n) of run indices. One matrix product per block of subsets; a block holds at most a
-    quarter of the width's rows, which bounds the temporaries."""
+    (k, n) of run indices. One matrix product per block of subsets; a block holds at most an
+    eighth of the width's rows, which bounds the temporaries."""
     r, n_samples = len(outputs.run_ids), outputs.f.shape[1]
-    block = max(1, r // 4)
+    block = max(1, r // 8)
     errors, dist2 = np.empty(len(subsets)), np.empty(len(subsets))
     for start in range(0, len(subsets), block):
         chunk = subsets[start:start + block]

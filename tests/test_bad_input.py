@@ -1,0 +1,123 @@
+"""Bad input: one clear message naming the problem, exit code != 0, no traceback, nothing
+written or lost. Each case runs the CLI in a fresh process, as a user would."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from orchestrator.sweep import finished_run_ids
+from schemas.grid import parse_grid
+from schemas.layout import SweepLayout
+from tests.conftest import jamsweep, write_grid
+from workers import io
+
+GOOD = """
+sweep: bad
+dataset: {name: digits_parity_pca, train_size: 60, test_size: 100, pca_dim: 10}
+architectures:
+  - {name: fc3, depth: 3, widths: [2, 6]}
+seeds: 2
+training: {lr_max: 0.01, max_steps: 50}
+"""
+
+
+def fails_cleanly(proc, *needles: str) -> None:
+    assert proc.returncode not in (0, None), proc.stdout
+    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
+    for needle in needles:
+        assert needle in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("grid", "needles"),
+    [
+        ("sweep: bad\ndataset: {name: [\n", ["not valid YAML at line"]),
+        (GOOD + "epochs: 3\n", ["epochs: unknown field"]),
+        (GOOD.replace("seeds: 2", "seeds: two"), ["seeds"]),
+        (GOOD.replace("[2, 6]", "[0, 6]"), ["architectures.0.widths", ">= 1"]),
+        (GOOD.replace("max_steps: 50", "max_steps: 50, margin: -1"), ["training.margin", "greater than or equal to 0"]),
+        (GOOD.replace("train_size: 60", "train_size: 5000"), ["dataset.train_size = 5000"]),
+        (GOOD.replace("digits_parity_pca", "mnist_parity_pca, root: nowhere"), ["dataset.root", "nowhere", "not a readable folder"]),
+        (GOOD.replace("digits_parity_pca", "imagenet"), ["dataset.name"]),
+    ],
+)
+def test_bad_grids_write_nothing(tmp_path, grid, needles):
+    path = write_grid(tmp_path / "g.yaml", grid)
+    fails_cleanly(jamsweep("submit", str(path), "--results", str(tmp_path / "res")), *needles)
+    assert not (tmp_path / "res").exists()
+
+
+def test_unwritable_results_location(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    path = write_grid(tmp_path / "g.yaml", GOOD)
+    fails_cleanly(jamsweep("submit", str(path), "--results", str(blocker / "res")), "cannot write results")
+
+
+@pytest.mark.parametrize("address", ["http://127.0.0.1:9", "ray://127.0.0.1:9"])
+def test_unreachable_cluster(tmp_path, address, monkeypatch):
+    monkeypatch.setenv("RAY_CLIENT_INITIAL_CONNECTION_TIMEOUT_S", "1")  # ray:// backs off 1+2+4 s
+    path = write_grid(tmp_path / "g.yaml", GOOD)
+    proc = jamsweep("submit", str(path), "--results", str(tmp_path / "res"), "--address", address, timeout=180)
+    fails_cleanly(proc, "127.0.0.1:9")
+    assert "cannot reach" in proc.stderr
+    assert not (tmp_path / "res" / "bad").exists()
+
+
+def test_unknown_sweep_for_status_and_reduce(tmp_path):
+    for cmd in ("status", "reduce"):
+        fails_cleanly(jamsweep(cmd, "ghost", "--results", str(tmp_path)), "no sweep 'ghost'")
+
+
+def test_a_sweep_name_used_by_another_grid_is_refused_and_nothing_changes(tmp_path):
+    res = tmp_path / "res" / "bad"
+    res.mkdir(parents=True)
+    (res / "grid.yaml").write_text(GOOD)
+    marker = res / "metrics" / "keep.parquet"
+    marker.parent.mkdir()
+    marker.write_bytes(b"x")
+    other = write_grid(tmp_path / "g.yaml", GOOD.replace("max_steps: 50", "max_steps: 60"))
+    fails_cleanly(jamsweep("submit", str(other), "--results", str(tmp_path / "res")),
+                  "already exists", "different grid", "--force")
+    assert (res / "grid.yaml").read_text() == GOOD and marker.exists()
+
+
+def test_same_grid_with_other_resources_is_the_same_sweep(tmp_path):
+    res = tmp_path / "res" / "bad"
+    res.mkdir(parents=True)
+    (res / "grid.yaml").write_text(GOOD)
+    same = write_grid(tmp_path / "g.yaml", GOOD + "resources: {max_retries: 7}\n")
+    proc = jamsweep("submit", str(same), "--results", str(tmp_path / "res"), "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert "4 would run" in proc.stdout
+
+
+def test_corrupt_or_partial_result_files_are_not_results(tmp_path):
+    runs = parse_grid(GOOD).expand()
+    layout = SweepLayout(str(tmp_path), "bad")
+    good, torn, hidden = runs[0], runs[1], runs[2]
+    io.write_table(layout.metrics(*good.key), pa.table({"run_id": [good.run_id]}))
+    full = pa.BufferOutputStream()
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"run_id": [torn.run_id]}), full)
+    data = full.getvalue().to_pybytes()
+    Path(layout.metrics(*torn.key)).parent.mkdir(parents=True)
+    Path(layout.metrics(*torn.key)).write_bytes(data[: len(data) // 2])  # a crash mid-write
+    hid = Path(layout.metrics(*hidden.key))
+    hid.parent.mkdir(parents=True)
+    (hid.parent / ".part-0.parquet.tmp-abcd").write_bytes(data)
+    assert finished_run_ids(layout, runs) == {good.run_id}
+
+
+@pytest.mark.ray
+def test_gpu_fraction_beyond_the_cluster_is_refused_before_writing(tmp_path):
+    path = write_grid(tmp_path / "g.yaml", GOOD + "resources: {num_gpus: 0.25}\n")
+    proc = jamsweep("submit", str(path), "--results", str(tmp_path / "res"), "--num-cpus", "1")
+    fails_cleanly(proc, "resources.num_gpus = 0.25", "largest node has 0 GPUs")
+    assert not (tmp_path / "res" / "bad").exists()
+
+

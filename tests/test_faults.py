@@ -1,0 +1,163 @@
+"""The fault model (DESIGN.md section 4) against real multi-node Rays on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import pandas as pd
+import pytest
+import torch
+
+from orchestrator.results import open_sweep
+from orchestrator.sweep import manifest_table, run_on_ray
+from orchestrator.tracker import read_records
+from schemas.grid import parse_grid
+from schemas.layout import SweepLayout
+from schemas.run import RunStatus
+from tests.conftest import JAMSWEEP, RayHead, jamsweep, write_grid
+from workers import io
+
+pytestmark = pytest.mark.ray
+
+# h = 1.5 nets cannot fit P = 60 and run to max_steps (long, checkpointed); h = 6 fit fast.
+GRID = """
+sweep: {sweep}
+dataset: {{name: digits_parity_pca, train_size: 60, test_size: 100, pca_dim: 10}}
+architectures:
+  - {{name: fc3, depth: 3, widths: {widths}}}
+seeds: {seeds}
+training: {{lr_max: 0.01, max_steps: {steps}}}
+resources: {{num_cpus: 1, max_retries: 2}}
+checkpoint: {{every_steps: 200}}
+"""
+
+
+def wait_for(condition, timeout: float, what: str, poll: float = 0.2):  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def done_ids(layout: SweepLayout, specs) -> set[str]:  # noqa: ANN001
+    return {s.run_id for s in specs if os.path.exists(layout.metrics(*s.key))}
+
+
+def test_a_killed_worker_node_s_runs_resume_elsewhere_and_finish_once(tmp_path):
+    from ray.cluster_utils import Cluster
+
+    grid = parse_grid(GRID.format(sweep="nodes", widths="[1.5]", seeds=3, steps=4000))
+    specs = grid.expand()
+    layout = SweepLayout(str(tmp_path), "nodes")
+    io.write_text(layout.grid_yaml, GRID)
+    io.write_table(layout.manifest, manifest_table(specs))
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1"})
+    try:
+        doomed = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+        survivor = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+        outcome: dict = {}
+        driver = threading.Thread(target=lambda: outcome.update(
+            status=run_on_ray(layout, specs, specs, address=cluster.address, num_cpus=None)))
+        driver.start()
+
+        def victim_with_checkpoint():
+            for r in read_records(layout):
+                on_doomed = r.node is not None and doomed.node_id.startswith(r.node)
+                if r.state is RunStatus.RUNNING and on_doomed and os.path.exists(layout.checkpoint(r.run_id)):
+                    return r
+            return None
+
+        victim = wait_for(victim_with_checkpoint, 120, "a run checkpointed on the doomed node")
+        cluster.remove_node(doomed, allow_graceful=False)  # kills its raylet and workers
+        driver.join(timeout=300)
+        assert not driver.is_alive()
+    finally:
+        cluster.shutdown()
+
+    records = {r.run_id: r for r in outcome["status"].records}
+    assert all(r.state is RunStatus.DONE for r in records.values()), records
+    moved = records[victim.run_id]
+    assert moved.attempts == 2 and survivor.node_id.startswith(moved.node)
+    sweep = open_sweep(layout.root)
+    metrics = sweep.metrics().set_index("run_id")
+    assert metrics.loc[victim.run_id, "resumed_from"] > 0  # resumed from its checkpoint
+    logits = sweep.logits()
+    assert len(metrics) == 3 and not logits.duplicated(["run_id", "split", "sample", "step"]).any()
+    assert not os.path.exists(layout.checkpoint(victim.run_id))  # removed once results landed
+    # ... and its outputs are those of an uninterrupted run, bit for bit
+    from workers.data import load_dataset
+    from workers.train import train
+
+    torch.set_num_threads(1)  # as in a Ray worker (OMP_NUM_THREADS=1)
+    spec = next(s for s in specs if s.run_id == victim.run_id)
+    data = load_dataset(spec.dataset)
+    whole = train(spec, data)
+    test = logits[(logits.run_id == victim.run_id) & (logits.split == "test")].set_index("sample")
+    expected = pd.Series(whole.outputs[1].f.numpy(), index=data.test.index.numpy())
+    assert (test["f"].sort_index() == expected.sort_index()).all()
+
+
+@pytest.fixture
+def head(tmp_path):
+    cluster = RayHead(num_cpus=2, log=tmp_path / "head.log")
+    yield cluster
+    cluster.kill()
+
+
+def test_killing_the_submitting_client_does_not_stop_the_sweep(tmp_path, head):
+    grid_text = GRID.format(sweep="client", widths="[1.5, 6]", seeds=2, steps=3000)
+    grid = write_grid(tmp_path / "g.yaml", grid_text)
+    layout = SweepLayout(str(tmp_path / "res"), "client")
+    specs = parse_grid(grid_text).expand()
+    cli = subprocess.Popen([*JAMSWEEP, "submit", str(grid), "--address", head.dashboard,
+                            "--results", str(tmp_path / "res")],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    wait_for(lambda: any(r.state is RunStatus.RUNNING for r in read_records(layout)), 120,
+             "a run to start")
+    os.kill(cli.pid, signal.SIGKILL)  # kill -9 the CLI
+    cli.wait()
+    wait_for(lambda: len(done_ids(layout, specs)) == len(specs), 240, "every run to finish", poll=1)
+    proc = jamsweep("status", "client", "--results", str(tmp_path / "res"), "--address", head.gcs, "--json")
+    assert proc.returncode == 0, proc.stderr
+    st = json.loads(proc.stdout)
+    assert st["source"] == "live" and st["counts"]["done"] == len(specs)
+
+
+def test_after_the_whole_cluster_dies_a_resubmission_runs_only_what_is_missing(tmp_path, head):
+    grid_text = GRID.format(sweep="phoenix", widths="[6, 1.5]", seeds=2, steps=8000)
+    grid = write_grid(tmp_path / "g.yaml", grid_text)
+    layout = SweepLayout(str(tmp_path / "res"), "phoenix")
+    specs = parse_grid(grid_text).expand()
+    proc = jamsweep("submit", str(grid), "--address", head.dashboard, "--results",
+                    str(tmp_path / "res"), "--detach")
+    assert proc.returncode == 0, proc.stderr
+    assert "Ray job jamsweep-phoenix-" in proc.stdout
+    wait_for(lambda: done_ids(layout, specs) and any(
+        os.path.exists(layout.checkpoint(s.run_id)) for s in specs), 180,
+        "a finished run and a checkpointed one")
+    head.kill()  # the whole cluster dies mid-sweep
+    finished = done_ids(layout, specs)
+    assert 0 < len(finished) < len(specs)
+    stamps = {s.run_id: os.stat(layout.metrics(*s.key)).st_mtime_ns for s in specs if s.run_id in finished}
+
+    again = jamsweep("submit", str(grid), "--results", str(tmp_path / "res"), "--num-cpus", "2")
+    assert again.returncode == 0, again.stderr
+    assert f"{len(finished)} already done, {len(specs) - len(finished)} to run" in again.stderr
+    for s in specs:
+        if s.run_id in finished:  # not retrained
+            assert os.stat(layout.metrics(*s.key)).st_mtime_ns == stamps[s.run_id]
+    metrics = open_sweep(layout.root).metrics()
+    assert sorted(metrics.run_id) == sorted(s.run_id for s in specs)
+    assert (metrics.loc[~metrics.run_id.isin(finished), "resumed_from"] > 0).any()
+    st = json.loads(jamsweep("status", "phoenix", "--results", str(tmp_path / "res"), "--json").stdout)
+    assert st["counts"]["done"] == len(specs)
+
+
