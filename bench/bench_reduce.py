@@ -2,10 +2,12 @@
 
 Generates a sweep's result files (default: 20 seeds x 40 widths x 60,000 test points, one
 output, 1,000 train points per run: the paper's MNIST scale, 48M test outputs), then runs
-each variant in a fresh process and prints wall time, peak memory (the rise of the
-process's high-water mark of resident memory, VmHWM, over its size after imports) and the
-ratio of the two, against the size of one width's final test outputs (f and ||grad f|| as
-float64: seeds x test points x 2 x 8 bytes).
+each variant in a fresh process and prints wall time, peak memory and the ratio of the two.
+Peak memory is the rise of the process's anonymous resident memory (RssAnon, sampled every
+millisecond by a thread) over its value after every module is imported: file-backed pages
+(shared libraries) are left out, because the kernel may drop and re-read them at any time
+on a shared machine. It is set against the size of one width's final test outputs (f and
+||grad f|| as float64: seeds x test points x 2 x 8 bytes).
 
     .venv/bin/python bench/bench_reduce.py --scale 0.25    # 15,000 test points per run
 
@@ -25,22 +27,51 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 SWEEP = "synth"
+PANDAS_BYTES_PER_ROW = 420  # the baseline's peak per logits row, measured at --scale 0.25
 CHECKED = ["test_error_mean", "test_error_std", "train_error_mean", "ens_test_error", "gap",
            "f_norm", "f_var", "grad_norm", "delta"]
 
 
-def rss_kib(field: str) -> int:
-    """VmRSS (now) or VmHWM (peak so far) of this process, in KiB (Linux)."""
+def available_bytes() -> int:
+    """MemAvailable of the machine (Linux)."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no MemAvailable in /proc/meminfo")
+
+
+def status_kib(field: str) -> int:
+    """A field of /proc/self/status (RssAnon, VmHWM, ...), in KiB (Linux)."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+class AnonPeak(threading.Thread):
+    """Samples RssAnon every millisecond until stopped; `peak` is the largest value seen."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peak = status_kib("RssAnon")
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            self.peak = max(self.peak, status_kib("RssAnon"))
+            time.sleep(0.001)
+
+    def stop(self) -> int:
+        self.done.set()
+        self.join()
+        return max(self.peak, status_kib("RssAnon"))
 
 
 # -- generating the files --------------------------------------------------------------------
@@ -150,12 +181,14 @@ def measure(variant: str, results: str, max_subsets: int) -> dict:
     import orchestrator.sweep  # noqa: F401  (torch, pyarrow, numpy)
     import workers.fits  # noqa: F401
 
-    before = rss_kib("VmRSS")
+    before = status_kib("RssAnon")
+    sampler = AnonPeak()
+    sampler.start()
     started = time.perf_counter()
     {"stream": run_stream, "pandas": run_pandas}[variant](results, max_subsets)
     seconds = time.perf_counter() - started
-    return {"variant": variant, "seconds": seconds, "rss_after_imports_kib": before,
-            "peak_rise_kib": rss_kib("VmHWM") - before}
+    return {"variant": variant, "seconds": seconds, "anon_after_imports_kib": before,
+            "peak_rise_kib": sampler.stop() - before}
 
 
 def child(variant: str, results: str, max_subsets: int) -> dict:
@@ -216,7 +249,12 @@ def bench(args: argparse.Namespace, results: str) -> None:
               "Parquet")
     print(f"one width's final test outputs (f, ||grad f||; float64): {one_width / 2**20:.1f} MiB")
     results_rows = [child("stream", results, args.max_subsets)]
-    if not args.skip_pandas:
+    need = args.seeds * args.widths * (n_test + args.n_train) * PANDAS_BYTES_PER_ROW
+    if not args.skip_pandas and need > 0.7 * available_bytes():
+        print(f"pandas baseline skipped: it would need about {need / 2**30:.1f} GiB, more than "
+              f"70% of the {available_bytes() / 2**30:.1f} GiB available (use a smaller --scale "
+              "to compare both)")
+    elif not args.skip_pandas:
         results_rows.append(child("pandas", results, args.max_subsets))
     print(f"{'variant':<8} {'seconds':>9} {'peak rise MiB':>14} {'x one width':>12}")
     for r in results_rows:

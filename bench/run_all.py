@@ -1,7 +1,9 @@
-"""Run every benchmark in bench/ (bench_*.py), each in its own process; `make bench`.
+"""Run the benchmarks in bench/ (bench_*.py), each in its own process; `make bench`.
 
-Arguments are passed to every benchmark, e.g. `python bench/run_all.py --scale 0.25`
-(each benchmark takes --scale: the fraction of its full, paper-sized workload)."""
+    python bench/run_all.py                        # every benchmark, its default size
+    python bench/run_all.py reduce --scale 0.25    # one benchmark (bench_reduce.py), with
+                                                   # these arguments (see its --help)
+"""
 
 from __future__ import annotations
 
@@ -12,11 +14,20 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
+    every = sorted(HERE.glob("bench_*.py"))
+    scripts, extra = every, []
+    if argv:
+        name, *extra = argv
+        scripts = [s for s in every if s.stem in (name, f"bench_{name}")]
+        if not scripts:
+            known = ", ".join(s.stem.removeprefix("bench_") for s in every)
+            print(f"no benchmark {name!r}; there are: {known}")
+            return 2
     failed = []
-    for script in sorted(HERE.glob("bench_*.py")):
-        print(f"== {script.name} {' '.join(sys.argv[1:])}", flush=True)
-        if subprocess.run([sys.executable, str(script), *sys.argv[1:]]).returncode != 0:
+    for script in scripts:
+        print(f"== {script.name} {' '.join(extra)}", flush=True)
+        if subprocess.run([sys.executable, str(script), *extra]).returncode != 0:
             failed.append(script.name)
     if failed:
         print(f"failed: {', '.join(failed)}")
@@ -24,4 +35,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -92,7 +92,8 @@ def submit(
         out.print(f"sweep {report.sweep}: {report.n_runs} runs, {report.n_already_done} done, "
                   f"{len(report.planned)} would run:")
         for s in report.planned:
-            out.print(f"  {s.run_id}  {s.arch.name}  h={s.width:g}  seed={s.seed}  N={s.n_params}")
+            w = f"{api.width_symbol(s.arch.kind)}={s.width:g}"
+            out.print(f"  {s.run_id}  {s.arch.name}  {w}  seed={s.seed}  N={s.n_params}")
         return
     assert report.status is not None
     if report.curves is not None:
@@ -100,6 +101,8 @@ def submit(
     counts = ", ".join(f"{n} {s}" for s, n in report.status.counts.items() if n)
     out.print(f"sweep {report.sweep}: {counts}. Results in {report.results}/{report.sweep}")
     if not report.ok:
+        if report.status.counts["cancelled"]:
+            err.print(f"sweep {report.sweep}: {report.status.counts['cancelled']} run(s) cancelled")
         for r in report.status.failed:
             err.print(f"failed: {r.arch} h={r.width:g} seed={r.seed} ({r.run_id}): {r.error}", soft_wrap=True)
         raise typer.Exit(1)
@@ -219,7 +222,8 @@ def refine(
     if dry_run:
         out.print(f"sweep {sweep}: {len(rep.planned)} run(s) would be added:")
         for s in rep.planned:
-            out.print(f"  {s.run_id}  {s.arch.name}  h={s.width:g}  seed={s.seed}  N={s.n_params}")
+            w = f"{api.width_symbol(s.arch.kind)}={s.width:g}"
+            out.print(f"  {s.run_id}  {s.arch.name}  {w}  seed={s.seed}  N={s.n_params}")
         return
     if rep.curves is not None:
         _print_curves(rep.curves)

@@ -81,6 +81,9 @@ def _fit_line(ax: Axes, fit: Fit | None, colour: str, label: str,
 
 def _finish(ax: Axes, xlabel: str, ylabel: str, title: str, *, logx: bool = True,
             logy: bool = False) -> None:
+    if not _has_data(ax):
+        ax.text(0.5, 0.5, "nothing to show yet", ha="center", transform=ax.transAxes)
+        logx = logy = False  # a log axis without positive data cannot be drawn
     if logx:
         ax.set_xscale("log")
         _plain_log_labels(ax.xaxis, ax.get_xlim())
@@ -93,6 +96,12 @@ def _finish(ax: Axes, xlabel: str, ylabel: str, title: str, *, logx: bool = True
     ax.grid(True, which="both", alpha=0.25)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
+
+
+def _has_data(ax: Axes) -> bool:
+    """Whether anything was plotted at data coordinates (the N* lines alone do not count)."""
+    y0, y1 = ax.dataLim.intervaly
+    return bool(np.isfinite(y0) and np.isfinite(y1) and y0 <= y1)
 
 
 def _plain_log_labels(axis, limits: tuple[float, float]) -> None:  # noqa: ANN001

@@ -71,7 +71,9 @@ class SubmitReport:
     def ok(self) -> bool:
         if self.job_state is not None:
             return self.job_state in ("SUCCEEDED", "PENDING", "RUNNING")
-        return self.status is None or not self.status.failed
+        if self.status is None:
+            return True
+        return not self.status.failed and self.status.counts["cancelled"] == 0
 
 
 # -- submit ----------------------------------------------------------------------------
@@ -201,7 +203,7 @@ def _done_record(spec: RunSpec, previous: RunRecord | None) -> RunRecord:
 
 def _progress_line(n: int, total: int, o) -> str:  # noqa: ANN001  (an Outcome)
     s = o.spec
-    what = f"{s.arch.name} h={s.width:g} seed={s.seed} (N={s.n_params})"
+    what = f"{s.arch.name} {width_symbol(s.arch.kind)}={s.width:g} seed={s.seed} (N={s.n_params})"
     if o.state is RunStatus.DONE:
         m = o.metrics
         conv = "converged" if m["converged"] else f"{m['n_unsat']} unsatisfied"
@@ -209,6 +211,11 @@ def _progress_line(n: int, total: int, o) -> str:  # noqa: ANN001  (an Outcome)
     if o.state is RunStatus.FAILED:
         return f"[{n}/{total}] FAILED    {what}: {o.error}"
     return f"[{n}/{total}] cancelled {what}"
+
+
+def width_symbol(kind: str) -> str:
+    """The paper's name of the swept width: h for FC nets, f (channels) for CNNs."""
+    return "f" if kind == "cnn" else "h"
 
 
 def _check_same_grid(layout: SweepLayout, spec: GridSpec, force: bool) -> bool:
@@ -262,20 +269,22 @@ def manifest_table(specs: list[RunSpec]) -> pa.Table:
 
 
 def status(sweep: str, *, results: str = RESULTS_DEFAULT, address: str | None = None) -> SweepStatus:
-    """Live from the tracker when `address` reaches a cluster that has one; else from the
-    persisted status.parquet, corrected by the result files (a metrics file means done)."""
+    """Live from the tracker when `address` reaches a cluster that has one (auto, ray://,
+    HOST:PORT); else from the persisted status.parquet, corrected by the result files (a
+    metrics file means done). Reads no result file: one listing of the metrics folder."""
     layout = _existing(sweep, results)
-    if address is not None:
+    if address is not None and not is_jobs_address(address):
         live = _live_records(sweep, address)
         if live is not None:
             return SweepStatus(sweep, live, "live")
     records = read_records(layout)
-    manifest = read_manifest(layout)
     known = {r.run_id for r in records}
-    records += [pending_record(s) for s in manifest if s.run_id not in known]
-    done = finished_run_ids(layout, manifest)
+    if io.exists(layout.manifest):
+        rows = io.read_table(layout.manifest, ["run_id", "arch", "width", "seed", "n_params"])
+        records += [RunRecord(**row) for row in rows.to_pylist() if row["run_id"] not in known]
+    present = set(io.list_files(layout.metrics_dir))
     fixed = [
-        r if r.run_id not in done or r.state is RunStatus.DONE
+        r if r.state is RunStatus.DONE or layout.metrics(r.arch, r.width, r.seed) not in present
         else r.model_copy(update={"state": RunStatus.DONE, "error": None})
         for r in records
     ]
@@ -361,19 +370,20 @@ def reduce(
     curve_rows: list[dict] = []
     ensemble_rows: list[dict] = []
     n_done = 0
-    for (arch, width), group in _by_width(runs).items():
-        group, metrics = _finished_width(layout, group, present)
-        if not group:
-            continue
-        n_done += len(group)
-        outputs = _final_test_outputs(layout, group, metrics)
-        key = {"arch": arch, "width": width, "n_params": group[0].n_params}
-        curve_rows.append(key | width_curve(metrics, outputs, ensemble_over=ensemble_over))
-        members = ensemble_members(metrics, outputs.run_ids, ensemble_over)
-        ensemble_rows += [key | row for row in ensemble_curve(
-            outputs, members, max_subsets=max_subsets or MAX_SUBSETS)]
-        del outputs  # the next width reuses the memory
-        pa.default_memory_pool().release_unused()  # and so may other processes
+    with _returning_memory():
+        for (arch, width), group in _by_width(runs).items():
+            group, metrics = _finished_width(layout, group, present)
+            if not group:
+                continue
+            n_done += len(group)
+            outputs = _final_test_outputs(layout, group, metrics)
+            key = {"arch": arch, "width": width, "n_params": group[0].n_params}
+            curve_rows.append(key | width_curve(metrics, outputs, ensemble_over=ensemble_over))
+            members = ensemble_members(metrics, outputs.run_ids, ensemble_over)
+            ensemble_rows += [key | row for row in ensemble_curve(
+                outputs, members, max_subsets=max_subsets or MAX_SUBSETS)]
+            del outputs
+            _trim_heap()  # give the width's memory back before the next one is read
     curves, ensemble = _reduced_tables(curve_rows, ensemble_rows)
     summary = _reduce_summary(sweep, len(runs), n_done, curves, ensemble_over,
                               max_subsets or MAX_SUBSETS)
@@ -424,6 +434,33 @@ def load_summary(sweep: str, *, results: str = RESULTS_DEFAULT) -> dict:
 # -- reduce: reading one run, assembling the tables ---------------------------------------
 
 
+class _returning_memory:  # noqa: N801  (used as a `with` block, like a function)
+    """Arrow allocates through the system allocator while the reducer reads.
+
+    Arrow's default pool (mimalloc or jemalloc) keeps freed memory in per-thread heaps; across
+    hundreds of run files that retention outgrew one width's outputs in the benchmark. The
+    previous pool is restored after; buffers remember the pool that made them."""
+
+    def __enter__(self) -> None:
+        self.previous = pa.default_memory_pool()
+        pa.set_memory_pool(pa.system_memory_pool())
+
+    def __exit__(self, *exc: object) -> None:
+        pa.set_memory_pool(self.previous)
+
+
+def _trim_heap() -> None:
+    """Return free heap pages to the OS (glibc's malloc_trim; nothing elsewhere)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 @dataclass(frozen=True)
 class ManifestRun:
     """What the reducer needs of a run: the manifest's light columns (no spec to validate)."""
@@ -471,12 +508,16 @@ def _finished_width(layout: SweepLayout, runs: list[ManifestRun],
 
 def _run_final_test(layout: SweepLayout, run: ManifestRun, steps: int) -> tuple:
     """(sample (S,), label (S,), f (S,) or (S, C), grad_norm (S,)) of one run's test split at
-    its final step, read with pyarrow: only these columns, only these rows."""
+    its final step, read with pyarrow: only these columns, then only these rows. (A plain
+    ParquetFile read and a filter keep less memory than pq.read_table's dataset scan.)"""
+    import pyarrow.compute as pc
+
     fs, path = io.resolve(layout.logits(*run.key))
-    table = pq.read_table(
-        path, filesystem=fs, columns=["sample", "label", "f", "grad_norm"],
-        filters=[("split", "=", "test"), ("step", "=", steps)],
-    )
+    whole = pq.ParquetFile(path, filesystem=fs).read(
+        columns=["split", "step", "sample", "label", "f", "grad_norm"], use_threads=False)
+    final_test = pc.and_(pc.equal(whole["split"], "test"), pc.equal(whole["step"], steps))
+    table = whole.filter(final_test)
+    del whole
     if table.num_rows == 0:
         raise JamsweepError(
             f"run {run.run_id} ({run.arch} h={run.width:g} seed={run.seed}) has no test "
@@ -638,14 +679,23 @@ def refine(
              f"{', '.join(f'{w:g}' for w in widths)}")
     if dry_run or not report.planned:
         return report
-    known = {s.run_id for s in manifest}
-    all_specs = manifest + [s for s in report.planned if s.run_id not in known]
-    io.write_table(layout.manifest, manifest_table(all_specs))
+    all_specs = manifest + _add_to_manifest(layout, report.planned)
     report.status = run_on_ray(layout, all_specs, report.planned, address=address,
                                num_cpus=num_cpus, echo=echo)
     if not report.status.failed:
         report.curves = reduce(sweep, results=results)
     return report
+
+
+def _add_to_manifest(layout: SweepLayout, specs: list[RunSpec]) -> list[RunSpec]:
+    """Append the runs of `specs` that manifest.parquet lacks; return them. Existing rows are
+    kept as stored, so their run_ids keep naming their result files."""
+    existing = io.read_table(layout.manifest)
+    known = set(existing.column("run_id").to_pylist())
+    added = [s for s in specs if s.run_id not in known]
+    table = pa.concat_tables([existing, manifest_table(added)], promote_options="default")
+    io.write_table(layout.manifest, table)
+    return added
 
 
 def _n_params_at(template: RunSpec, width: float) -> int:

@@ -22,6 +22,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from schemas.errors import GridError
 
@@ -192,7 +193,12 @@ def _arch_kind(value: Any) -> str:
 
 
 ArchSpec = Annotated[
-    Annotated[FCArch, Tag("fc")] | Annotated[CNNArch, Tag("cnn")], Discriminator(_arch_kind)
+    Annotated[FCArch, Tag("fc")] | Annotated[CNNArch, Tag("cnn")],
+    Discriminator(
+        _arch_kind,
+        custom_error_type="arch_kind",
+        custom_error_message="kind must be 'fc' (fully-connected) or 'cnn' (convolutional)",
+    ),
 ]
 
 
@@ -220,6 +226,10 @@ class TrainingSpec(Strict):
         ge=0,
         description="A constraint counts as satisfied when its Delta <= delta_tol; "
         "0 gives the authors' strict rule.",
+    )
+    subtract_init: bool = Field(
+        default=False,
+        description="Train f - f0, f0 the net's output at initialisation (paper, footnote 5).",
     )
     snapshot_steps: list[int] = Field(
         default_factory=list, description="Steps at which outputs f are stored as well."
@@ -311,30 +321,18 @@ class GridSpec(Strict):
     @model_validator(mode="after")
     def _archs_fit_dataset(self) -> GridSpec:
         """FC nets take the flat *_pca inputs, CNNs the images; a CNN must not shrink the
-        image to nothing. Every mismatch is reported at once."""
-        data = self.dataset.name
-        problems = []
-        for i, arch in enumerate(self.architectures):
-            where = f"architectures[{i}] {arch.name!r} (kind {arch.kind})"
-            if arch.kind == "fc" and data not in PCA_DATASETS:
-                problems.append(
-                    f"{where} needs a flat *_pca dataset ({', '.join(PCA_DATASETS)}), "
-                    f"not dataset.name {data!r}; use a kind: cnn architecture for images"
-                )
-            elif arch.kind == "cnn" and data not in IMAGE_SHAPES:
-                problems.append(
-                    f"{where} needs an image dataset ({', '.join(IMAGE_SHAPES)}), not "
-                    f"dataset.name {data!r}"
-                )
-            elif arch.kind == "cnn" and arch.feature_size(IMAGE_SHAPES[data][1]) < 1:
-                problems.append(
-                    f"{where}: kernel_size {arch.kernel_size}, stride {arch.stride} and "
-                    f"padding {arch.padding} over {arch.depth} layers shrink the "
-                    f"{IMAGE_SHAPES[data][1]}-pixel images of {data!r} to nothing; use a "
-                    "smaller stride or kernel, more padding or fewer layers"
-                )
-        if problems:
-            raise ValueError("; ".join(problems))
+        images to nothing. Every mismatch is reported at once, at its architecture."""
+        problems = [
+            InitErrorDetails(
+                type=PydanticCustomError("value_error", "{problem}", {"problem": problem}),
+                loc=("architectures", i),
+                input=arch.name,
+            )
+            for i, arch in enumerate(self.architectures)
+            if (problem := _arch_dataset_problem(arch, self.dataset.name))
+        ]
+        if problems:  # a ValidationError keeps each problem's location, unlike a ValueError
+            raise ValidationError.from_exception_data(type(self).__name__, problems)
         return self
 
     @property
@@ -368,6 +366,29 @@ class GridSpec(Strict):
             exclude={"results": True, "resources": True, "checkpoint": True,
                      "dataset": {"root", "download"}},
         )
+
+
+def _arch_dataset_problem(arch: FCArch | CNNArch, data: str) -> str | None:
+    """Why `arch` cannot train on dataset `data`, or None."""
+    where = f"architecture {arch.name!r} (kind {arch.kind})"
+    if arch.kind == "fc" and data not in PCA_DATASETS:
+        return (
+            f"{where} needs a flat *_pca dataset ({', '.join(PCA_DATASETS)}), not dataset.name "
+            f"{data!r}; use a kind: cnn architecture for images"
+        )
+    if arch.kind == "cnn" and data not in IMAGE_SHAPES:
+        return (
+            f"{where} needs an image dataset ({', '.join(IMAGE_SHAPES)}), not dataset.name "
+            f"{data!r}"
+        )
+    if arch.kind == "cnn" and arch.feature_size(IMAGE_SHAPES[data][1]) < 1:
+        return (
+            f"{where}: kernel_size {arch.kernel_size}, stride {arch.stride} and padding "
+            f"{arch.padding} over {arch.depth} layers shrink the {IMAGE_SHAPES[data][1]}-pixel "
+            f"images of {data!r} to nothing; use a smaller stride or kernel, more padding or "
+            "fewer layers"
+        )
+    return None
 
 
 def parse_grid(text: str, *, source: str = "grid", base_dir: Path | None = None) -> GridSpec:

@@ -161,3 +161,22 @@ def test_after_the_whole_cluster_dies_a_resubmission_runs_only_what_is_missing(t
     assert st["counts"]["done"] == len(specs)
 
 
+
+
+def test_cancel_stops_pending_and_running_runs_and_records_them(tmp_path, head):
+    grid_text = GRID.format(sweep="stopme", widths="[1.5]", seeds=4, steps=200000)
+    grid = write_grid(tmp_path / "g.yaml", grid_text)
+    layout = SweepLayout(str(tmp_path / "res"), "stopme")
+    proc = jamsweep("submit", str(grid), "--address", head.dashboard, "--results",
+                    str(tmp_path / "res"), "--detach")
+    assert proc.returncode == 0, proc.stderr
+    wait_for(lambda: any(r.state is RunStatus.RUNNING for r in read_records(layout)), 120,
+             "a run to start")
+    cancel = jamsweep("cancel", "stopme", "--address", head.dashboard, "--results", str(tmp_path / "res"))
+    assert cancel.returncode == 0, cancel.stderr
+    assert "sweep stopme: cancelled 4 run(s)" in cancel.stdout
+    records = wait_for(lambda: (lambda rs: rs if rs and all(r.state.is_terminal() for r in rs) else None)(
+        read_records(layout)), 60, "every run to be closed")
+    assert {r.state for r in records} == {RunStatus.CANCELLED}
+    time.sleep(3)  # the running ones were stopped: they never write results
+    assert not os.path.exists(layout.metrics_dir)

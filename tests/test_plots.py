@@ -99,3 +99,13 @@ def test_plot_before_reduce_says_to_reduce(tmp_path):
     write_sweep(str(tmp_path), seeds=2, widths=[2, 3])
     result = CliRunner().invoke(app, ["plot", "synth", "--results", str(tmp_path)])
     assert result.exit_code == 1 and "jamsweep reduce synth" in result.output
+
+
+def test_a_sweep_where_no_seed_converged_still_gets_every_figure(tmp_path):
+    """No N*, no ensemble, nothing positive to put on the log axes: figures say so."""
+    write_sweep(str(tmp_path), seeds=1, widths=[2, 3, 4], converged=lambda k, seed: False)
+    api.reduce("synth", results=str(tmp_path))
+    figures = tmp_path / "synth" / "figures"
+    assert {p.stem for p in figures.iterdir()} == FIGURES
+    for png in figures.iterdir():
+        assert_not_blank(png.read_bytes())

@@ -96,3 +96,35 @@ def test_refine_command_lists_the_planned_runs(tmp_path):
     assert "2 run(s) would be added" in result.output and "h=6" in result.output
     bad = CliRunner().invoke(app, ["refine", "nope", "--results", str(tmp_path), "--dry-run"])
     assert bad.exit_code == 1 and "no sweep 'nope'" in bad.output
+
+
+def test_refine_appends_the_new_runs_runs_them_and_reduces(tmp_path, monkeypatch):
+    """The whole refine without Ray: the backend is replaced by one that writes each new
+    run's result files, as a worker would."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    from sweepfiles import write_run
+
+    files = write_sweep(str(tmp_path), seeds=2, widths=[2, 4, 8, 16],
+                        converged=default_converged(2))
+    before = pq.read_table(files.layout.manifest)
+    ran = {}
+
+    def fake_run_on_ray(layout, specs, todo, *, address, num_cpus, echo):
+        ran.update(specs=specs, todo=todo)
+        labels = np.where(np.arange(350) % 2 == 0, 1, -1)
+        for spec in todo:
+            f = np.random.default_rng(spec.seed).normal(size=(350, 1)) + labels[:, None]
+            write_run(layout, spec, f, labels, 50, 77, converged=True)
+        return api.status("synth", results=str(tmp_path))
+
+    monkeypatch.setattr(api, "run_on_ray", fake_run_on_ray)
+    report = api.refine("synth", results=str(tmp_path), n_widths=1)
+    assert report.widths == {"fc5": [6.0]} and len(ran["todo"]) == 2
+    after = pq.read_table(files.layout.manifest)
+    assert after.slice(0, before.num_rows).equals(before)  # old rows kept as stored
+    assert after.num_rows == before.num_rows + 2
+    assert {s.run_id for s in ran["specs"]} >= set(after.column("run_id").to_pylist())
+    assert not report.status.failed
+    assert report.curves["width"].tolist() == [2.0, 4.0, 6.0, 8.0, 16.0]  # the new width too
+    assert report.curves.loc[report.curves["width"] == 6.0, "n_seeds"].item() == 2

@@ -131,6 +131,7 @@ def test_input_gradient_norms_match_a_per_sample_loop():
         jac = torch.autograd.functional.jacobian(lambda v: model(v[None])[0], x[i])  # (3, 5)
         hand.append(jac.norm().item())
     torch.testing.assert_close(input_gradient_norms(model, x), torch.tensor(hand, dtype=torch.float64))
+    torch.testing.assert_close(input_gradient_norms(model, x, chunk=4), torch.tensor(hand, dtype=torch.float64))
 
 
 def test_float32_runs_in_float32_from_the_same_initial_weights(data):
@@ -180,3 +181,22 @@ def _roundtrip(state: dict) -> dict:
     buffer = io.BytesIO()
     torch.save(state, buffer)
     return torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
+
+
+def test_subtract_init_trains_f_minus_its_initial_value(data):
+    spec = run_spec(width=8, steps=2000, extra="subtract_init: true, snapshot_steps: [0]")
+    result = train(spec, data)
+    at_start = [o for o in result.outputs if o.step == 0]
+    assert all(torch.count_nonzero(o.f) == 0 for o in at_start)  # f - f0 = 0 at init
+    assert result.metrics["converged"]
+    plain = train(run_spec(width=8, steps=2000, extra="snapshot_steps: [0]"), data)
+    assert torch.count_nonzero(plain.outputs[0].f) > 0
+
+
+def test_optimiser_gets_the_learning_rate_rule_and_adam_eps():
+    from workers.train import build_model, make_optimizer
+
+    spec = run_spec(width=9, extra="adam_eps: 1.0e-6")
+    group = make_optimizer(spec, build_model(spec, 10)).param_groups[0]
+    assert group["eps"] == 1e-6 and group["lr"] == pytest.approx(min(0.1 * 9**-1.5, 0.01))
+    assert isinstance(make_optimizer(run_spec(extra="optimizer: sgd"), build_model(spec, 10)), torch.optim.SGD)

@@ -9,14 +9,14 @@ Pipeline: pool (the 50k train images, then the 10k test ones) -> balanced split 
 is class-balanced) -> x / 255, standardised per channel with the mean and std of the P
 training images -> x (n, 3, 32, 32) float64, y = class ids 0..9 (int64).
 The standardisation statistics come from the training set, not the whole pool, so nothing of
-the test set leaks into the inputs and only the images a run uses are ever decoded.
+the test set leaks into the inputs, and only the images a split uses are ever decoded (the
+balanced order needs only the labels, which an ImageFolder gives by its folder names).
+The result is cached per worker process.
 
 Within a class both layouts list the images in the same order (train, then test), so one
 data_seed selects the same images in both; the `index` of a sample is its place in the pool
 of the layout read (torchvision: 0..49999 train, 50000..59999 test; ImageFolder: train
 classes in folder order, then test).
-Only the images a split uses are decoded (labels come from folder names), and the result is
-cached per worker process.
 """
 
 from __future__ import annotations
@@ -109,9 +109,10 @@ def _image_files(split_dir: Path, class_names: list[str]) -> list[tuple[str, int
     (ImageFolder's order)."""
     files = []
     for label, name in enumerate(class_names):
-        with os.scandir(split_dir / name) as entries:
+        folder = os.path.join(split_dir, name)  # str joins: pathlib is slow over 60k files
+        with os.scandir(folder) as entries:
             names = sorted(e.name for e in entries if e.name.lower().endswith(IMAGE_EXTENSIONS))
-        files += [(str(split_dir / name / n), label) for n in names]
+        files += [(os.path.join(folder, n), label) for n in names]
     return files
 
 
@@ -136,19 +137,19 @@ def imagefolder_pool(root: Path) -> ImagePool:
 
 
 def _decode(path: str) -> np.ndarray:
-    """One image file as (3, 32, 32) uint8 RGB (the same pixels as PIL's, which ImageFolder
-    uses, at a third of the time)."""
-    from torchvision.io import ImageReadMode, decode_image, read_file
+    """One image file as (3, 32, 32) uint8 RGB, decoded by PIL as ImageFolder does."""
+    from PIL import Image, UnidentifiedImageError
 
     try:
-        image = decode_image(read_file(path), mode=ImageReadMode.RGB)
-    except (RuntimeError, OSError) as exc:
+        with Image.open(path) as image:
+            rgb = np.asarray(image.convert("RGB"))  # (height, width, 3)
+    except (UnidentifiedImageError, OSError) as exc:
         raise JamsweepError(f"cannot decode image {path} ({exc}); replace or remove it") from None
-    if tuple(image.shape) != (CHANNELS, SIDE, SIDE):
+    if rgb.shape != (SIDE, SIDE, CHANNELS):
         raise JamsweepError(
-            f"image {path} is {tuple(image.shape)[1:]} pixels; CIFAR-10 images are {SIDE}x{SIDE}"
+            f"image {path} is {rgb.shape[:2]} pixels; CIFAR-10 images are {SIDE}x{SIDE}"
         )
-    return image.numpy()
+    return np.ascontiguousarray(rgb.transpose(2, 0, 1))
 
 
 # -- the data set ----------------------------------------------------------------------
@@ -195,7 +196,11 @@ def _cifar10(spec_json: str) -> Dataset:
     pool = cifar10_pool(spec.root or "", spec.download)
     order = balanced_order(torch.from_numpy(pool.classes), spec.data_seed)
     train_idx, test_idx = split_indices(order, spec)
-    x_train, x_test = (torch.from_numpy(pool.read(idx.numpy())) for idx in (train_idx, test_idx))
+    # Contiguous: the statistics then do not depend on how a layout stores the pixels.
+    x_train, x_test = (
+        torch.from_numpy(np.ascontiguousarray(pool.read(idx.numpy())))
+        for idx in (train_idx, test_idx)
+    )
     x_train, x_test = standardise(x_train, x_test)
     labels = torch.from_numpy(pool.classes)
     return Dataset(

@@ -123,9 +123,14 @@ def measure(model: nn.Module, data: Split, spec: RunSpec) -> dict[str, float]:
         }
 
 
-def input_gradient_norms(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def input_gradient_norms(model: nn.Module, x: torch.Tensor, chunk: int = 1000) -> torch.Tensor:
     """||grad_x f(x)|| per sample (n,); for C outputs, the Frobenius norm of the Jacobian.
-    Samples are independent, so the gradient of sum_mu f_c(x_mu) holds every row at once."""
+    Samples are independent, so the gradient of sum_mu f_c(x_mu) holds every row at once;
+    slices of `chunk` samples bound the memory of the graph (a wide CNN on 10k images)."""
+    return torch.cat([_gradient_norms(model, part) for part in x.split(chunk)])
+
+
+def _gradient_norms(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     x = x.detach().requires_grad_(True)
     f = model(x)  # (n, C)
     squares = torch.zeros(len(x), dtype=x.dtype, device=x.device)
@@ -144,17 +149,34 @@ def evaluate(model: nn.Module, data: Split, split: str, step: int) -> Outputs:
 
 def build_model(spec: RunSpec, d_in: int) -> nn.Module:
     """The run's net; d_in is the input width (FC) or the image channels (CNN)."""
+    net: nn.Module
     if spec.arch.kind == "cnn":
         side = IMAGE_SHAPES[spec.dataset.name][1]
-        return build_cnn(spec.arch, spec.width, d_in, spec.n_outputs, spec.seed, side)
-    return build_fc(spec.arch, spec.width, d_in, spec.n_outputs, spec.seed)
+        net = build_cnn(spec.arch, spec.width, d_in, spec.n_outputs, spec.seed, side)
+    else:
+        net = build_fc(spec.arch, spec.width, d_in, spec.n_outputs, spec.seed)
+    return MinusInit(net) if spec.training.subtract_init else net
+
+
+class MinusInit(nn.Module):
+    """f(x) = net(x) - net_0(x): the net minus a frozen copy of itself at initialisation,
+    so that f = 0 at step 0 (the paper's footnote 5)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.init = copy.deepcopy(net).requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x) - self.init(x)
 
 
 def make_optimizer(spec: RunSpec, model: nn.Module) -> torch.optim.Optimizer:
     lr = spec.training.learning_rate(spec.width)
+    params = [p for p in model.parameters() if p.requires_grad]  # not a frozen init copy
     if spec.training.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=lr, eps=spec.training.adam_eps)
-    return torch.optim.SGD(model.parameters(), lr=lr)
+        return torch.optim.Adam(params, lr=lr, eps=spec.training.adam_eps)
+    return torch.optim.SGD(params, lr=lr)
 
 
 class CheckpointClock:
