@@ -45,7 +45,9 @@ def build(root: str, n_runs: int) -> tuple[SweepLayout, list]:
     io.write_table(layout.status, records_table(records))
     for s in specs[: len(specs) * 3 // 4]:  # three quarters finished
         row = {name: None for name in METRICS_FILE_SCHEMA.names} | {"run_id": s.run_id}
-        io.write_table(layout.metrics(*s.key), pa.Table.from_pylist([row], schema=METRICS_FILE_SCHEMA))
+        io.write_table(
+            layout.metrics(*s.key), pa.Table.from_pylist([row], schema=METRICS_FILE_SCHEMA)
+        )
     return layout, specs
 
 

@@ -1,8 +1,8 @@
 """Run the benchmarks in bench/ (bench_*.py), each in its own process; `make bench`.
 
-    python bench/run_all.py                        # every benchmark, its default size
-    python bench/run_all.py reduce --scale 0.25    # one benchmark (bench_reduce.py), with
-                                                   # these arguments (see its --help)
+python bench/run_all.py                        # every benchmark, its default size
+python bench/run_all.py reduce --scale 0.25    # one benchmark (bench_reduce.py), with
+                                               # these arguments (see its --help)
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from orchestrator.tracker import Tracker  # noqa: E402
 from schemas.errors import JamsweepError  # noqa: E402
 from schemas.grid import ResourceSpec  # noqa: E402
 from schemas.layout import SweepLayout  # noqa: E402
-from schemas.run import RunRecord, RunSpec, RunStatus  # noqa: E402
+from schemas.run import RunSpec, RunStatus  # noqa: E402
 
 NAMESPACE = "jamsweep"
 
@@ -50,13 +50,16 @@ class Outcome:
     error: str | None = None
 
 
-def _run_task(spec: RunSpec, layout: SweepLayout, tracker: Any) -> dict | None:
-    """Body of one run's Ray task: tell the tracker, then train and write (workers.run)."""
+def _run_task(spec: RunSpec, layout: SweepLayout, tracker: Any) -> dict:
+    """Body of one run's Ray task: tell the tracker, then train and write (workers.run).
+
+    The tracker is told without waiting for its answer: a task blocked in ray.get gives
+    its CPU back to Ray, which would start another run on it (oversubscription). A
+    cancelled sweep needs no answer either: the driver cancels every unfinished task.
+    """
     from workers.run import execute
 
-    node = ray.get_runtime_context().get_node_id()[:12]
-    if not ray.get(tracker.started.remote(spec.run_id, node)):
-        return None  # cancelled before it started
+    tracker.started.remote(spec.run_id, ray.get_runtime_context().get_node_id()[:12])
     return execute(spec, layout)
 
 
@@ -116,13 +119,19 @@ class RayBackend:
         most_gpus = max((n.get("GPU", 0) for n in nodes), default=0)
         problems = []
         if resources.num_cpus > most_cpus:
-            problems.append(f"resources.num_cpus = {resources.num_cpus:g} but the largest node has "
-                            f"{most_cpus:g} CPUs")
+            problems.append(
+                f"resources.num_cpus = {resources.num_cpus:g} but the largest node has "
+                f"{most_cpus:g} CPUs"
+            )
         if resources.num_gpus > most_gpus:
-            problems.append(f"resources.num_gpus = {resources.num_gpus:g} but the largest node has "
-                            f"{most_gpus:g} GPUs")
+            problems.append(
+                f"resources.num_gpus = {resources.num_gpus:g} but the largest node has "
+                f"{most_gpus:g} GPUs"
+            )
         if problems:
-            raise JamsweepError("; ".join(problems) + ": lower them in the grid, or add larger nodes")
+            raise JamsweepError(
+                "; ".join(problems) + ": lower them in the grid, or add larger nodes"
+            )
 
     # -- tracker ---------------------------------------------------------------------
     def tracker(self, layout: SweepLayout) -> TrackerClient:
@@ -149,7 +158,9 @@ class RayBackend:
             return None
 
     # -- runs ------------------------------------------------------------------------
-    def start(self, specs: list[RunSpec], layout: SweepLayout, tracker: TrackerClient) -> list[RunHandle]:
+    def start(
+        self, specs: list[RunSpec], layout: SweepLayout, tracker: TrackerClient
+    ) -> list[RunHandle]:
         task = ray.remote(_run_task)
         handles = []
         for spec in specs:
@@ -184,8 +195,6 @@ class RayBackend:
             return Outcome(handle.spec, RunStatus.CANCELLED)
         except (RayError, GetTimeoutError) as exc:
             return Outcome(handle.spec, RunStatus.FAILED, error=_last_line(exc))
-        if metrics is None:
-            return Outcome(handle.spec, RunStatus.CANCELLED)
         return Outcome(handle.spec, RunStatus.DONE, metrics=metrics)
 
 
@@ -232,5 +241,3 @@ def _last_line(exc: BaseException) -> str:
         return f"{type(cause).__name__}: {cause}"[:2000]
     lines = [line for line in str(exc).strip().splitlines() if line.strip()]
     return (lines[-1] if lines else type(exc).__name__)[:2000]
-
-

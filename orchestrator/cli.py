@@ -8,7 +8,6 @@ import sys
 import time
 from typing import Annotated, Any
 
-import click
 import pandas as pd
 import typer
 from rich.console import Console
@@ -25,7 +24,7 @@ err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() el
 
 
 class JamsweepGroup(TyperGroup):
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:  # typer's own (vendored) click.Context
         try:
             return super().invoke(ctx)
         except JamsweepError as exc:
@@ -60,37 +59,60 @@ def submit(
     grid: Annotated[str, typer.Argument(help="The grid file (YAML).")],
     address: Address = None,
     results: Annotated[
-        str | None, typer.Option("--results", help="Results folder or URI (default: the grid's, or ./results).")
+        str | None,
+        typer.Option(
+            "--results", help="Results folder or URI (default: the grid's, or ./results)."
+        ),
     ] = None,
     num_cpus: Annotated[
         int | None, typer.Option("--num-cpus", help="CPUs of the embedded Ray (default: all).")
     ] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and list the runs; write nothing.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Validate and list the runs; write nothing.")
+    ] = False,
     force: Annotated[
         bool,
-        typer.Option("--force", help="Replace a sweep of the same name that holds another grid "
-                     "(its folder is moved aside, not deleted)."),
+        typer.Option(
+            "--force",
+            help="Replace a sweep of the same name that holds another grid "
+            "(its folder is moved aside, not deleted).",
+        ),
     ] = False,
     wait: Annotated[
-        bool, typer.Option("--wait/--detach", help="With an http:// address: follow the sweep "
-                           "until it ends, or return at once with the Ray job id.")
+        bool,
+        typer.Option(
+            "--wait/--detach",
+            help="With an http:// address: follow the sweep "
+            "until it ends, or return at once with the Ray job id.",
+        ),
     ] = True,
     grid_base: Annotated[str | None, typer.Option("--grid-base", hidden=True)] = None,
 ) -> None:
     """Run every run of GRID that has not finished yet, then reduce."""
     report = api.submit(
-        grid, address=address, results=results, num_cpus=num_cpus, dry_run=dry_run, force=force,
-        detach=not wait, grid_base=grid_base, echo=_echo,
+        grid,
+        address=address,
+        results=results,
+        num_cpus=num_cpus,
+        dry_run=dry_run,
+        force=force,
+        detach=not wait,
+        grid_base=grid_base,
+        echo=_echo,
     )
     if report.job_id is not None and not report.dry_run:
-        out.print(f"sweep {report.sweep}: Ray job {report.job_id} is {report.job_state}. "
-                  f"Results in {report.results}/{report.sweep}")
+        out.print(
+            f"sweep {report.sweep}: Ray job {report.job_id} is {report.job_state}. "
+            f"Results in {report.results}/{report.sweep}"
+        )
         if not report.ok:
             raise typer.Exit(1)
         return
     if report.dry_run:
-        out.print(f"sweep {report.sweep}: {report.n_runs} runs, {report.n_already_done} done, "
-                  f"{len(report.planned)} would run:")
+        out.print(
+            f"sweep {report.sweep}: {report.n_runs} runs, {report.n_already_done} done, "
+            f"{len(report.planned)} would run:"
+        )
         for s in report.planned:
             w = f"{api.width_symbol(s.arch.kind)}={s.width:g}"
             out.print(f"  {s.run_id}  {s.arch.name}  {w}  seed={s.seed}  N={s.n_params}")
@@ -104,7 +126,10 @@ def submit(
         if report.status.counts["cancelled"]:
             err.print(f"sweep {report.sweep}: {report.status.counts['cancelled']} run(s) cancelled")
         for r in report.status.failed:
-            err.print(f"failed: {r.arch} h={r.width:g} seed={r.seed} ({r.run_id}): {r.error}", soft_wrap=True)
+            err.print(
+                f"failed: {r.arch} h={r.width:g} seed={r.seed} ({r.run_id}): {r.error}",
+                soft_wrap=True,
+            )
         raise typer.Exit(1)
 
 
@@ -114,7 +139,9 @@ def status(
     results: Results = RESULTS_DEFAULT,
     address: Address = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    watch: Annotated[bool, typer.Option("--watch", help="Refresh every 2 s until every run ended.")] = False,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Refresh every 2 s until every run ended.")
+    ] = False,
 ) -> None:
     """What is pending / running / done / failed / cancelled."""
     if sweep is None:
@@ -139,7 +166,9 @@ def status(
 def cancel(
     sweep: Annotated[str, typer.Argument(help="Sweep name.")],
     results: Results = RESULTS_DEFAULT,
-    address: Annotated[str, typer.Option("--address", help="The cluster running the sweep.")] = "auto",
+    address: Annotated[
+        str, typer.Option("--address", help="The cluster running the sweep.")
+    ] = "auto",
 ) -> None:
     """Stop pending and running runs of SWEEP; they are recorded as cancelled."""
     ids = api.cancel(sweep, results=results, address=address)
@@ -156,8 +185,12 @@ def reduce(
         str, typer.Option("--ensemble-over", help="Seeds averaged into f_bar: converged or all.")
     ] = "converged",
     max_subsets: Annotated[
-        int, typer.Option("--max-subsets", min=1,
-                          help="Seed subsets averaged per n in ensemble.parquet (all if fewer).")
+        int,
+        typer.Option(
+            "--max-subsets",
+            min=1,
+            help="Seed subsets averaged per n in ensemble.parquet (all if fewer).",
+        ),
     ] = 64,
     figures: Annotated[
         bool, typer.Option("--figures/--no-figures", help="Also draw figures/*.png.")
@@ -166,8 +199,13 @@ def reduce(
     """Write curves.parquet, ensemble.parquet, summary.json and the figures."""
     if ensemble_over not in ("converged", "all"):
         raise JamsweepError(f"--ensemble-over must be 'converged' or 'all', not {ensemble_over!r}")
-    curves = api.reduce(sweep, results=results, ensemble_over=ensemble_over,  # type: ignore[arg-type]
-                        max_subsets=max_subsets, figures=figures)
+    curves = api.reduce(
+        sweep,
+        results=results,
+        ensemble_over=ensemble_over,  # type: ignore[arg-type]
+        max_subsets=max_subsets,
+        figures=figures,
+    )
     _print_curves(curves)
     _print_summary(api.load_summary(sweep, results=results))
 
@@ -203,8 +241,10 @@ def refine(
         int, typer.Option("--n-widths", min=1, help="Widths to add inside the bracket of N*.")
     ] = 1,
     seeds: Annotated[
-        int | None, typer.Option("--seeds", min=1,
-                                 help="Seeds 0..S-1 at each new width (default: the sweep's).")
+        int | None,
+        typer.Option(
+            "--seeds", min=1, help="Seeds 0..S-1 at each new width (default: the sweep's)."
+        ),
     ] = None,
     arch: Annotated[
         str | None, typer.Option("--arch", help="Refine this architecture only (default: all).")
@@ -217,8 +257,17 @@ def refine(
     ] = False,
 ) -> None:
     """Add widths between the two that bracket N*, run them into SWEEP, and reduce."""
-    rep = api.refine(sweep, results=results, n_widths=n_widths, seeds=seeds, arch=arch,
-                     address=address, num_cpus=num_cpus, dry_run=dry_run, echo=_echo)
+    rep = api.refine(
+        sweep,
+        results=results,
+        n_widths=n_widths,
+        seeds=seeds,
+        arch=arch,
+        address=address,
+        num_cpus=num_cpus,
+        dry_run=dry_run,
+        echo=_echo,
+    )
     if dry_run:
         out.print(f"sweep {sweep}: {len(rep.planned)} run(s) would be added:")
         for s in rep.planned:
@@ -230,8 +279,10 @@ def refine(
         _print_summary(api.load_summary(sweep, results=results))
     if rep.status is not None and rep.status.failed:
         for r in rep.status.failed:
-            err.print(f"failed: {r.arch} h={r.width:g} seed={r.seed} ({r.run_id}): {r.error}",
-                      soft_wrap=True)
+            err.print(
+                f"failed: {r.arch} h={r.width:g} seed={r.seed} ({r.run_id}): {r.error}",
+                soft_wrap=True,
+            )
         raise typer.Exit(1)
 
 
@@ -240,14 +291,17 @@ def _print_summary(summary: dict) -> None:
     for arch, n_star in summary["n_star"].items():
         half = summary.get("n_star_half", {}).get(arch)
         half_text = f"{half:.1f}" if half is not None else "-"
-        out.print(f"{arch}: N* = {n_star if n_star is not None else '-'} (every seed), "
-                  f"{half_text} (half the seeds)")
+        out.print(
+            f"{arch}: N* = {n_star if n_star is not None else '-'} (every seed), "
+            f"{half_text} (half the seeds)"
+        )
         for name, fit in summary.get("fits", {}).get(arch, {}).items():
             if fit.get("reason"):
                 out.print(f"  fit {name}: none ({fit['reason']})")
                 continue
-            values = ", ".join(f"{k} = {v:.4g} ± {fit['errors'][k]:.2g}"
-                               for k, v in fit["params"].items())
+            values = ", ".join(
+                f"{k} = {v:.4g} ± {fit['errors'][k]:.2g}" for k, v in fit["params"].items()
+            )
             out.print(f"  fit {name}: {fit['law']}: {values}")
 
 
@@ -269,8 +323,17 @@ def _print_counts(st: api.SweepStatus) -> None:
 def _print_runs(st: api.SweepStatus) -> None:
     table = Table("run_id", "arch", "width", "seed", "N", "state", "attempts", "node", "error")
     for r in sorted(st.records, key=lambda r: (r.arch, r.width, r.seed)):
-        table.add_row(r.run_id, r.arch, f"{r.width:g}", str(r.seed), str(r.n_params), r.state.value,
-                      str(r.attempts), r.node or "", (r.error or "")[:60])
+        table.add_row(
+            r.run_id,
+            r.arch,
+            f"{r.width:g}",
+            str(r.seed),
+            str(r.n_params),
+            r.state.value,
+            str(r.attempts),
+            r.node or "",
+            (r.error or "")[:60],
+        )
     out.print(table)
 
 
@@ -278,11 +341,29 @@ def _print_curves(curves: pd.DataFrame) -> None:
     if curves.empty:
         out.print("no finished runs to reduce yet")
         return
-    table = Table("arch", "width", "N", "seeds", "converged", "test err", "± std", "ensemble err", "train loss")
+    table = Table(
+        "arch",
+        "width",
+        "N",
+        "seeds",
+        "converged",
+        "test err",
+        "± std",
+        "ensemble err",
+        "train loss",
+    )
     for r in curves.itertuples():
-        table.add_row(r.arch, f"{r.width:g}", str(r.n_params), str(r.n_seeds), str(r.n_converged),
-                      f"{r.test_error_mean:.4f}", f"{r.test_error_std:.4f}",
-                      f"{r.ens_test_error:.4f}", f"{r.train_loss_mean:.2e}")
+        table.add_row(
+            str(r.arch),
+            f"{r.width:g}",
+            str(r.n_params),
+            str(r.n_seeds),
+            str(r.n_converged),
+            f"{r.test_error_mean:.4f}",
+            f"{r.test_error_std:.4f}",
+            f"{r.ens_test_error:.4f}",
+            f"{r.train_loss_mean:.2e}",
+        )
     out.print(table)
 
 
@@ -291,4 +372,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

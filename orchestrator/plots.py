@@ -40,12 +40,15 @@ DPI = 110
 def _archs(curves: pd.DataFrame) -> list[tuple[str, pd.DataFrame, str]]:
     """(arch, its rows sorted by N, colour) for every architecture."""
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    return [(str(a), g.sort_values("n_params"), colours[i % len(colours)])
-            for i, (a, g) in enumerate(curves.groupby("arch"))]
+    return [
+        (str(a), g.sort_values("n_params"), colours[i % len(colours)])
+        for i, (a, g) in enumerate(curves.groupby("arch"))
+    ]
 
 
-def _positive(x: pd.Series | np.ndarray,
-              y: pd.Series | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _positive(
+    x: pd.Series | np.ndarray, y: pd.Series | np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Points that a log axis can show (finite, > 0)."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     keep = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
@@ -69,9 +72,14 @@ def _mark_n_star(ax: Axes, summary: dict, arch: str, colour: str) -> None:
         ax.axvline(n_star, color=colour, ls=":", lw=1, label=f"N* = {n_star:g} ({arch})")
 
 
-def _fit_line(ax: Axes, fit: Fit | None, colour: str, label: str,
-              transform: Callable[[np.ndarray], np.ndarray] = lambda y: y,
-              n_star: float | None = None) -> None:
+def _fit_line(
+    ax: Axes,
+    fit: Fit | None,
+    colour: str,
+    label: str,
+    transform: Callable[[np.ndarray], np.ndarray] = lambda y: y,
+    n_star: float | None = None,
+) -> None:
     if fit is None or fit.n_range is None:
         return
     n = np.geomspace(*fit.n_range, 100)
@@ -79,8 +87,9 @@ def _fit_line(ax: Axes, fit: Fit | None, colour: str, label: str,
     ax.plot(x, y, color=colour, lw=1.2, ls="--", label=label)
 
 
-def _finish(ax: Axes, xlabel: str, ylabel: str, title: str, *, logx: bool = True,
-            logy: bool = False) -> None:
+def _finish(
+    ax: Axes, xlabel: str, ylabel: str, title: str, *, logx: bool = True, logy: bool = False
+) -> None:
     if not _has_data(ax):
         ax.text(0.5, 0.5, "nothing to show yet", ha="center", transform=ax.transAxes)
         logx = logy = False  # a log axis without positive data cannot be drawn
@@ -127,13 +136,27 @@ def _png(fig: Figure) -> bytes:
 def fig2(curves: pd.DataFrame, summary: dict) -> Figure:
     """Test error vs N with spread, ensemble, N*, the eps_inf + B0 N^-1/2 + B1 N^-3/4 fit;
     train error vs N."""
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.4, 7.2), layout="constrained",
-                                      sharex=True)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.4, 7.2), layout="constrained", sharex=True)
     for arch, g, c in _archs(curves):
-        top.errorbar(g["n_params"], g["test_error_mean"], yerr=g["test_error_std"], fmt="o-",
-                     color=c, ms=4, capsize=2, label=f"{arch}: one net (mean ± std)")
-        top.plot(g["n_params"], g["ens_test_error"], "s--", color=c, ms=4, mfc="none",
-                 label=f"{arch}: ensemble f̄")
+        top.errorbar(
+            g["n_params"],
+            g["test_error_mean"],
+            yerr=g["test_error_std"],
+            fmt="o-",
+            color=c,
+            ms=4,
+            capsize=2,
+            label=f"{arch}: one net (mean ± std)",
+        )
+        top.plot(
+            g["n_params"],
+            g["ens_test_error"],
+            "s--",
+            color=c,
+            ms=4,
+            mfc="none",
+            label=f"{arch}: ensemble f̄",
+        )
         _fit_line(top, _fit(summary, arch, "error"), "k", "ε∞ + B0 N^-1/2 + B1 N^-3/4")
         _mark_n_star(top, summary, arch, c)
         bottom.plot(g["n_params"], g["train_error_mean"], "o-", color=c, ms=4, label=arch)
@@ -148,8 +171,9 @@ def fig4(ensemble: pd.DataFrame, curves: pd.DataFrame) -> Figure:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
     if ensemble.empty:
         for ax in (left, right):
-            ax.text(0.5, 0.5, "no ensemble (no converged seeds)", ha="center",
-                    transform=ax.transAxes)
+            ax.text(
+                0.5, 0.5, "no ensemble (no converged seeds)", ha="center", transform=ax.transAxes
+            )
         return fig
     lo, hi = ensemble["n_params"].min(), ensemble["n_params"].max()
     norm = matplotlib.colors.LogNorm(lo, max(hi, lo + 1))
@@ -157,15 +181,16 @@ def fig4(ensemble: pd.DataFrame, curves: pd.DataFrame) -> Figure:
     for (arch, n_params), g in ensemble.groupby(["arch", "n_params"]):
         colour = plt.cm.viridis(norm(float(n_params)))  # type: ignore[arg-type]
         label = f"{arch} N={n_params}"
-        left.plot(g["n"], g["excess_error"], marker="o", ms=3, ls=styles[arch], color=colour,
-                  label=label)
+        left.plot(
+            g["n"], g["excess_error"], marker="o", ms=3, ls=styles[arch], color=colour, label=label
+        )
         x, y = _positive(g["n"], g["delta"])
         right.plot(x, y, marker="o", ms=3, ls=styles[arch], color=colour, label=label)
-    _finish(left, "n (nets averaged)", "ε̄ⁿ − ε̄", "Fig. 4: error of the average of n nets",
-            logx=False)
+    _finish(
+        left, "n (nets averaged)", "ε̄ⁿ − ε̄", "Fig. 4: error of the average of n nets", logx=False
+    )
     left.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    _finish(right, "n (nets averaged)", "δ ≈ ‖f̄ⁿ − f̄‖ / ‖∇f‖", "boundary distance vs n",
-            logy=True)
+    _finish(right, "n (nets averaged)", "δ ≈ ‖f̄ⁿ − f̄‖ / ‖∇f‖", "boundary distance vs n", logy=True)
     for ax in (left, right):
         if len(ax.get_lines()) > 8 and ax.get_legend():
             ax.get_legend().remove()
@@ -181,11 +206,17 @@ def fig5(curves: pd.DataFrame, summary: dict) -> Figure:
         ax.plot(x, y, "o-", color=c, ms=4, label=arch)
         fit = _fit(summary, arch, "variance")
         if fit is not None:
-            _fit_line(ax, fit, c, f"N^-2α, α = {fit.params['alpha']:.2f} ± "
-                      f"{fit.errors['alpha']:.2f}", transform=np.square)
+            _fit_line(
+                ax,
+                fit,
+                c,
+                f"N^-2α, α = {fit.params['alpha']:.2f} ± {fit.errors['alpha']:.2f}",
+                transform=np.square,
+            )
         _mark_n_star(ax, summary, arch, c)
-    _finish(ax, "N (weights)", "‖f − f̄‖²", "Fig. 5: output variance over initialisations",
-            logy=True)
+    _finish(
+        ax, "N (weights)", "‖f − f̄‖²", "Fig. 5: output variance over initialisations", logy=True
+    )
     return fig
 
 
@@ -215,9 +246,14 @@ def fig7a(curves: pd.DataFrame, summary: dict) -> Figure:
         ax.plot(*_positive(g["n_params"], g["f_norm"] ** 2), "o-", color=c, ms=4, label=arch)
         fit = _fit(summary, arch, "divergence")
         if fit is not None:
-            _fit_line(ax, fit, c, f"(N/N* − 1)^-2β, β = {fit.params['beta']:.2f} ± "
-                      f"{fit.errors['beta']:.2f}", transform=np.square,
-                      n_star=_n_star(summary, arch))
+            _fit_line(
+                ax,
+                fit,
+                c,
+                f"(N/N* − 1)^-2β, β = {fit.params['beta']:.2f} ± {fit.errors['beta']:.2f}",
+                transform=np.square,
+                n_star=_n_star(summary, arch),
+            )
         _mark_n_star(ax, summary, arch, c)
     _finish(ax, "N (weights)", "‖f‖²", "Fig. 7A: norm of the output", logy=True)
     return fig
@@ -230,8 +266,15 @@ def fig8(curves: pd.DataFrame, summary: dict) -> Figure:
     (err, gap), (var, loss) = axes
     for arch, g, c in _archs(multi):
         err.plot(g["n_params"], g["test_error_mean"], "o-", color=c, ms=4, label=f"{arch}: one net")
-        err.plot(g["n_params"], g["ens_test_error"], "s--", color=c, ms=4, mfc="none",
-                 label=f"{arch}: ensemble")
+        err.plot(
+            g["n_params"],
+            g["ens_test_error"],
+            "s--",
+            color=c,
+            ms=4,
+            mfc="none",
+            label=f"{arch}: ensemble",
+        )
         gap.plot(*_positive(g["n_params"], g["gap"]), "o", color=c, ms=4, label=arch)
         _fit_line(gap, _fit(summary, arch, "gap"), c, "E0 N^-1/2 + E1 N^-3/4")
         var.plot(*_positive(g["n_params"], g["f_var"]), "o-", color=c, ms=4, label=arch)
@@ -259,16 +302,13 @@ def render_figures(curves: pd.DataFrame, ensemble: pd.DataFrame, summary: dict) 
     return {name: _png(make()) for name, make in figures.items()}
 
 
-def figure_path(layout: SweepLayout, name: str) -> str:
-    return f"{layout.figures_dir}/{name}.png"
-
-
-def write_figures(layout: SweepLayout, curves: pd.DataFrame, ensemble: pd.DataFrame,
-                  summary: dict) -> list[str]:
+def write_figures(
+    layout: SweepLayout, curves: pd.DataFrame, ensemble: pd.DataFrame, summary: dict
+) -> list[str]:
     """Render and store every figure (each file written atomically); return their paths."""
     paths = []
     for name, png in render_figures(curves, ensemble, summary).items():
-        path = figure_path(layout, name)
+        path = layout.figure(name)
         io.write_bytes(path, png)
         paths.append(path)
     return paths
@@ -283,15 +323,22 @@ def _fit_rows(summary: dict) -> str:
         for name, raw in fits.items():
             fit = fits_from_json(raw)
             if fit.ok:
-                values = ", ".join(f"{k} = {v:.4g} ± {fit.errors.get(k, float('nan')):.2g}"
-                                   for k, v in fit.params.items())
-                where = f"{fit.n_points} widths, N in [{fit.n_range[0]:g}, {fit.n_range[1]:g}]" \
-                    if fit.n_range else ""
+                values = ", ".join(
+                    f"{k} = {v:.4g} ± {fit.errors.get(k, float('nan')):.2g}"
+                    for k, v in fit.params.items()
+                )
+                where = (
+                    f"{fit.n_points} widths, N in [{fit.n_range[0]:g}, {fit.n_range[1]:g}]"
+                    if fit.n_range
+                    else ""
+                )
             else:
                 values, where = "—", fit.reason or ""
-            rows.append(f"<tr><td>{html.escape(arch)}</td><td>{html.escape(name)}</td>"
-                        f"<td>{html.escape(fit.law)}</td><td>{html.escape(values)}</td>"
-                        f"<td>{html.escape(where)}</td></tr>")
+            rows.append(
+                f"<tr><td>{html.escape(arch)}</td><td>{html.escape(name)}</td>"
+                f"<td>{html.escape(fit.law)}</td><td>{html.escape(values)}</td>"
+                f"<td>{html.escape(where)}</td></tr>"
+            )
     return "\n".join(rows)
 
 
@@ -322,15 +369,18 @@ def report_html(summary: dict, curves: pd.DataFrame, figures: dict[str, bytes]) 
         f'src="data:image/png;base64,{base64.b64encode(png).decode()}">'
         for name, png in figures.items()
     )
-    table = curves.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="—",
-                           border=0) if len(curves) else "<p>no finished runs</p>"
+    table = (
+        curves.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="—", border=0)
+        if len(curves)
+        else "<p>no finished runs</p>"
+    )
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>jamsweep report: {sweep}</title>
 <style>{STYLE}</style></head><body>
 <h1>jamsweep report: {sweep}</h1>
-<p>{summary.get('n_done', 0)} of {summary.get('n_runs', 0)} runs finished; ensembles average
-the {html.escape(str(summary.get('ensemble_over', '')))} seeds of each width; reduced at
-{html.escape(str(summary.get('reduced_at', '')))}.</p>
+<p>{summary.get("n_done", 0)} of {summary.get("n_runs", 0)} runs finished; ensembles average
+the {html.escape(str(summary.get("ensemble_over", "")))} seeds of each width; reduced at
+{html.escape(str(summary.get("reduced_at", "")))}.</p>
 <h2>Jamming point N*</h2>
 <table><tr><th>arch</th><th>N* (every seed at zero loss)</th><th>N* (half the seeds)</th>
 <th>bracket</th></tr>

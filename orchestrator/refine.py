@@ -19,8 +19,9 @@ def width_step(spec: RunSpec) -> float:
     return 1.0 / spec.arch.depth if spec.arch.kind == "fc" else 1.0
 
 
-def candidate_widths(lo: float, hi: float, step: float,
-                     n_params: Callable[[float], int]) -> dict[int, float]:
+def candidate_widths(
+    lo: float, hi: float, step: float, n_params: Callable[[float], int]
+) -> dict[int, float]:
     """N -> the smallest width lo + j*step (j >= 1, < hi) that gives it, for every N strictly
     between those of lo and hi. Widths are rounded to 6 decimals, so folder names stay short."""
     out: dict[int, float] = {}
@@ -34,8 +35,15 @@ def candidate_widths(lo: float, hi: float, step: float,
     return out
 
 
-def propose_widths(lo: float, hi: float, k: int, *, step: float,
-                   n_params: Callable[[float], int], existing: Iterable[int] = ()) -> list[float]:
+def propose_widths(
+    lo: float,
+    hi: float,
+    k: int,
+    *,
+    step: float,
+    n_params: Callable[[float], int],
+    existing: Iterable[int] = (),
+) -> list[float]:
     """Up to k widths inside (lo, hi), evenly spread, each with an N the sweep does not have.
 
     Fewer than k when the bracket holds fewer distinct new N; JamsweepError when it holds

@@ -37,7 +37,9 @@ def submit_job(
 ):  # noqa: ANN201  (a SubmitReport)
     from orchestrator.sweep import SubmitReport  # sweep imports this module lazily
 
-    results = layout.results if not io.is_local(layout.results) else str(Path(layout.results).absolute())
+    results = (
+        layout.results if not io.is_local(layout.results) else str(Path(layout.results).absolute())
+    )
     report = SubmitReport(spec.sweep, results, len(spec.expand()), 0)
     _checks_that_can_run_here(spec, SweepLayout(results, spec.sweep), force)
     if dry_run:
@@ -48,16 +50,30 @@ def submit_job(
     staging = Path(tempfile.mkdtemp(prefix="jamsweep-job-"))
     try:
         shutil.copyfile(grid_path, staging / "grid.yaml")  # verbatim
-        command = ["python", "-m", "orchestrator.cli", "submit", "grid.yaml", "--address", "auto",
-                   "--results", results, "--grid-base", str(grid_path.resolve().parent)]
+        command = [
+            "python",
+            "-m",
+            "orchestrator.cli",
+            "submit",
+            "grid.yaml",
+            "--address",
+            "auto",
+            "--results",
+            results,
+            "--grid-base",
+            str(grid_path.resolve().parent),
+        ]
         if force:
             command.append("--force")
         runtime_env = {
             "working_dir": str(staging),
-            "py_modules": [str(Path(m.__file__).parent) for m in (schemas, workers, orchestrator)],
+            "py_modules": package_dirs(),
         }
-        job_id = client.submit(shlex.join(command), runtime_env,
-                               submission_id=f"jamsweep-{spec.sweep}-{uuid.uuid4().hex[:8]}")
+        job_id = client.submit(
+            shlex.join(command),
+            runtime_env,
+            submission_id=f"jamsweep-{spec.sweep}-{uuid.uuid4().hex[:8]}",
+        )
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     report.job_id = job_id
@@ -97,6 +113,11 @@ def _checks_that_can_run_here(spec: GridSpec, layout: SweepLayout, force: bool) 
         check_same_grid(layout, spec, force)
 
 
+def package_dirs() -> list[str]:
+    """The folders of the project's three packages, shipped with every job."""
+    return [str(Path(m.__path__[0])) for m in (schemas, workers, orchestrator)]
+
+
 def run_cli_job(address: str, args: list[str], timeout_s: float = 120) -> str:
     """Run `jamsweep ARGS --address auto` on the cluster as a short job; return its log.
 
@@ -104,7 +125,7 @@ def run_cli_job(address: str, args: list[str], timeout_s: float = 120) -> str:
     machine can reach is the Jobs API."""
     client = JobsClient(address)
     command = ["python", "-m", "orchestrator.cli", *args, "--address", "auto"]
-    runtime_env = {"py_modules": [str(Path(m.__file__).parent) for m in (schemas, workers, orchestrator)]}
+    runtime_env = {"py_modules": package_dirs()}
     job_id = client.submit(shlex.join(command), runtime_env, f"jamsweep-cli-{uuid.uuid4().hex[:8]}")
     deadline = time.monotonic() + timeout_s
     while client.status(job_id) not in TERMINAL_JOB_STATES:

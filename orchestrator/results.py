@@ -26,7 +26,9 @@ class Sweep:
         if not io.exists(folder):
             return pd.DataFrame()
         dataset = ds.dataset(
-            path, filesystem=fs, format="parquet",
+            path,
+            filesystem=fs,
+            format="parquet",
             partitioning=ds.partitioning(PARTITIONING, flavor="hive"),
             exclude_invalid_files=False,
         )
@@ -48,6 +50,10 @@ class Sweep:
     def curves(self) -> pd.DataFrame:
         """One row per (arch, width), as written by `jamsweep reduce`."""
         return io.read_table(self.layout.curves).to_pandas()
+
+    def ensemble(self) -> pd.DataFrame:
+        """One row per (arch, width, n): the test error of the average of n seeds."""
+        return io.read_table(self.layout.ensemble).to_pandas()
 
     def manifest(self) -> pd.DataFrame:
         return io.read_table(self.layout.manifest).to_pandas()

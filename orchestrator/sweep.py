@@ -102,8 +102,16 @@ def submit(
     if is_jobs_address(address):
         from orchestrator.remote import submit_job
 
-        return submit_job(grid, spec, layout, address=address or "", force=force,
-                          detach=detach, dry_run=dry_run, echo=echo)
+        return submit_job(
+            grid,
+            spec,
+            layout,
+            address=address or "",
+            force=force,
+            detach=detach,
+            dry_run=dry_run,
+            echo=echo,
+        )
     from workers.data import check_dataset  # imports torch: only when submitting
 
     check_dataset(spec.dataset)
@@ -129,8 +137,10 @@ def submit(
                 echo(f"sweep {spec.sweep}: the previous grid's results were moved to {moved}")
             io.write_text(layout.grid_yaml, text)
             io.write_table(layout.manifest, manifest_table(specs))
-            echo(f"sweep {spec.sweep}: {len(specs)} runs, {report.n_already_done} already done, "
-                 f"{len(todo)} to run -> {layout.root}")
+            echo(
+                f"sweep {spec.sweep}: {len(specs)} runs, {report.n_already_done} already done, "
+                f"{len(todo)} to run -> {layout.root}"
+            )
             report.status = drive(backend, layout, specs, todo, echo=echo)
     if not report.status.failed and report.status.counts["cancelled"] == 0:
         report.curves = reduce(spec.sweep, results=layout.results)
@@ -164,8 +174,14 @@ def run_on_ray(
         return drive(backend, layout, specs, todo, echo=echo)
 
 
-def drive(backend, layout: SweepLayout, specs: list[RunSpec], todo: list[RunSpec], *,  # noqa: ANN001
-          echo: Echo = _quiet) -> SweepStatus:
+def drive(
+    backend,
+    layout: SweepLayout,
+    specs: list[RunSpec],
+    todo: list[RunSpec],
+    *,  # noqa: ANN001
+    echo: Echo = _quiet,
+) -> SweepStatus:
     """Start `todo` on the backend and wait for every run; the tracker records everything.
 
     The tracker is asked for a cancellation every second; finished runs persist at once.
@@ -207,7 +223,8 @@ def _progress_line(n: int, total: int, o) -> str:  # noqa: ANN001  (an Outcome)
     if o.state is RunStatus.DONE:
         m = o.metrics
         conv = "converged" if m["converged"] else f"{m['n_unsat']} unsatisfied"
-        return f"[{n}/{total}] done      {what}: {m['steps']} steps, {conv}, test error {m['test_error']:.4f}"
+        result = f"{m['steps']} steps, {conv}, test error {m['test_error']:.4f}"
+        return f"[{n}/{total}] done      {what}: {result}"
     if o.state is RunStatus.FAILED:
         return f"[{n}/{total}] FAILED    {what}: {o.error}"
     return f"[{n}/{total}] cancelled {what}"
@@ -258,8 +275,14 @@ def _metrics_run_id(path: str) -> str | None:
 
 def manifest_table(specs: list[RunSpec]) -> pa.Table:
     rows = [
-        {"run_id": s.run_id, "arch": s.arch.name, "width": s.width, "seed": s.seed,
-         "n_params": s.n_params, "spec": s.model_dump_json()}
+        {
+            "run_id": s.run_id,
+            "arch": s.arch.name,
+            "width": s.width,
+            "seed": s.seed,
+            "n_params": s.n_params,
+            "spec": s.model_dump_json(),
+        }
         for s in specs
     ]
     return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
@@ -268,7 +291,9 @@ def manifest_table(specs: list[RunSpec]) -> pa.Table:
 # -- status, ls, cancel ---------------------------------------------------------------
 
 
-def status(sweep: str, *, results: str = RESULTS_DEFAULT, address: str | None = None) -> SweepStatus:
+def status(
+    sweep: str, *, results: str = RESULTS_DEFAULT, address: str | None = None
+) -> SweepStatus:
     """Live from the tracker when `address` reaches a cluster that has one (auto, ray://,
     HOST:PORT); else from the persisted status.parquet, corrected by the result files (a
     metrics file means done). Reads no result file: one listing of the metrics folder."""
@@ -284,7 +309,8 @@ def status(sweep: str, *, results: str = RESULTS_DEFAULT, address: str | None = 
         records += [RunRecord(**row) for row in rows.to_pylist() if row["run_id"] not in known]
     present = set(io.list_files(layout.metrics_dir))
     fixed = [
-        r if r.state is RunStatus.DONE or layout.metrics(r.arch, r.width, r.seed) not in present
+        r
+        if r.state is RunStatus.DONE or layout.metrics(r.arch, r.width, r.seed) not in present
         else r.model_copy(update={"state": RunStatus.DONE, "error": None})
         for r in records
     ]
@@ -325,7 +351,9 @@ def ls(results: str = RESULTS_DEFAULT) -> list[SweepStatus]:
 
 
 def sweep_names(results: str) -> list[str]:
-    return [name for name in io.list_dirs(results) if io.exists(SweepLayout(results, name).grid_yaml)]
+    return [
+        name for name in io.list_dirs(results) if io.exists(SweepLayout(results, name).grid_yaml)
+    ]
 
 
 def _existing(sweep: str, results: str) -> SweepLayout:
@@ -333,14 +361,19 @@ def _existing(sweep: str, results: str) -> SweepLayout:
     if not io.exists(layout.grid_yaml):
         known = sweep_names(results)
         hint = f"; sweeps there: {', '.join(sorted(known))}" if known else ""
-        raise JamsweepError(f"no sweep {sweep!r} under {results!r}{hint}. Check the name and --results")
+        raise JamsweepError(
+            f"no sweep {sweep!r} under {results!r}{hint}. Check the name and --results"
+        )
     return layout
 
 
 def read_manifest(layout: SweepLayout) -> list[RunSpec]:
     if not io.exists(layout.manifest):
         return []
-    return [RunSpec.model_validate_json(s) for s in io.read_table(layout.manifest, ["spec"]).column(0).to_pylist()]
+    return [
+        RunSpec.model_validate_json(s)
+        for s in io.read_table(layout.manifest, ["spec"]).column(0).to_pylist()
+    ]
 
 
 # -- reduce ----------------------------------------------------------------------------
@@ -380,13 +413,16 @@ def reduce(
             key = {"arch": arch, "width": width, "n_params": group[0].n_params}
             curve_rows.append(key | width_curve(metrics, outputs, ensemble_over=ensemble_over))
             members = ensemble_members(metrics, outputs.run_ids, ensemble_over)
-            ensemble_rows += [key | row for row in ensemble_curve(
-                outputs, members, max_subsets=max_subsets or MAX_SUBSETS)]
+            ensemble_rows += [
+                key | row
+                for row in ensemble_curve(outputs, members, max_subsets=max_subsets or MAX_SUBSETS)
+            ]
             del outputs
             _trim_heap()  # give the width's memory back before the next one is read
     curves, ensemble = _reduced_tables(curve_rows, ensemble_rows)
-    summary = _reduce_summary(sweep, len(runs), n_done, curves, ensemble_over,
-                              max_subsets or MAX_SUBSETS)
+    summary = _reduce_summary(
+        sweep, len(runs), n_done, curves, ensemble_over, max_subsets or MAX_SUBSETS
+    )
     io.write_table(layout.curves, pa.Table.from_pandas(curves, preserve_index=False))
     io.write_table(layout.ensemble, pa.Table.from_pandas(ensemble, preserve_index=False))
     io.write_text(layout.summary, json.dumps(summary, indent=2) + "\n")
@@ -427,8 +463,6 @@ def load_summary(sweep: str, *, results: str = RESULTS_DEFAULT) -> dict:
             f"sweep {sweep!r} has not been reduced yet: run `jamsweep reduce {sweep}` first"
         )
     return json.loads(io.read_text(layout.summary))
-
-
 
 
 # -- reduce: reading one run, assembling the tables ---------------------------------------
@@ -483,8 +517,9 @@ def _manifest_runs(layout: SweepLayout) -> list[ManifestRun]:
     return [ManifestRun(**row) for row in table.to_pylist()]
 
 
-def _finished_width(layout: SweepLayout, runs: list[ManifestRun],
-                    present: set[str]) -> tuple[list[ManifestRun], pd.DataFrame]:
+def _finished_width(
+    layout: SweepLayout, runs: list[ManifestRun], present: set[str]
+) -> tuple[list[ManifestRun], pd.DataFrame]:
     """The finished runs of one width and their metrics rows, each metrics file read once.
 
     Finished means what finished_run_ids says: the metrics file (written last, atomically)
@@ -514,7 +549,8 @@ def _run_final_test(layout: SweepLayout, run: ManifestRun, steps: int) -> tuple:
 
     fs, path = io.resolve(layout.logits(*run.key))
     whole = pq.ParquetFile(path, filesystem=fs).read(
-        columns=["split", "step", "sample", "label", "f", "grad_norm"], use_threads=False)
+        columns=["split", "step", "sample", "label", "f", "grad_norm"], use_threads=False
+    )
     final_test = pc.and_(pc.equal(whole["split"], "test"), pc.equal(whole["step"], steps))
     table = whole.filter(final_test)
     del whole
@@ -525,8 +561,12 @@ def _run_final_test(layout: SweepLayout, run: ManifestRun, steps: int) -> tuple:
             "metrics file and submit again to retrain it"
         )
     grad = table.column("grad_norm").to_numpy()  # nulls (no gradient stored) become NaN
-    return (table.column("sample").to_numpy(), table.column("label").to_numpy(),
-            _f_matrix(table.column("f")), grad)
+    return (
+        table.column("sample").to_numpy(),
+        table.column("label").to_numpy(),
+        _f_matrix(table.column("f")),
+        grad,
+    )
 
 
 def _f_matrix(column: pa.ChunkedArray):  # noqa: ANN202
@@ -543,8 +583,9 @@ def _f_matrix(column: pa.ChunkedArray):  # noqa: ANN202
     return lists.flatten().to_numpy().reshape(len(lists), lo)
 
 
-def _reduced_tables(curve_rows: list[dict],
-                    ensemble_rows: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _reduced_tables(
+    curve_rows: list[dict], ensemble_rows: list[dict]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """curves (with n_over_nstar) and ensemble frames, sorted by (arch, N[, n])."""
     from workers.reduce import CURVE_COLUMNS, ENSEMBLE_COLUMNS, with_n_over_nstar
 
@@ -556,8 +597,9 @@ def _reduced_tables(curve_rows: list[dict],
     return curves, ensemble
 
 
-def _reduce_summary(sweep: str, n_runs: int, n_done: int, curves: pd.DataFrame,
-                    ensemble_over: str, max_subsets: int) -> dict:
+def _reduce_summary(
+    sweep: str, n_runs: int, n_done: int, curves: pd.DataFrame, ensemble_over: str, max_subsets: int
+) -> dict:
     """summary.json: N* (all seeds, half the seeds), its bracket, and the fits per arch."""
     from workers.fits import fit_curves
     from workers.reduce import half_jamming_points, jamming_bracket
@@ -570,8 +612,9 @@ def _reduce_summary(sweep: str, n_runs: int, n_done: int, curves: pd.DataFrame,
         except JamsweepError:
             brackets[arch] = None
     fits = {
-        str(arch): {name: fit.to_json()
-                    for name, fit in fit_curves(group, n_star[str(arch)]).items()}
+        str(arch): {
+            name: fit.to_json() for name, fit in fit_curves(group, n_star[str(arch)]).items()
+        }
         for arch, group in curves.groupby("arch")
     }
     return {
@@ -596,8 +639,9 @@ def _reduced(sweep: str, results: str) -> tuple[SweepLayout, pd.DataFrame, pd.Da
     summary = load_summary(sweep, results=results)
     layout = _existing(sweep, results)
     curves = io.read_table(layout.curves).to_pandas()
-    ensemble = (io.read_table(layout.ensemble).to_pandas() if io.exists(layout.ensemble)
-                else pd.DataFrame())
+    ensemble = (
+        io.read_table(layout.ensemble).to_pandas() if io.exists(layout.ensemble) else pd.DataFrame()
+    )
     return layout, curves, ensemble, summary
 
 
@@ -617,7 +661,7 @@ def report(sweep: str, *, results: str = RESULTS_DEFAULT, output: str | None = N
 
     layout, curves, ensemble, summary = _reduced(sweep, results)
     figures = render_figures(curves, ensemble, summary) if len(curves) else {}
-    target = output or f"{layout.root}/report.html"
+    target = output or layout.report
     io.write_text(target, report_html(summary, curves, figures))
     return target
 
@@ -663,25 +707,35 @@ def refine(
     for name in archs:
         template = next((s for s in manifest if s.arch.name == name), None)
         if template is None:
-            raise JamsweepError(f"sweep {sweep!r} has no architecture {name!r}; it has "
-                                f"{sorted({s.arch.name for s in manifest})}")
+            raise JamsweepError(
+                f"sweep {sweep!r} has no architecture {name!r}; it has "
+                f"{sorted({s.arch.name for s in manifest})}"
+            )
         lo, hi = jamming_bracket(convergence, name)
         same = [s for s in manifest if s.arch.name == name]
-        widths = propose_widths(lo, hi, n_widths, step=width_step(template),
-                                n_params=functools.partial(_n_params_at, template),
-                                existing={s.n_params for s in same})
+        widths = propose_widths(
+            lo,
+            hi,
+            n_widths,
+            step=width_step(template),
+            n_params=functools.partial(_n_params_at, template),
+            existing={s.n_params for s in same},
+        )
         seed_list = list(range(seeds)) if seeds is not None else sorted({s.seed for s in same})
         report.brackets[name], report.widths[name] = (lo, hi), widths
         report.planned += refined_specs(template, widths, seed_list)
     for name, widths in report.widths.items():
         lo, hi = report.brackets[name]
-        echo(f"{name}: N* between h={lo:g} and h={hi:g}; adding h = "
-             f"{', '.join(f'{w:g}' for w in widths)}")
+        echo(
+            f"{name}: N* between h={lo:g} and h={hi:g}; adding h = "
+            f"{', '.join(f'{w:g}' for w in widths)}"
+        )
     if dry_run or not report.planned:
         return report
     all_specs = manifest + _add_to_manifest(layout, report.planned)
-    report.status = run_on_ray(layout, all_specs, report.planned, address=address,
-                               num_cpus=num_cpus, echo=echo)
+    report.status = run_on_ray(
+        layout, all_specs, report.planned, address=address, num_cpus=num_cpus, echo=echo
+    )
     if not report.status.failed:
         report.curves = reduce(sweep, results=results)
     return report
@@ -710,9 +764,18 @@ def _convergence_table(layout: SweepLayout) -> pd.DataFrame:
         group, metrics = _finished_width(layout, group, present)
         if not group:
             continue
-        rows.append({"arch": arch, "width": width, "n_params": group[0].n_params,
-                     "n_seeds": len(group), "n_converged": int(metrics["converged"].sum())})
+        rows.append(
+            {
+                "arch": arch,
+                "width": width,
+                "n_params": group[0].n_params,
+                "n_seeds": len(group),
+                "n_converged": int(metrics["converged"].sum()),
+            }
+        )
     if not rows:
-        raise JamsweepError(f"sweep {layout.sweep!r} has no finished runs yet: nothing brackets "
-                            "N*; wait for the sweep (jamsweep status) before refining")
+        raise JamsweepError(
+            f"sweep {layout.sweep!r} has no finished runs yet: nothing brackets "
+            "N*; wait for the sweep (jamsweep status) before refining"
+        )
     return pd.DataFrame(rows)

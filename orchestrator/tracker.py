@@ -96,6 +96,10 @@ def read_records(layout: SweepLayout) -> list[RunRecord]:
 def pending_record(spec: RunSpec) -> RunRecord:
     arch, width, seed = spec.key
     return RunRecord(
-        run_id=spec.run_id, arch=arch, width=width, seed=seed, n_params=spec.n_params,
+        run_id=spec.run_id,
+        arch=arch,
+        width=width,
+        seed=seed,
+        n_params=spec.n_params,
         submitted_at=time.time(),
     )

@@ -105,7 +105,9 @@ class FCArch(Strict):
             raise ValueError("widths is empty: list at least one width h >= 1")
         bad = [w for w in widths if not math.isfinite(w) or w < 1]
         if bad:
-            raise ValueError(f"widths must be finite and >= 1 (every layer needs a unit); got {bad}")
+            raise ValueError(
+                f"widths must be finite and >= 1 (every layer needs a unit); got {bad}"
+            )
         dup = sorted({w for w in widths if widths.count(w) > 1})
         if dup:
             raise ValueError(f"widths repeat {dup}: list each width once")
@@ -307,9 +309,7 @@ class GridSpec(Strict):
 
     @field_validator("architectures")
     @classmethod
-    def _valid_architectures(
-        cls, archs: list[FCArch | CNNArch]
-    ) -> list[FCArch | CNNArch]:
+    def _valid_architectures(cls, archs: list[FCArch | CNNArch]) -> list[FCArch | CNNArch]:
         if not archs:
             raise ValueError("architectures is empty: list at least one")
         names = [a.name for a in archs]
@@ -339,7 +339,7 @@ class GridSpec(Strict):
     def seed_list(self) -> list[int]:
         return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
 
-    def expand(self) -> list["RunSpec"]:
+    def expand(self) -> list[RunSpec]:
         """One RunSpec per (architecture, width, seed), in grid order."""
         from schemas.run import RunSpec  # run.py builds on the models of this module
 
@@ -363,8 +363,13 @@ class GridSpec(Strict):
         """What makes two grids the same experiment (resources and paths aside)."""
         return self.model_dump(
             mode="json",
-            exclude={"results": True, "resources": True, "checkpoint": True,
-                     "dataset": {"root", "download"}},
+            exclude_defaults=True,
+            exclude={
+                "results": True,
+                "resources": True,
+                "checkpoint": True,
+                "dataset": {"root", "download"},
+            },
         )
 
 
@@ -378,8 +383,7 @@ def _arch_dataset_problem(arch: FCArch | CNNArch, data: str) -> str | None:
         )
     if arch.kind == "cnn" and data not in IMAGE_SHAPES:
         return (
-            f"{where} needs an image dataset ({', '.join(IMAGE_SHAPES)}), not dataset.name "
-            f"{data!r}"
+            f"{where} needs an image dataset ({', '.join(IMAGE_SHAPES)}), not dataset.name {data!r}"
         )
     if arch.kind == "cnn" and arch.feature_size(IMAGE_SHAPES[data][1]) < 1:
         return (
@@ -440,9 +444,10 @@ def _describe(err: Any) -> str:
         return f"{loc}: unknown field; remove it or check its spelling"
     if err["type"] == "missing":
         return f"{loc}: required field is missing"
-    if "input" in err and err["type"] not in ("value_error",) and not isinstance(
-        err["input"], dict
+    if (
+        "input" in err
+        and err["type"] not in ("value_error",)
+        and not isinstance(err["input"], dict)
     ):
         return f"{loc}: {msg} (got {err['input']!r})"
     return f"{loc}: {msg}"
-

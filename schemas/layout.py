@@ -78,6 +78,13 @@ class SweepLayout:
     def figures_dir(self) -> str:
         return _join(self.root, "figures")
 
+    def figure(self, name: str) -> str:
+        return _join(self.figures_dir, f"{name}.png")
+
+    @property
+    def report(self) -> str:
+        return _join(self.root, "report.html")
+
     def width_dir(self, table: str, arch: str, width: float) -> str:
         """Folder of one (arch, width) in a partitioned table ('logits', 'metrics', 'trace')."""
         return _join(self.root, table, f"arch={arch}", f"width={format_width(width)}")
@@ -182,5 +189,3 @@ def logits_schema(n_outputs: int) -> pa.Schema:
         return LOGITS_FILE_SCHEMA
     i = LOGITS_FILE_SCHEMA.get_field_index("f")
     return LOGITS_FILE_SCHEMA.set(i, pa.field("f", pa.list_(pa.float64())))
-
-

@@ -41,13 +41,17 @@ class RunSpec(BaseModel):
 
     @cached_property
     def run_id(self) -> str:
-        """Hash of what determines the result: not the sweep, paths or resources."""
+        """Hash of what determines the result: not the sweep, paths or resources. Fields
+        left at their defaults are left out, so adding a field (with a default that keeps
+        the old behaviour) does not change the ids of existing runs."""
         identity = {
-            "arch": self.arch.model_dump(mode="json", exclude={"widths"}),
+            "arch": self.arch.model_dump(mode="json", exclude={"widths"}, exclude_defaults=True),
             "width": self.width,
             "seed": self.seed,
-            "dataset": self.dataset.model_dump(mode="json", exclude={"root", "download"}),
-            "training": self.training.model_dump(mode="json"),
+            "dataset": self.dataset.model_dump(
+                mode="json", exclude={"root", "download"}, exclude_defaults=True
+            ),
+            "training": self.training.model_dump(mode="json", exclude_defaults=True),
         }
         blob = json.dumps(identity, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]

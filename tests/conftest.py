@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -24,10 +25,16 @@ def mnist_root() -> Path:
     return SHARED_DATA
 
 
-def jamsweep(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+def jamsweep(
+    *args: str, cwd: Path | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
     """Run the CLI in a fresh process, as a user would."""
     return subprocess.run(
-        [*JAMSWEEP, *args], cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout,
+        [*JAMSWEEP, *args],
+        cwd=cwd or ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -60,12 +67,21 @@ class RayHead:
             "--runtime-env-agent-port": free_port(),
         }
         bin_dir = Path(sys.executable).parent
-        cmd = [str(bin_dir / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-               "--dashboard-host=127.0.0.1", "--include-dashboard=true", f"--num-cpus={num_cpus}",
-               *(f"{k}={v}" for k, v in ports.items())]
+        cmd = [
+            str(bin_dir / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            "--dashboard-host=127.0.0.1",
+            "--include-dashboard=true",
+            f"--num-cpus={num_cpus}",
+            *(f"{k}={v}" for k, v in ports.items()),
+        ]
         env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
-        self.proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                                     start_new_session=True, env=env)
+        self.proc = subprocess.Popen(
+            cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True, env=env
+        )
         self.gcs = f"127.0.0.1:{self.gcs_port}"
         self.dashboard = f"http://127.0.0.1:{self.dash_port}"
         self._wait_ready()
@@ -93,16 +109,11 @@ class RayHead:
         """SIGKILL every process of this head (and of the jobs and workers it started)."""
         import signal
 
-        victims = _descendants(self.proc.pid)
-        for pid in victims:
-            try:
+        for pid in _descendants(self.proc.pid):
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # and whatever left the tree but not the group
-        except ProcessLookupError:
-            pass
+        with contextlib.suppress(ProcessLookupError):  # what left the tree but not the group
+            os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=30)
 
 

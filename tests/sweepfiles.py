@@ -53,10 +53,19 @@ class SweepFiles:
     final_step: dict[str, int]  # run_id -> the step of its final outputs
 
 
-def write_sweep(results: str, *, sweep: str = "synth", widths: list[int] | None = None,
-                seeds: int = 4, n_test: int = 300, n_train: int = 50, n_outputs: int = 1,
-                converged: Converged | None = None, snapshot: bool = True,
-                data_seed: int = 0) -> SweepFiles:
+def write_sweep(
+    results: str,
+    *,
+    sweep: str = "synth",
+    widths: list[int] | None = None,
+    seeds: int = 4,
+    n_test: int = 300,
+    n_train: int = 50,
+    n_outputs: int = 1,
+    converged: Converged | None = None,
+    snapshot: bool = True,
+    data_seed: int = 0,
+) -> SweepFiles:
     """Write grid.yaml, manifest.parquet, and the logits and metrics files of every run."""
     widths = widths or [2, 3, 4, 6, 8, 12, 16, 24]
     converged = converged or default_converged(len(widths) // 2)
@@ -90,11 +99,19 @@ def _labels(truth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def _outputs(truth: np.ndarray, spec: RunSpec, k: int) -> np.ndarray:
     """f of one run on every sample (samples, C): the truth plus seed noise ~ N^-1/4."""
     noise = np.random.default_rng([spec.seed, k, 7]).normal(size=truth.shape)
-    return 3.0 * truth + 4.0 * spec.n_params ** -0.25 * noise
+    return 3.0 * truth + 4.0 * spec.n_params**-0.25 * noise
 
 
-def write_run(layout: SweepLayout, spec: RunSpec, f: np.ndarray, labels: np.ndarray,
-              n_train: int, step: int, converged: bool, snapshot: bool = True) -> None:
+def write_run(
+    layout: SweepLayout,
+    spec: RunSpec,
+    f: np.ndarray,
+    labels: np.ndarray,
+    n_train: int,
+    step: int,
+    converged: bool,
+    snapshot: bool = True,
+) -> None:
     """One run's logits (train, test; final step and a step-0 snapshot) and metrics files.
 
     f (samples, C) and labels (samples,) list the train samples first, then the test ones."""
@@ -110,28 +127,51 @@ def write_run(layout: SweepLayout, spec: RunSpec, f: np.ndarray, labels: np.ndar
     test_f = f[n_train:] if n_out > 1 else f[n_train:, 0]
     test_error = _error(test_f, labels[n_train:])
     metrics = {
-        "run_id": spec.run_id, "n_params": spec.n_params, "steps": step, "converged": converged,
-        "train_loss": 0.0 if converged else 0.01, "n_unsat": 0 if converged else 3,
-        "max_delta": -0.1 if converged else 0.2, "train_error": 0.0 if converged else 0.006,
-        "test_error": test_error, "f_norm": 1.0, "grad_norm": 1.0, "lr": 1e-3, "wall_s": 0.1,
+        "run_id": spec.run_id,
+        "n_params": spec.n_params,
+        "steps": step,
+        "converged": converged,
+        "train_loss": 0.0 if converged else 0.01,
+        "n_unsat": 0 if converged else 3,
+        "max_delta": -0.1 if converged else 0.2,
+        "train_error": 0.0 if converged else 0.006,
+        "test_error": test_error,
+        "f_norm": 1.0,
+        "grad_norm": 1.0,
+        "lr": 1e-3,
+        "wall_s": 0.1,
         "device": "cpu",
     }
     io.write_table(layout.metrics(*spec.key), pa.Table.from_pylist([metrics], METRICS_FILE_SCHEMA))
 
 
-def _logits_part(spec: RunSpec, split: str, sample: np.ndarray, label: np.ndarray,
-                 f: np.ndarray, step: int) -> pa.Table:
+def _logits_part(
+    spec: RunSpec, split: str, sample: np.ndarray, label: np.ndarray, f: np.ndarray, step: int
+) -> pa.Table:
     n, n_out = f.shape
-    f_col = pa.array(f[:, 0]) if n_out == 1 else pa.ListArray.from_arrays(
-        pa.array(np.arange(0, n * n_out + 1, n_out, dtype=np.int32)), pa.array(f.reshape(-1)))
-    grad = (pa.array(1.0 + np.abs(f).sum(axis=1)) if split == "test"
-            else pa.nulls(n, pa.float64()))  # ||grad f|| only on the test split, as train.py
-    return pa.table({
-        "run_id": pa.repeat(pa.scalar(spec.run_id), n), "n_params": pa.repeat(spec.n_params, n),
-        "split": pa.repeat(pa.scalar(split), n), "sample": pa.array(sample, pa.int64()),
-        "step": pa.repeat(step, n), "label": pa.array(label, pa.int64()), "f": f_col,
-        "grad_norm": grad,
-    }, schema=logits_schema(n_out))
+    f_col = (
+        pa.array(f[:, 0])
+        if n_out == 1
+        else pa.ListArray.from_arrays(
+            pa.array(np.arange(0, n * n_out + 1, n_out, dtype=np.int32)), pa.array(f.reshape(-1))
+        )
+    )
+    grad = (
+        pa.array(1.0 + np.abs(f).sum(axis=1)) if split == "test" else pa.nulls(n, pa.float64())
+    )  # ||grad f|| only on the test split, as train.py
+    return pa.table(
+        {
+            "run_id": pa.repeat(pa.scalar(spec.run_id), n),
+            "n_params": pa.repeat(spec.n_params, n),
+            "split": pa.repeat(pa.scalar(split), n),
+            "sample": pa.array(sample, pa.int64()),
+            "step": pa.repeat(step, n),
+            "label": pa.array(label, pa.int64()),
+            "f": f_col,
+            "grad_norm": grad,
+        },
+        schema=logits_schema(n_out),
+    )
 
 
 def _error(f: np.ndarray, labels: np.ndarray) -> float:

@@ -38,9 +38,15 @@ def fails_cleanly(proc, *needles: str) -> None:
         (GOOD + "epochs: 3\n", ["epochs: unknown field"]),
         (GOOD.replace("seeds: 2", "seeds: two"), ["seeds"]),
         (GOOD.replace("[2, 6]", "[0, 6]"), ["architectures.0.widths", ">= 1"]),
-        (GOOD.replace("max_steps: 50", "max_steps: 50, margin: -1"), ["training.margin", "greater than or equal to 0"]),
+        (
+            GOOD.replace("max_steps: 50", "max_steps: 50, margin: -1"),
+            ["training.margin", "greater than or equal to 0"],
+        ),
         (GOOD.replace("train_size: 60", "train_size: 5000"), ["dataset.train_size = 5000"]),
-        (GOOD.replace("digits_parity_pca", "mnist_parity_pca, root: nowhere"), ["dataset.root", "nowhere", "not a readable folder"]),
+        (
+            GOOD.replace("digits_parity_pca", "mnist_parity_pca, root: nowhere"),
+            ["dataset.root", "nowhere", "not a readable folder"],
+        ),
         (GOOD.replace("digits_parity_pca", "imagenet"), ["dataset.name"]),
     ],
 )
@@ -54,14 +60,18 @@ def test_unwritable_results_location(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     path = write_grid(tmp_path / "g.yaml", GOOD)
-    fails_cleanly(jamsweep("submit", str(path), "--results", str(blocker / "res")), "cannot write results")
+    fails_cleanly(
+        jamsweep("submit", str(path), "--results", str(blocker / "res")), "cannot write results"
+    )
 
 
 @pytest.mark.parametrize("address", ["http://127.0.0.1:9", "ray://127.0.0.1:9"])
 def test_unreachable_cluster(tmp_path, address, monkeypatch):
     monkeypatch.setenv("RAY_CLIENT_INITIAL_CONNECTION_TIMEOUT_S", "1")  # ray:// backs off 1+2+4 s
     path = write_grid(tmp_path / "g.yaml", GOOD)
-    proc = jamsweep("submit", str(path), "--results", str(tmp_path / "res"), "--address", address, timeout=180)
+    proc = jamsweep(
+        "submit", str(path), "--results", str(tmp_path / "res"), "--address", address, timeout=180
+    )
     fails_cleanly(proc, "127.0.0.1:9")
     assert "cannot reach" in proc.stderr
     assert not (tmp_path / "res" / "bad").exists()
@@ -80,8 +90,12 @@ def test_a_sweep_name_used_by_another_grid_is_refused_and_nothing_changes(tmp_pa
     marker.parent.mkdir()
     marker.write_bytes(b"x")
     other = write_grid(tmp_path / "g.yaml", GOOD.replace("max_steps: 50", "max_steps: 60"))
-    fails_cleanly(jamsweep("submit", str(other), "--results", str(tmp_path / "res")),
-                  "already exists", "different grid", "--force")
+    fails_cleanly(
+        jamsweep("submit", str(other), "--results", str(tmp_path / "res")),
+        "already exists",
+        "different grid",
+        "--force",
+    )
     assert (res / "grid.yaml").read_text() == GOOD and marker.exists()
 
 
@@ -119,5 +133,3 @@ def test_gpu_fraction_beyond_the_cluster_is_refused_before_writing(tmp_path):
     proc = jamsweep("submit", str(path), "--results", str(tmp_path / "res"), "--num-cpus", "1")
     fails_cleanly(proc, "resources.num_gpus = 0.25", "largest node has 0 GPUs")
     assert not (tmp_path / "res" / "bad").exists()
-
-

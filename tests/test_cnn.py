@@ -53,8 +53,11 @@ def cnn_spec(f: int = 8, arch: str = "", batch: int = 250, steps: int = 2000) ->
         (2, "", 3 * 2 * 9 + 2 * (2 * 2 * 9) + 2 * 16 * 10),
         (64, "", 3 * 64 * 9 + 2 * (64 * 64 * 9) + 64 * 16 * 10),
         # 5x5, stride 1, no padding, 2 layers: 32 -> 28 -> 24
-        (3, ", kernel_size: 5, stride: 1, padding: 0, depth: 2",
-         3 * 3 * 25 + 3 * 3 * 25 + 3 * 24 * 24 * 10),
+        (
+            3,
+            ", kernel_size: 5, stride: 1, padding: 0, depth: 2",
+            3 * 3 * 25 + 3 * 3 * 25 + 3 * 24 * 24 * 10,
+        ),
     ],
 )
 def test_n_counts_the_weights_of_the_built_net_and_not_its_biases(f, arch, hand):

@@ -78,16 +78,24 @@ def test_train_size_too_large_is_a_clear_error():
 
 
 def test_real_mnist_parity_pca(mnist_root):
-    spec = DatasetSpec(name="mnist_parity_pca", root=str(mnist_root), train_size=1000,
-                       test_size=2000, pca_dim=10, data_seed=0)
+    spec = DatasetSpec(
+        name="mnist_parity_pca",
+        root=str(mnist_root),
+        train_size=1000,
+        test_size=2000,
+        pca_dim=10,
+        data_seed=0,
+    )
     data = load_dataset(spec)
     assert data.train.x.shape == (1000, 10) and data.test.x.shape == (2000, 10)
     assert data.train.x.dtype == torch.float64
-    torch.testing.assert_close(data.train.x.norm(dim=1), torch.full((1000,), math.sqrt(10), dtype=torch.float64))
+    torch.testing.assert_close(
+        data.train.x.norm(dim=1), torch.full((1000,), math.sqrt(10), dtype=torch.float64)
+    )
     assert data.train.y.sum().item() == 0
     pool = mnist_pool(str(mnist_root), download=False)
     assert pool.x.shape == (70000, 784) and pool.n_fit == 60000
-    assert 0.0 <= pool.x.min() and pool.x.max() <= 1.0
+    assert pool.x.min() >= 0.0 and pool.x.max() <= 1.0
     labels = pool.classes[data.test.index.numpy()]
     np.testing.assert_array_equal(data.test.y.numpy(), np.where(labels % 2 == 1, 1.0, -1.0))
     # the authors' split: manual_seed(data_seed), randperm of evens then of odds, interleaved

@@ -59,19 +59,28 @@ def test_a_killed_worker_node_s_runs_resume_elsewhere_and_finish_once(tmp_path):
     layout = SweepLayout(str(tmp_path), "nodes")
     io.write_text(layout.grid_yaml, GRID)
     io.write_table(layout.manifest, manifest_table(specs))
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1"})
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1"}
+    )
     try:
         doomed = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
         survivor = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
         outcome: dict = {}
-        driver = threading.Thread(target=lambda: outcome.update(
-            status=run_on_ray(layout, specs, specs, address=cluster.address, num_cpus=None)))
+        driver = threading.Thread(
+            target=lambda: outcome.update(
+                status=run_on_ray(layout, specs, specs, address=cluster.address, num_cpus=None)
+            )
+        )
         driver.start()
 
         def victim_with_checkpoint():
             for r in read_records(layout):
                 on_doomed = r.node is not None and doomed.node_id.startswith(r.node)
-                if r.state is RunStatus.RUNNING and on_doomed and os.path.exists(layout.checkpoint(r.run_id)):
+                if (
+                    r.state is RunStatus.RUNNING
+                    and on_doomed
+                    and os.path.exists(layout.checkpoint(r.run_id))
+                ):
                     return r
             return None
 
@@ -117,15 +126,31 @@ def test_killing_the_submitting_client_does_not_stop_the_sweep(tmp_path, head):
     grid = write_grid(tmp_path / "g.yaml", grid_text)
     layout = SweepLayout(str(tmp_path / "res"), "client")
     specs = parse_grid(grid_text).expand()
-    cli = subprocess.Popen([*JAMSWEEP, "submit", str(grid), "--address", head.dashboard,
-                            "--results", str(tmp_path / "res")],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    wait_for(lambda: any(r.state is RunStatus.RUNNING for r in read_records(layout)), 120,
-             "a run to start")
+    cli = subprocess.Popen(
+        [
+            *JAMSWEEP,
+            "submit",
+            str(grid),
+            "--address",
+            head.dashboard,
+            "--results",
+            str(tmp_path / "res"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    wait_for(
+        lambda: any(r.state is RunStatus.RUNNING for r in read_records(layout)),
+        120,
+        "a run to start",
+    )
     os.kill(cli.pid, signal.SIGKILL)  # kill -9 the CLI
     cli.wait()
     wait_for(lambda: len(done_ids(layout, specs)) == len(specs), 240, "every run to finish", poll=1)
-    proc = jamsweep("status", "client", "--results", str(tmp_path / "res"), "--address", head.gcs, "--json")
+    proc = jamsweep(
+        "status", "client", "--results", str(tmp_path / "res"), "--address", head.gcs, "--json"
+    )
     assert proc.returncode == 0, proc.stderr
     st = json.loads(proc.stdout)
     assert st["source"] == "live" and st["counts"]["done"] == len(specs)
@@ -136,17 +161,31 @@ def test_after_the_whole_cluster_dies_a_resubmission_runs_only_what_is_missing(t
     grid = write_grid(tmp_path / "g.yaml", grid_text)
     layout = SweepLayout(str(tmp_path / "res"), "phoenix")
     specs = parse_grid(grid_text).expand()
-    proc = jamsweep("submit", str(grid), "--address", head.dashboard, "--results",
-                    str(tmp_path / "res"), "--detach")
+    proc = jamsweep(
+        "submit",
+        str(grid),
+        "--address",
+        head.dashboard,
+        "--results",
+        str(tmp_path / "res"),
+        "--detach",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Ray job jamsweep-phoenix-" in proc.stdout
-    wait_for(lambda: done_ids(layout, specs) and any(
-        os.path.exists(layout.checkpoint(s.run_id)) for s in specs), 180,
-        "a finished run and a checkpointed one")
+    wait_for(
+        lambda: (
+            done_ids(layout, specs)
+            and any(os.path.exists(layout.checkpoint(s.run_id)) for s in specs)
+        ),
+        180,
+        "a finished run and a checkpointed one",
+    )
     head.kill()  # the whole cluster dies mid-sweep
     finished = done_ids(layout, specs)
     assert 0 < len(finished) < len(specs)
-    stamps = {s.run_id: os.stat(layout.metrics(*s.key)).st_mtime_ns for s in specs if s.run_id in finished}
+    stamps = {
+        s.run_id: os.stat(layout.metrics(*s.key)).st_mtime_ns for s in specs if s.run_id in finished
+    }
 
     again = jamsweep("submit", str(grid), "--results", str(tmp_path / "res"), "--num-cpus", "2")
     assert again.returncode == 0, again.stderr
@@ -157,26 +196,43 @@ def test_after_the_whole_cluster_dies_a_resubmission_runs_only_what_is_missing(t
     metrics = open_sweep(layout.root).metrics()
     assert sorted(metrics.run_id) == sorted(s.run_id for s in specs)
     assert (metrics.loc[~metrics.run_id.isin(finished), "resumed_from"] > 0).any()
-    st = json.loads(jamsweep("status", "phoenix", "--results", str(tmp_path / "res"), "--json").stdout)
+    st = json.loads(
+        jamsweep("status", "phoenix", "--results", str(tmp_path / "res"), "--json").stdout
+    )
     assert st["counts"]["done"] == len(specs)
-
-
 
 
 def test_cancel_stops_pending_and_running_runs_and_records_them(tmp_path, head):
     grid_text = GRID.format(sweep="stopme", widths="[1.5]", seeds=4, steps=200000)
     grid = write_grid(tmp_path / "g.yaml", grid_text)
     layout = SweepLayout(str(tmp_path / "res"), "stopme")
-    proc = jamsweep("submit", str(grid), "--address", head.dashboard, "--results",
-                    str(tmp_path / "res"), "--detach")
+    proc = jamsweep(
+        "submit",
+        str(grid),
+        "--address",
+        head.dashboard,
+        "--results",
+        str(tmp_path / "res"),
+        "--detach",
+    )
     assert proc.returncode == 0, proc.stderr
-    wait_for(lambda: any(r.state is RunStatus.RUNNING for r in read_records(layout)), 120,
-             "a run to start")
-    cancel = jamsweep("cancel", "stopme", "--address", head.dashboard, "--results", str(tmp_path / "res"))
+    wait_for(
+        lambda: any(r.state is RunStatus.RUNNING for r in read_records(layout)),
+        120,
+        "a run to start",
+    )
+    cancel = jamsweep(
+        "cancel", "stopme", "--address", head.dashboard, "--results", str(tmp_path / "res")
+    )
     assert cancel.returncode == 0, cancel.stderr
     assert "sweep stopme: cancelled 4 run(s)" in cancel.stdout
-    records = wait_for(lambda: (lambda rs: rs if rs and all(r.state.is_terminal() for r in rs) else None)(
-        read_records(layout)), 60, "every run to be closed")
+    records = wait_for(
+        lambda: (lambda rs: rs if rs and all(r.state.is_terminal() for r in rs) else None)(
+            read_records(layout)
+        ),
+        60,
+        "every run to be closed",
+    )
     assert {r.state for r in records} == {RunStatus.CANCELLED}
     time.sleep(3)  # the running ones were stopped: they never write results
     assert not os.path.exists(layout.metrics_dir)

@@ -85,14 +85,17 @@ def test_too_few_points_give_a_reason_not_numbers():
 def curves_frame(n_star):
     n = np.geomspace(100, 1e5, 30)
     over = n > n_star
-    return pd.DataFrame({
-        "n_params": n, "n_seeds": 8,
-        "gap": np.where(over, 2.0 * n**-0.5 + 5.0 * n**-0.75, 0.3),
-        "test_error_mean": 0.05 + 2.0 * n**-0.5 + 5.0 * n**-0.75,
-        "test_error_std": 0.01 * n**-0.5,
-        "f_var": np.where(over, (3.0 * n**-0.25) ** 2, 50.0),
-        "f_norm": np.where(over, 2.0 * np.abs(n / n_star - 1) ** -1.0, 0.1),
-    })
+    return pd.DataFrame(
+        {
+            "n_params": n,
+            "n_seeds": 8,
+            "gap": np.where(over, 2.0 * n**-0.5 + 5.0 * n**-0.75, 0.3),
+            "test_error_mean": 0.05 + 2.0 * n**-0.5 + 5.0 * n**-0.75,
+            "test_error_std": 0.01 * n**-0.5,
+            "f_var": np.where(over, (3.0 * n**-0.25) ** 2, 50.0),
+            "f_norm": np.where(over, 2.0 * np.abs(n / n_star - 1) ** -1.0, 0.1),
+        }
+    )
 
 
 def test_fit_curves_fits_every_law_above_n_star_only():

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from schemas.errors import GridError
 from schemas.grid import FCArch, parse_grid
@@ -19,19 +20,19 @@ training: {max_steps: 100}
 def test_expand_gives_one_run_per_arch_width_seed_in_grid_order():
     runs = parse_grid(GOOD).expand()
     assert [(r.arch.name, r.width, r.seed) for r in runs] == [
-        (a, w, s)
-        for a, ws in (("fc5", [2, 3.5, 8]), ("fc2", [4]))
-        for w in ws
-        for s in range(3)
+        (a, w, s) for a, ws in (("fc5", [2, 3.5, 8]), ("fc2", [4])) for w in ws for s in range(3)
     ]
     assert len({r.run_id for r in runs}) == len(runs)
 
 
 def test_run_id_is_deterministic_and_depends_only_on_what_changes_the_result():
     a = parse_grid(GOOD).expand()
-    b = parse_grid(GOOD.replace("training: {max_steps: 100}", "training: {max_steps: 100}\n"
-                                "resources: {num_cpus: 2, max_retries: 5}\nsweep2: x"
-                                ).replace("\nsweep2: x", "")).expand()
+    b = parse_grid(
+        GOOD.replace(
+            "training: {max_steps: 100}",
+            "training: {max_steps: 100}\nresources: {num_cpus: 2, max_retries: 5}\nsweep2: x",
+        ).replace("\nsweep2: x", "")
+    ).expand()
     assert [r.run_id for r in a] == [r.run_id for r in b]
     other_steps = parse_grid(GOOD.replace("max_steps: 100", "max_steps: 101")).expand()
     assert a[0].run_id != other_steps[0].run_id
@@ -79,8 +80,13 @@ def test_top_level_errors_name_the_field(change, expected):
 
 @pytest.mark.parametrize(
     ("widths", "expected"),
-    [("[]", "widths is empty"), ("[0, 2]", ">= 1"), ("[-3]", ">= 1"), ("[2, 2]", "widths repeat [2.0]"),
-     ("[a]", "architectures.0.widths.0")],
+    [
+        ("[]", "widths is empty"),
+        ("[0, 2]", ">= 1"),
+        ("[-3]", ">= 1"),
+        ("[2, 2]", "widths repeat [2.0]"),
+        ("[a]", "architectures.0.widths.0"),
+    ],
 )
 def test_width_errors(widths, expected):
     with pytest.raises(GridError) as info:
@@ -130,12 +136,14 @@ def test_mnist_needs_a_root_and_unknown_datasets_are_named():
 
 
 def test_learning_rate_rule():
-    t = parse_grid(GOOD.replace("{max_steps: 100}", "{lr0: 0.1, lr_exponent: -1.5, lr_max: 1e-4}")).training
+    t = parse_grid(
+        GOOD.replace("{max_steps: 100}", "{lr0: 0.1, lr_exponent: -1.5, lr_max: 1e-4}")
+    ).training
     assert t.learning_rate(10) == pytest.approx(1e-4)  # min(0.1 * 10^-1.5 = 3.2e-3, 1e-4)
     assert t.learning_rate(1000) == pytest.approx(0.1 * 1000**-1.5)
 
 
 def test_models_are_frozen():
     grid = parse_grid(GOOD)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         grid.sweep = "other"  # type: ignore[misc]

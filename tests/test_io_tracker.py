@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -32,8 +33,8 @@ def test_a_torn_checkpoint_is_no_checkpoint(tmp_path):
     path = str(tmp_path / "c.pt")
     io.save_checkpoint(path, {"step": 3})
     assert io.load_checkpoint(path) == {"step": 3}
-    data = open(path, "rb").read()
-    open(path, "wb").write(data[: len(data) // 2])
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[: len(data) // 2])
     assert io.load_checkpoint(path) is None
     assert io.load_checkpoint(str(tmp_path / "none.pt")) is None
 
@@ -57,7 +58,10 @@ def test_unwritable_results_location_is_a_clear_error(tmp_path):
 
 def test_layout_paths():
     lay = SweepLayout("s3://bucket/res/", "sw")
-    assert lay.logits("fc5", 3.5, 2) == "s3://bucket/res/sw/logits/arch=fc5/width=3.5/seed=2/part-0.parquet"
+    assert (
+        lay.logits("fc5", 3.5, 2)
+        == "s3://bucket/res/sw/logits/arch=fc5/width=3.5/seed=2/part-0.parquet"
+    )
     assert lay.metrics("fc5", 12.0, 0).endswith("metrics/arch=fc5/width=12/seed=0/part-0.parquet")
     assert format_width(7.0) == "7" and format_width(0.25) == "0.25"
 
@@ -96,5 +100,6 @@ def test_cancel_closes_open_runs_and_stops_new_starts(tmp_path):
     assert not tracker.started("r2", "n")
     tracker.finished("r2", RunStatus.DONE)  # a late report does not reopen it
     assert {r.run_id: r.state for r in tracker.snapshot()} == {
-        "r1": RunStatus.DONE, "r2": RunStatus.CANCELLED,
+        "r1": RunStatus.DONE,
+        "r2": RunStatus.CANCELLED,
     }

@@ -17,8 +17,13 @@ from orchestrator import sweep as api
 from orchestrator.cli import app
 from orchestrator.plots import render_figures, report_html
 
-FIGURES = {"fig2_test_error", "fig4_ensemble", "fig5_output_variance", "fig6_gradient_and_gap",
-           "fig7a_output_norm"}
+FIGURES = {
+    "fig2_test_error",
+    "fig4_ensemble",
+    "fig5_output_variance",
+    "fig6_gradient_and_gap",
+    "fig7a_output_norm",
+}
 WIDTHS = [2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64]
 
 
@@ -70,7 +75,7 @@ def test_report_is_one_page_with_figures_table_and_fits(reduced):
     curves, ensemble, summary = tables(reduced, "fc")
     png = b"\x89PNG-bytes"
     page = report_html(summary, curves, {"fig2_test_error": png})
-    assert page.startswith("<!doctype html>") and "src=\"http" not in page
+    assert page.startswith("<!doctype html>") and 'src="http' not in page
     assert f"base64,{base64.b64encode(png).decode()}" in page
     assert page.count("<tr>") >= len(curves) + 1
     assert f"<td>{summary['n_star']['fc5']}</td>" in page

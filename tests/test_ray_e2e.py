@@ -6,7 +6,6 @@ import json
 import os
 import re
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -26,8 +25,18 @@ training: {lr_max: 0.01, max_steps: 400}
 resources: {num_cpus: 1, max_retries: 1}
 """
 
-LAYOUT = {"grid.yaml", "manifest.parquet", "status.parquet", "logits", "metrics", "trace",
-          "curves.parquet", "ensemble.parquet", "summary.json", "figures"}
+LAYOUT = {
+    "grid.yaml",
+    "manifest.parquet",
+    "status.parquet",
+    "logits",
+    "metrics",
+    "trace",
+    "curves.parquet",
+    "ensemble.parquet",
+    "summary.json",
+    "figures",
+}
 
 
 @pytest.fixture(scope="module")
@@ -44,12 +53,25 @@ def test_submit_exits_zero_and_writes_the_layout(finished):
     assert proc.returncode == 0, proc.stderr
     sweep = root / "res" / "tiny"
     assert {p.name for p in sweep.iterdir()} <= LAYOUT
-    assert {"grid.yaml", "manifest.parquet", "status.parquet", "logits", "metrics",
-            "curves.parquet", "summary.json"} <= {p.name for p in sweep.iterdir()}
+    assert {
+        "grid.yaml",
+        "manifest.parquet",
+        "status.parquet",
+        "logits",
+        "metrics",
+        "curves.parquet",
+        "summary.json",
+    } <= {p.name for p in sweep.iterdir()}
     assert (sweep / "grid.yaml").read_text() == grid.read_text()  # verbatim
     for table in ("logits", "metrics", "trace"):
-        files = sorted(p.relative_to(sweep / table).as_posix() for p in (sweep / table).rglob("*") if p.is_file())
-        assert files == [f"arch=fc3/width={w}/seed={s}/part-0.parquet" for w in ("1.5", "6") for s in (0, 1)]
+        files = sorted(
+            p.relative_to(sweep / table).as_posix()
+            for p in (sweep / table).rglob("*")
+            if p.is_file()
+        )
+        assert files == [
+            f"arch=fc3/width={w}/seed={s}/part-0.parquet" for w in ("1.5", "6") for s in (0, 1)
+        ]
     assert "[4/4] done" in proc.stderr
     assert "Traceback" not in proc.stderr
 
@@ -57,7 +79,19 @@ def test_submit_exits_zero_and_writes_the_layout(finished):
 def test_logits_read_with_pandas_one_row_per_run_split_sample(finished):
     root, _, _ = finished
     logits = pd.read_parquet(root / "res" / "tiny" / "logits")
-    expected = {"run_id", "arch", "width", "seed", "n_params", "split", "sample", "step", "label", "f", "grad_norm"}
+    expected = {
+        "run_id",
+        "arch",
+        "width",
+        "seed",
+        "n_params",
+        "split",
+        "sample",
+        "step",
+        "label",
+        "f",
+        "grad_norm",
+    }
     assert set(logits.columns) == expected
     assert len(logits) == 4 * (60 + 100)
     assert logits.groupby(["run_id", "split"]).size().to_dict() == {
@@ -88,7 +122,9 @@ def test_metrics_and_curves_agree_with_the_raw_outputs(finished):
         if members is None:
             assert np.isnan(row.ens_test_error)
             continue
-        f = logits[logits.run_id.isin(members.run_id)].merge(members[["run_id", "steps"]], on="run_id")
+        f = logits[logits.run_id.isin(members.run_id)].merge(
+            members[["run_id", "steps"]], on="run_id"
+        )
         f = f[f.step == f.steps].groupby("sample").agg(f=("f", "mean"), label=("label", "first"))
         assert row.ens_test_error == pytest.approx(np.mean(f.label * f.f <= 0))
     summary = sw.summary()
@@ -102,7 +138,9 @@ def test_status_json_and_ls(finished):
     assert proc.returncode == 0, proc.stderr
     st = json.loads(proc.stdout)
     assert st["sweep"] == "tiny" and st["counts"]["done"] == 4 and st["counts"]["failed"] == 0
-    assert {r["state"] for r in st["runs"]} == {"done"} and all(r["attempts"] == 1 for r in st["runs"])
+    assert {r["state"] for r in st["runs"]} == {"done"} and all(
+        r["attempts"] == 1 for r in st["runs"]
+    )
     ls = jamsweep("ls", "--results", str(root / "res"))
     assert ls.returncode == 0 and re.search(r"tiny: pending 0 +running 0 +done 4", ls.stdout)
 
@@ -127,11 +165,17 @@ def test_status_of_unknown_sweep_is_a_clear_error(finished):
     root, _, _ = finished
     proc = jamsweep("status", "nope", "--results", str(root / "res"))
     assert proc.returncode != 0
-    assert "no sweep 'nope'" in proc.stderr and "tiny" in proc.stderr and "Traceback" not in proc.stderr
+    assert (
+        "no sweep 'nope'" in proc.stderr
+        and "tiny" in proc.stderr
+        and "Traceback" not in proc.stderr
+    )
 
 
 def test_malformed_grid_names_the_field_and_writes_nothing(tmp_path):
-    grid = write_grid(tmp_path / "bad.yaml", TINY.replace("widths: [1.5, 6]", "widths: [0, 6]") + "colour: red\n")
+    grid = write_grid(
+        tmp_path / "bad.yaml", TINY.replace("widths: [1.5, 6]", "widths: [0, 6]") + "colour: red\n"
+    )
     proc = jamsweep("submit", str(grid), "--results", str(tmp_path / "res"))
     assert proc.returncode != 0
     assert "architectures.0.widths" in proc.stderr and "colour: unknown field" in proc.stderr
@@ -141,11 +185,15 @@ def test_malformed_grid_names_the_field_and_writes_nothing(tmp_path):
 
 def test_a_diverging_run_fails_after_its_retries_and_is_named(tmp_path):
     bad = TINY.replace("widths: [1.5, 6]", "widths: [6]").replace("seeds: 2", "seeds: 1")
-    bad = bad.replace("lr_max: 0.01", "lr0: 1.0e+200, lr_max: 1.0e+200").replace("max_retries: 1", "max_retries: 1")
+    bad = bad.replace("lr_max: 0.01", "lr0: 1.0e+200, lr_max: 1.0e+200").replace(
+        "max_retries: 1", "max_retries: 1"
+    )
     grid = write_grid(tmp_path / "nan.yaml", bad)
     proc = jamsweep("submit", str(grid), "--results", str(tmp_path / "res"), "--num-cpus", "1")
     assert proc.returncode == 1
-    assert re.search(r"failed: fc3 h=6 seed=0 \(\w+\): FloatingPointError: loss is (nan|inf)", proc.stderr)
+    assert re.search(
+        r"failed: fc3 h=6 seed=0 \(\w+\): FloatingPointError: loss is (nan|inf)", proc.stderr
+    )
     st = json.loads(jamsweep("status", "tiny", "--json", "--results", str(tmp_path / "res")).stdout)
     (run,) = st["runs"]
     assert run["state"] == "failed" and run["attempts"] == 2 and "diverged" in run["error"]
@@ -156,7 +204,9 @@ def test_embedded_ray_listens_on_loopback_only():
 
     with RayBackend(None, num_cpus=1):
         ours = _descendants(os.getpid())
-        listening = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
+        listening = subprocess.run(
+            ["ss", "-ltnpH"], capture_output=True, text=True, check=True
+        ).stdout
     mine = [line for line in listening.splitlines() if any(f"pid={p}," in line for p in ours)]
     assert mine, "found no listening socket of the embedded Ray"
     for line in mine:

@@ -81,12 +81,15 @@ def hand_curve(f, grads, labels, converged, train_error, train_loss, members):
     ens = hand_error(f_bar, labels)
     member_mean = sum(errors[r] for r in members) / len(members)
     f_var = sum(
-        sum(hand_sq_norm(f[r][s] - f_bar[s]) for s in range(n_samples)) / n_samples
-        for r in members
+        sum(hand_sq_norm(f[r][s] - f_bar[s]) for s in range(n_samples)) / n_samples for r in members
     ) / len(members)
     grad = sum(hand_rms(grads[r]) for r in members) / len(members)
-    return row | {"ens_test_error": ens, "gap": member_mean - ens, "f_var": f_var,
-                  "delta": math.sqrt(f_var) / grad}
+    return row | {
+        "ens_test_error": ens,
+        "gap": member_mean - ens,
+        "f_var": f_var,
+        "delta": math.sqrt(f_var) / grad,
+    }
 
 
 # -- random tables ------------------------------------------------------------------------
@@ -97,16 +100,20 @@ def random_width(rng, n_runs, n_samples, n_out, *, ties: bool):
     f_bar = 0 and equal largest outputs all happen."""
     shape = (n_runs, n_samples) if n_out == 1 else (n_runs, n_samples, n_out)
     f = rng.integers(-2, 3, size=shape).astype(float) if ties else rng.normal(size=shape)
-    labels = (rng.choice([-1, 1], n_samples) if n_out == 1
-              else rng.integers(0, n_out, n_samples))
+    labels = rng.choice([-1, 1], n_samples) if n_out == 1 else rng.integers(0, n_out, n_samples)
     grads = rng.uniform(0.5, 2.0, size=(n_runs, n_samples))
     run_ids = [f"r{i}" for i in range(n_runs)]
     converged = [bool(rng.random() < 0.6) for _ in range(n_runs)]
-    metrics = pd.DataFrame({
-        "run_id": run_ids, "n_params": 100, "converged": converged,
-        "train_error": rng.uniform(0, 0.1, n_runs), "train_loss": rng.uniform(0, 0.1, n_runs),
-        "steps": 10,
-    })
+    metrics = pd.DataFrame(
+        {
+            "run_id": run_ids,
+            "n_params": 100,
+            "converged": converged,
+            "train_error": rng.uniform(0, 0.1, n_runs),
+            "train_loss": rng.uniform(0, 0.1, n_runs),
+            "steps": 10,
+        }
+    )
     outputs = WidthOutputs(run_ids, f, np.sqrt((grads**2).mean(axis=1)), labels)
     return metrics, outputs, grads
 
@@ -129,8 +136,15 @@ def test_width_curve_matches_a_hand_loop(n_runs, n_samples, n_out, ties, over):
     converged = metrics["converged"].tolist()
     members = [r for r in range(n_runs) if over == "all" or converged[r]]
     got = width_curve(metrics, outputs, ensemble_over=over)
-    want = hand_curve(outputs.f, grads, outputs.labels, converged, metrics["train_error"],
-                      metrics["train_loss"], members)
+    want = hand_curve(
+        outputs.f,
+        grads,
+        outputs.labels,
+        converged,
+        metrics["train_error"],
+        metrics["train_loss"],
+        members,
+    )
     for key, value in want.items():
         assert got[key] == pytest.approx(value, rel=1e-12, abs=1e-12, nan_ok=True), key
     assert got["n_outputs"] == n_out
@@ -192,13 +206,20 @@ def hand_ensemble(f, labels, grads, members, subsets_of_n):
             runs = [members[i] for i in subset]
             avg = hand_mean_output(f, runs)
             errors.append(hand_error(avg, labels))
-            dist2.append(sum(hand_sq_norm(avg[s] - f_bar[s]) for s in range(len(labels)))
-                         / len(labels))
+            dist2.append(
+                sum(hand_sq_norm(avg[s] - f_bar[s]) for s in range(len(labels))) / len(labels)
+            )
         mean = sum(errors) / len(errors)
         std = math.sqrt(sum((e - mean) ** 2 for e in errors) / len(errors))
-        rows.append({"n": n, "test_error_mean": mean, "test_error_std": std,
-                     "excess_error": mean - full,
-                     "delta": math.sqrt(sum(dist2) / len(dist2)) / grad})
+        rows.append(
+            {
+                "n": n,
+                "test_error_mean": mean,
+                "test_error_std": std,
+                "excess_error": mean - full,
+                "delta": math.sqrt(sum(dist2) / len(dist2)) / grad,
+            }
+        )
     return rows
 
 
@@ -226,8 +247,17 @@ def test_sampled_subsets_are_seeded_and_match_a_hand_loop_over_the_same_subsets(
     got = ensemble_curve(outputs, members, max_subsets=10, seed=3)
     chosen = {n: seed_subsets(9, n, max_subsets=10, seed=3)[0].tolist() for n in range(1, 10)}
     want = hand_ensemble(outputs.f, outputs.labels, grads, list(members), chosen)
-    assert [r["exact"] for r in got] == [True, False, False, False, False, False, False, True,
-                                         True]  # C(9, n) <= 10 only for n = 1, 8, 9
+    assert [r["exact"] for r in got] == [
+        True,
+        False,
+        False,
+        False,
+        False,
+        False,
+        False,
+        True,
+        True,
+    ]  # C(9, n) <= 10 only for n = 1, 8, 9
     for g, w in zip(got, want, strict=True):
         for key, value in w.items():
             assert g[key] == pytest.approx(value, rel=1e-12, abs=1e-12), key
@@ -274,9 +304,15 @@ def test_outputs_matrix_from_a_pandas_frame_gives_the_same_curve():
     rng = np.random.default_rng(10)
     metrics, outputs, _ = random_width(rng, 3, 12, 4, ties=False)
     rows = [
-        {"run_id": r, "sample": s, "label": int(outputs.labels[s]), "f": outputs.f[i, s].tolist(),
-         "grad_norm": float(outputs.grad_norm[i])}
-        for i, r in enumerate(outputs.run_ids) for s in rng.permutation(12)
+        {
+            "run_id": r,
+            "sample": s,
+            "label": int(outputs.labels[s]),
+            "f": outputs.f[i, s].tolist(),
+            "grad_norm": float(outputs.grad_norm[i]),
+        }
+        for i, r in enumerate(outputs.run_ids)
+        for s in rng.permutation(12)
     ]
     again = outputs_matrix(pd.DataFrame(rows))
     assert width_curve(metrics, again) == pytest.approx(width_curve(metrics, outputs))
@@ -286,26 +322,37 @@ def test_outputs_matrix_from_a_pandas_frame_gives_the_same_curve():
 
 
 def table(arch, n_params, converged, seeds=4):
-    return pd.DataFrame({"arch": arch, "width": np.arange(1.0, len(n_params) + 1),
-                         "n_params": n_params, "n_seeds": seeds, "n_converged": converged})
+    return pd.DataFrame(
+        {
+            "arch": arch,
+            "width": np.arange(1.0, len(n_params) + 1),
+            "n_params": n_params,
+            "n_seeds": seeds,
+            "n_converged": converged,
+        }
+    )
 
 
 def test_n_star_is_the_smallest_n_where_every_seed_converged():
-    curves = pd.concat([
-        table("a", [10, 100, 1000, 10000], [0, 1, 3, 4]),
-        table("b", [10, 100, 1000], [0, 0, 3]),
-        table("c", [50, 60, 70], [4, 3, 4]),  # not monotone: the smallest still counts
-    ])
+    curves = pd.concat(
+        [
+            table("a", [10, 100, 1000, 10000], [0, 1, 3, 4]),
+            table("b", [10, 100, 1000], [0, 0, 3]),
+            table("c", [50, 60, 70], [4, 3, 4]),  # not monotone: the smallest still counts
+        ]
+    )
     assert jamming_points(curves) == {"a": 10000, "b": None, "c": 50}
 
 
 def test_half_n_star_interpolates_in_log_n():
-    curves = pd.concat([
-        table("a", [10, 100, 1000, 10000], [0, 1, 3, 4]),  # 0.25 -> 0.75 between 100 and 1000
-        table("b", [10, 100, 1000], [0, 2, 4]),  # exactly half at 100
-        table("c", [10, 100], [0, 1]),  # never half
-        table("d", [10, 100], [3, 4]),  # above half already at the smallest N
-    ])
+    curves = pd.concat(
+        [
+            table("a", [10, 100, 1000, 10000], [0, 1, 3, 4]),  # 0.25 -> 0.75 between 100 and 1000
+            table("b", [10, 100, 1000], [0, 2, 4]),  # exactly half at 100
+            table("c", [10, 100], [0, 1]),  # never half
+            table("d", [10, 100], [3, 4]),  # above half already at the smallest N
+        ]
+    )
     half = half_jamming_points(curves)
     assert half["a"] == pytest.approx(math.sqrt(100 * 1000))
     assert half["b"] == 100 and half["c"] is None and half["d"] is None

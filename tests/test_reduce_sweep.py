@@ -43,12 +43,17 @@ def test_streaming_reduce_equals_the_all_in_one_frame_reduction(tmp_path, n_outp
     got = curves.sort_values("width").reset_index(drop=True)
     assert (got["arch"] == want_curves["arch"]).all()
     for column in want_curves.columns.drop("arch"):
-        assert np.allclose(got[column].to_numpy(float), want_curves[column].to_numpy(float),
-                           rtol=1e-12, equal_nan=True), column
+        assert np.allclose(
+            got[column].to_numpy(float),
+            want_curves[column].to_numpy(float),
+            rtol=1e-12,
+            equal_nan=True,
+        ), column
     ensemble = pd.read_parquet(files.layout.ensemble).sort_values(["width", "n"])
     for column in want_ensemble.columns.drop("arch"):
-        assert np.allclose(ensemble[column].to_numpy(float), want_ensemble[column].to_numpy(float),
-                           rtol=1e-12), column
+        assert np.allclose(
+            ensemble[column].to_numpy(float), want_ensemble[column].to_numpy(float), rtol=1e-12
+        ), column
 
 
 def test_reduce_reads_the_final_step_not_the_snapshot(tmp_path):

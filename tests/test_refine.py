@@ -67,8 +67,9 @@ def test_refined_specs_change_width_seed_run_id_and_n(tmp_path):
 
 
 def test_refine_dry_run_plans_runs_inside_the_bracket_and_writes_nothing(tmp_path):
-    files = write_sweep(str(tmp_path), seeds=3, widths=[2, 4, 8, 16],
-                        converged=default_converged(2))  # N* at h = 8, half of the seeds at 4
+    files = write_sweep(
+        str(tmp_path), seeds=3, widths=[2, 4, 8, 16], converged=default_converged(2)
+    )  # N* at h = 8, half of the seeds at 4
     before = (tmp_path / "synth" / "manifest.parquet").read_bytes()
     report = api.refine("synth", results=str(tmp_path), n_widths=2, seeds=5, dry_run=True)
     assert report.brackets == {"fc5": (4.0, 8.0)}
@@ -90,8 +91,9 @@ def test_refine_without_a_bracket_says_which_widths_to_add(tmp_path):
 
 def test_refine_command_lists_the_planned_runs(tmp_path):
     write_sweep(str(tmp_path), seeds=2, widths=[2, 4, 8], converged=default_converged(2))
-    result = CliRunner().invoke(app, ["refine", "synth", "--results", str(tmp_path),
-                                      "--n-widths", "1", "--dry-run"])
+    result = CliRunner().invoke(
+        app, ["refine", "synth", "--results", str(tmp_path), "--n-widths", "1", "--dry-run"]
+    )
     assert result.exit_code == 0, result.output
     assert "2 run(s) would be added" in result.output and "h=6" in result.output
     bad = CliRunner().invoke(app, ["refine", "nope", "--results", str(tmp_path), "--dry-run"])
@@ -105,8 +107,9 @@ def test_refine_appends_the_new_runs_runs_them_and_reduces(tmp_path, monkeypatch
     import pyarrow.parquet as pq
     from sweepfiles import write_run
 
-    files = write_sweep(str(tmp_path), seeds=2, widths=[2, 4, 8, 16],
-                        converged=default_converged(2))
+    files = write_sweep(
+        str(tmp_path), seeds=2, widths=[2, 4, 8, 16], converged=default_converged(2)
+    )
     before = pq.read_table(files.layout.manifest)
     ran = {}
 

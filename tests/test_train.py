@@ -45,7 +45,10 @@ def test_deltas_and_losses_against_hand_computation():
     torch.testing.assert_close(deltas(f, y, 1.0), torch.tensor(d, dtype=torch.float64))
     square = sum(0.5 * max(0.0, di) ** 2 for di in d) / 4
     linear = sum(max(0.0, di) for di in d) / 4
-    logistic = sum(math.log1p(math.exp(-yi * fi)) for fi, yi in zip(f.tolist(), y.tolist(), strict=True)) / 4
+    logistic = (
+        sum(math.log1p(math.exp(-yi * fi)) for fi, yi in zip(f.tolist(), y.tolist(), strict=True))
+        / 4
+    )
     assert loss_value("square_hinge", f, y, 1.0).item() == pytest.approx(square)
     assert loss_value("hinge", f, y, 1.0).item() == pytest.approx(linear)
     assert loss_value("cross_entropy", f, y, 1.0).item() == pytest.approx(logistic)
@@ -116,10 +119,14 @@ def test_metrics_agree_with_the_outputs(data):
     assert (train_out.split, test_out.split) == ("train", "test")
     assert train_out.f.shape == (120,) and test_out.f.shape == (200,)
     y = data.test.y
-    assert result.metrics["test_error"] == pytest.approx((y * test_out.f <= 0).double().mean().item())
+    assert result.metrics["test_error"] == pytest.approx(
+        (y * test_out.f <= 0).double().mean().item()
+    )
     assert result.metrics["f_norm"] == pytest.approx(test_out.f.pow(2).mean().sqrt().item())
     assert result.metrics["lr"] == pytest.approx(min(0.1 * 6**-1.5, 0.01))
-    assert result.metrics["grad_norm"] == pytest.approx(test_out.grad_norm.pow(2).mean().sqrt().item())
+    assert result.metrics["grad_norm"] == pytest.approx(
+        test_out.grad_norm.pow(2).mean().sqrt().item()
+    )
 
 
 def test_input_gradient_norms_match_a_per_sample_loop():
@@ -130,8 +137,12 @@ def test_input_gradient_norms_match_a_per_sample_loop():
     for i in range(6):
         jac = torch.autograd.functional.jacobian(lambda v: model(v[None])[0], x[i])  # (3, 5)
         hand.append(jac.norm().item())
-    torch.testing.assert_close(input_gradient_norms(model, x), torch.tensor(hand, dtype=torch.float64))
-    torch.testing.assert_close(input_gradient_norms(model, x, chunk=4), torch.tensor(hand, dtype=torch.float64))
+    torch.testing.assert_close(
+        input_gradient_norms(model, x), torch.tensor(hand, dtype=torch.float64)
+    )
+    torch.testing.assert_close(
+        input_gradient_norms(model, x, chunk=4), torch.tensor(hand, dtype=torch.float64)
+    )
 
 
 def test_float32_runs_in_float32_from_the_same_initial_weights(data):
@@ -142,11 +153,15 @@ def test_float32_runs_in_float32_from_the_same_initial_weights(data):
     out32 = train(spec32, dataset_for(spec32, torch.device("cpu")))
     out64 = train(spec64, data)
     assert out32.outputs[1].f.dtype == torch.float32
-    torch.testing.assert_close(out32.outputs[1].f.double(), out64.outputs[1].f, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(
+        out32.outputs[1].f.double(), out64.outputs[1].f, atol=1e-3, rtol=1e-3
+    )
     assert not torch.equal(out32.outputs[1].f.double(), out64.outputs[1].f)
 
 
-@pytest.mark.parametrize("extra", ["optimizer: adam", "optimizer: sgd, batch_size: 30, lr_max: 0.5"])
+@pytest.mark.parametrize(
+    "extra", ["optimizer: adam", "optimizer: sgd, batch_size: 30, lr_max: 0.5"]
+)
 def test_resumed_run_equals_an_uninterrupted_one_bit_for_bit(data, extra):
     spec = run_spec(width=3, steps=700, extra=extra, every=100)
     saved: list[TrainState] = []
@@ -167,7 +182,14 @@ def test_snapshots_store_outputs_at_the_listed_steps(data):
     spec = run_spec(width=4, steps=40, extra="snapshot_steps: [0, 10]")
     result = train(spec, data)
     steps = [(o.split, o.step) for o in result.outputs]
-    assert steps == [("train", 0), ("test", 0), ("train", 10), ("test", 10), ("train", 40), ("test", 40)]
+    assert steps == [
+        ("train", 0),
+        ("test", 0),
+        ("train", 10),
+        ("test", 10),
+        ("train", 40),
+        ("test", 40),
+    ]
     from workers.train import build_model, squeeze_output
 
     fresh = build_model(spec, 10)
@@ -199,4 +221,6 @@ def test_optimiser_gets_the_learning_rate_rule_and_adam_eps():
     spec = run_spec(width=9, extra="adam_eps: 1.0e-6")
     group = make_optimizer(spec, build_model(spec, 10)).param_groups[0]
     assert group["eps"] == 1e-6 and group["lr"] == pytest.approx(min(0.1 * 9**-1.5, 0.01))
-    assert isinstance(make_optimizer(run_spec(extra="optimizer: sgd"), build_model(spec, 10)), torch.optim.SGD)
+    assert isinstance(
+        make_optimizer(run_spec(extra="optimizer: sgd"), build_model(spec, 10)), torch.optim.SGD
+    )

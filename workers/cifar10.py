@@ -129,8 +129,10 @@ def imagefolder_pool(root: Path) -> ImagePool:
     classes = np.array([c for _, c in files], dtype=np.int64)
 
     def read(idx: np.ndarray) -> np.ndarray:
-        return np.stack([_decode(paths[i]) for i in idx.tolist()]) if len(idx) else np.zeros(
-            (0, CHANNELS, SIDE, SIDE), dtype=np.uint8
+        return (
+            np.stack([_decode(paths[i]) for i in idx.tolist()])
+            if len(idx)
+            else np.zeros((0, CHANNELS, SIDE, SIDE), dtype=np.uint8)
         )
 
     return ImagePool(classes, read, "imagefolder")

@@ -145,7 +145,11 @@ def mnist_pool(root: str, download: bool) -> Pool:
 @functools.lru_cache(maxsize=4)
 def _parity_pca(spec_json: str) -> Dataset:
     spec = DatasetSpec.model_validate_json(spec_json)
-    pool = digits_pool() if spec.name == "digits_parity_pca" else mnist_pool(spec.root or "", spec.download)
+    pool = (
+        digits_pool()
+        if spec.name == "digits_parity_pca"
+        else mnist_pool(spec.root or "", spec.download)
+    )
     if spec.pca_dim > pool.x.shape[1]:
         raise JamsweepError(
             f"dataset.pca_dim = {spec.pca_dim} exceeds the {pool.x.shape[1]} input dimensions "
@@ -168,12 +172,12 @@ def load_dataset(spec: DatasetSpec) -> Dataset:
 
 def check_dataset(spec: DatasetSpec) -> None:
     """Raise JamsweepError now, before anything is written, if `spec` cannot be loaded."""
-    if spec.root is not None and "://" not in spec.root and not spec.download:
-        if not Path(spec.root).is_dir():
-            raise JamsweepError(
-                f"dataset.root {spec.root!r} is not a readable folder; point it at the data "
-                "(relative paths are taken from the grid file's folder)"
-            )
+    local_root = spec.root is not None and "://" not in spec.root and not spec.download
+    if local_root and not Path(spec.root or "").is_dir():
+        raise JamsweepError(
+            f"dataset.root {spec.root!r} is not a readable folder; point it at the data "
+            "(relative paths are taken from the grid file's folder)"
+        )
     if spec.name == "cifar10":
         from workers.cifar10 import check_cifar10
 

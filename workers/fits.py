@@ -82,25 +82,37 @@ def _line(x: np.ndarray, intercept: float, slope: float) -> np.ndarray:
     return intercept + slope * x
 
 
-def _curve_fit(model: Callable, x: np.ndarray, y: np.ndarray, sigma: np.ndarray | None,
-               n_params: int) -> tuple[np.ndarray, np.ndarray]:
+def _curve_fit(
+    model: Callable, x: np.ndarray, y: np.ndarray, sigma: np.ndarray | None, n_params: int
+) -> tuple[np.ndarray, np.ndarray]:
     """curve_fit from a zero start (the models are linear in their parameters)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OptimizeWarning)  # inf covariance: reported as NaN
-        values, cov = curve_fit(model, x, y, p0=np.zeros(n_params), sigma=sigma,
-                                absolute_sigma=False)
-    errors = np.sqrt(np.clip(np.diag(cov), 0, None)) if np.all(np.isfinite(cov)) else np.full(
-        n_params, np.nan)
+        values, cov = curve_fit(
+            model, x, y, p0=np.zeros(n_params), sigma=sigma, absolute_sigma=False
+        )
+    errors = (
+        np.sqrt(np.clip(np.diag(cov), 0, None))
+        if np.all(np.isfinite(cov))
+        else np.full(n_params, np.nan)
+    )
     return values, errors
 
 
-def _select(n: np.ndarray, y: np.ndarray, keep: np.ndarray, law: str,
-            n_params: int) -> tuple[np.ndarray, np.ndarray, Fit | None]:
+def _select(
+    n: np.ndarray, y: np.ndarray, keep: np.ndarray, law: str, n_params: int
+) -> tuple[np.ndarray, np.ndarray, Fit | None]:
     keep = keep & np.isfinite(y) & np.isfinite(n)
     if keep.sum() < n_params + 1:
-        return n[keep], y[keep], Fit(law, n_points=int(keep.sum()),
-                                     reason=f"{int(keep.sum())} usable point(s); "
-                                            f"need at least {n_params + 1}")
+        return (
+            n[keep],
+            y[keep],
+            Fit(
+                law,
+                n_points=int(keep.sum()),
+                reason=f"{int(keep.sum())} usable point(s); need at least {n_params + 1}",
+            ),
+        )
     return n[keep], y[keep], None
 
 
@@ -115,8 +127,9 @@ def _above(n: np.ndarray, n_min: float | None) -> np.ndarray:
     return np.ones(len(n), dtype=bool) if n_min is None else n > n_min
 
 
-def fit_gap(n: np.ndarray, gap: np.ndarray, *, n_min: float | None,
-            sigma: np.ndarray | None = None) -> Fit:
+def fit_gap(
+    n: np.ndarray, gap: np.ndarray, *, n_min: float | None, sigma: np.ndarray | None = None
+) -> Fit:
     """E0, E1 of eps_N - eps_bar_N = E0 N^-1/2 + E1 N^-3/4 on N > n_min (N*)."""
     n, gap = np.asarray(n, float), np.asarray(gap, float)
     keep = _above(n, n_min) & np.isfinite(gap)
@@ -127,8 +140,9 @@ def fit_gap(n: np.ndarray, gap: np.ndarray, *, n_min: float | None,
     return _result(GAP, ("E0", "E1"), values, errors, x)
 
 
-def fit_error(n: np.ndarray, error: np.ndarray, *, n_min: float | None,
-              sigma: np.ndarray | None = None) -> Fit:
+def fit_error(
+    n: np.ndarray, error: np.ndarray, *, n_min: float | None, sigma: np.ndarray | None = None
+) -> Fit:
     """eps_inf, B0, B1 of eps_N = eps_inf + B0 N^-1/2 + B1 N^-3/4 on N > n_min (N*)."""
     n, error = np.asarray(n, float), np.asarray(error, float)
     keep = _above(n, n_min) & np.isfinite(error)
@@ -147,13 +161,18 @@ def fit_variance(n: np.ndarray, distance: np.ndarray, *, n_min: float | None) ->
     if failed:
         return failed
     (log_a, slope), (log_a_err, slope_err) = _curve_fit(_line, np.log(x), np.log(y), None, 2)
-    return Fit(VARIANCE, {"A": math.exp(log_a), "alpha": -slope},
-               {"A": math.exp(log_a) * log_a_err, "alpha": slope_err}, len(x),
-               (float(x.min()), float(x.max())))
+    return Fit(
+        VARIANCE,
+        {"A": math.exp(log_a), "alpha": -slope},
+        {"A": math.exp(log_a) * log_a_err, "alpha": slope_err},
+        len(x),
+        (float(x.min()), float(x.max())),
+    )
 
 
-def fit_divergence(n: np.ndarray, f_norm: np.ndarray, *, n_star: float | None,
-                   window: float = DIVERGENCE_WINDOW) -> Fit:
+def fit_divergence(
+    n: np.ndarray, f_norm: np.ndarray, *, n_star: float | None, window: float = DIVERGENCE_WINDOW
+) -> Fit:
     """C, beta of ||f|| = C (N/N* - 1)^-beta on N* < N <= window N*, a line in log-log."""
     n, f_norm = np.asarray(n, float), np.asarray(f_norm, float)
     if n_star is None:
@@ -164,17 +183,27 @@ def fit_divergence(n: np.ndarray, f_norm: np.ndarray, *, n_star: float | None,
         failed.reason = f"{failed.reason} in N* < N <= {window:g} N*"
         return failed
     (log_c, slope), (log_c_err, slope_err) = _curve_fit(
-        _line, np.log(x / n_star - 1.0), np.log(y), None, 2)
-    return Fit(DIVERGENCE, {"C": math.exp(log_c), "beta": -slope},
-               {"C": math.exp(log_c) * log_c_err, "beta": slope_err}, len(x),
-               (float(x.min()), float(x.max())))
+        _line, np.log(x / n_star - 1.0), np.log(y), None, 2
+    )
+    return Fit(
+        DIVERGENCE,
+        {"C": math.exp(log_c), "beta": -slope},
+        {"C": math.exp(log_c) * log_c_err, "beta": slope_err},
+        len(x),
+        (float(x.min()), float(x.max())),
+    )
 
 
-def _result(law: str, names: tuple[str, ...], values: np.ndarray, errors: np.ndarray,
-            x: np.ndarray) -> Fit:
-    return Fit(law, dict(zip(names, map(float, values), strict=True)),
-               dict(zip(names, map(float, errors), strict=True)), len(x),
-               (float(x.min()), float(x.max())))
+def _result(
+    law: str, names: tuple[str, ...], values: np.ndarray, errors: np.ndarray, x: np.ndarray
+) -> Fit:
+    return Fit(
+        law,
+        dict(zip(names, map(float, values), strict=True)),
+        dict(zip(names, map(float, errors), strict=True)),
+        len(x),
+        (float(x.min()), float(x.max())),
+    )
 
 
 def fit_curves(curves: pd.DataFrame, n_star: float | None) -> dict[str, Fit]:
@@ -201,5 +230,11 @@ def fit_curves(curves: pd.DataFrame, n_star: float | None) -> dict[str, Fit]:
 def fits_from_json(raw: dict) -> Fit:
     """A Fit back from summary.json."""
     n_range = tuple(raw["n_range"]) if raw.get("n_range") else None
-    return Fit(raw["law"], raw.get("params", {}), raw.get("errors", {}), raw.get("n_points", 0),
-               n_range, raw.get("reason"))  # type: ignore[arg-type]
+    return Fit(
+        raw["law"],
+        raw.get("params", {}),
+        raw.get("errors", {}),
+        raw.get("n_points", 0),
+        n_range,
+        raw.get("reason"),
+    )  # type: ignore[arg-type]

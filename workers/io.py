@@ -99,11 +99,14 @@ def list_files(folder: str, suffix: str = ".parquet") -> list[str]:
         return []
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
     found = [
-        i.path for i in infos
-        if i.type == pafs.FileType.File and i.path.endswith(suffix) and not i.base_name.startswith(".")
+        i.path
+        for i in infos
+        if i.type == pafs.FileType.File
+        and i.path.endswith(suffix)
+        and not i.base_name.startswith(".")
     ]
     prefix = folder.rstrip("/")
-    return sorted(prefix + p[len(path.rstrip("/")):] for p in found)
+    return sorted(prefix + p[len(path.rstrip("/")) :] for p in found)
 
 
 def list_dirs(folder: str) -> list[str]:

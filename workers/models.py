@@ -44,7 +44,8 @@ class FC(nn.Module):
         super().__init__()
         sizes = [d_in, *hidden, n_out]
         self.layers = nn.ModuleList(
-            nn.Linear(a, b, dtype=torch.float64) for a, b in zip(sizes[:-1], sizes[1:], strict=False)
+            nn.Linear(a, b, dtype=torch.float64)
+            for a, b in zip(sizes[:-1], sizes[1:], strict=False)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -60,6 +61,7 @@ def build_fc(arch: FCArch, width: float, d_in: int, n_out: int, seed: int) -> FC
     generator = torch.Generator().manual_seed(seed)
     init = INITS[arch.init]
     for layer in model.layers:
+        assert isinstance(layer, nn.Linear)
         init(layer.weight, generator, arch.init_gain)
         nn.init.zeros_(layer.bias)
     return model
@@ -93,7 +95,12 @@ class CNN(nn.Module):
     (training steps) the batch goes through at once."""
 
     def __init__(
-        self, arch: CNNArch, f: int, in_channels: int, n_out: int, image_size: int,
+        self,
+        arch: CNNArch,
+        f: int,
+        in_channels: int,
+        n_out: int,
+        image_size: int,
         eval_rows: int = 1000,
     ) -> None:
         super().__init__()

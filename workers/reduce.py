@@ -32,14 +32,37 @@ EnsembleOver = Literal["converged", "all"]
 MAX_SUBSETS = 64  # subsets of n seeds per n in ensemble.parquet (all of them when fewer)
 
 CURVE_COLUMNS = [  # curves.parquet, one row per (arch, width)
-    "arch", "width", "n_params", "n_outputs", "n_seeds", "n_converged",
-    "test_error_mean", "test_error_std", "train_error_mean", "train_loss_mean",
-    "ens_test_error", "ens_member_error_mean", "gap", "f_norm", "f_var", "grad_norm", "delta",
-    "n_ensembled", "n_over_nstar",
+    "arch",
+    "width",
+    "n_params",
+    "n_outputs",
+    "n_seeds",
+    "n_converged",
+    "test_error_mean",
+    "test_error_std",
+    "train_error_mean",
+    "train_loss_mean",
+    "ens_test_error",
+    "ens_member_error_mean",
+    "gap",
+    "f_norm",
+    "f_var",
+    "grad_norm",
+    "delta",
+    "n_ensembled",
+    "n_over_nstar",
 ]
 ENSEMBLE_COLUMNS = [  # ensemble.parquet, one row per (arch, width, n)
-    "arch", "width", "n_params", "n", "n_subsets", "exact",
-    "test_error_mean", "test_error_std", "excess_error", "delta",
+    "arch",
+    "width",
+    "n_params",
+    "n",
+    "n_subsets",
+    "exact",
+    "test_error_mean",
+    "test_error_std",
+    "excess_error",
+    "delta",
 ]
 
 
@@ -70,8 +93,14 @@ class WidthOutputsBuilder:
         self.f: np.ndarray | None = None  # (R, S[, C])
         self.grad_norm = np.full(n_runs, np.nan)  # (R,)
 
-    def add(self, run_id: str, sample: np.ndarray, label: np.ndarray, f: np.ndarray,
-            grad_norm: np.ndarray) -> None:
+    def add(
+        self,
+        run_id: str,
+        sample: np.ndarray,
+        label: np.ndarray,
+        f: np.ndarray,
+        grad_norm: np.ndarray,
+    ) -> None:
         """One run: sample (S,), label (S,), f (S,) or (S, C), grad_norm (S,) per sample."""
         i = len(self.run_ids)
         if self.f is None:
@@ -113,8 +142,9 @@ def outputs_matrix(logits: pd.DataFrame) -> WidthOutputs:
     for run in runs:
         rows = logits[logits["run_id"] == run]
         f = np.stack(rows["f"].to_numpy()) if _is_multi(rows["f"]) else rows["f"].to_numpy(float)
-        grad = (rows["grad_norm"].to_numpy(float) if "grad_norm" in rows
-                else np.full(len(rows), np.nan))
+        grad = (
+            rows["grad_norm"].to_numpy(float) if "grad_norm" in rows else np.full(len(rows), np.nan)
+        )
         builder.add(run, rows["sample"].to_numpy(), rows["label"].to_numpy(), f, grad)
     return builder.build()
 
@@ -126,8 +156,9 @@ def _is_multi(f: pd.Series) -> bool:
 # -- per-sample and per-run pieces ----------------------------------------------------------
 
 
-def misclassified(f: np.ndarray, labels: np.ndarray, *,
-                  multi_output: bool | None = None) -> np.ndarray:
+def misclassified(
+    f: np.ndarray, labels: np.ndarray, *, multi_output: bool | None = None
+) -> np.ndarray:
     """Booleans (..., S): y f <= 0 for one output, f (..., S); argmax f != y for several,
     f (..., S, C). `multi_output` defaults to "f has one axis more than labels"; batched
     callers say it, since (k, S) and (S, C) look alike."""
@@ -156,8 +187,9 @@ def per_run_errors(outputs: WidthOutputs) -> np.ndarray:
     return np.array([error_rate(f, outputs.labels) for f in outputs.f])
 
 
-def ensemble_members(metrics: pd.DataFrame, run_ids: Sequence[str],
-                     ensemble_over: EnsembleOver) -> np.ndarray:
+def ensemble_members(
+    metrics: pd.DataFrame, run_ids: Sequence[str], ensemble_over: EnsembleOver
+) -> np.ndarray:
     """Indices into `run_ids` of the runs averaged into f_bar."""
     if ensemble_over not in ("converged", "all"):
         raise JamsweepError(f"ensemble_over must be 'converged' or 'all', not {ensemble_over!r}")
@@ -212,7 +244,8 @@ def width_curve(
 def _ensemble_columns(outputs: WidthOutputs, members: np.ndarray, errors: np.ndarray) -> dict:
     if len(members) == 0:
         return dict.fromkeys(
-            ("ens_test_error", "ens_member_error_mean", "gap", "f_var", "delta"), math.nan)
+            ("ens_test_error", "ens_member_error_mean", "gap", "f_var", "delta"), math.nan
+        )
     f_bar = ensemble_mean(outputs, members)
     ens_error = error_rate(f_bar, outputs.labels)
     member_error = float(errors[members].mean())
@@ -235,8 +268,9 @@ def _delta(f_var: float, grad_norms: np.ndarray) -> float:
 # -- ensemble.parquet: averages of n seeds ------------------------------------------------
 
 
-def seed_subsets(m: int, n: int, *, max_subsets: int = MAX_SUBSETS,
-                 seed: int = 0) -> tuple[np.ndarray, bool]:
+def seed_subsets(
+    m: int, n: int, *, max_subsets: int = MAX_SUBSETS, seed: int = 0
+) -> tuple[np.ndarray, bool]:
     """Subsets of n of m seeds as index rows (k, n), and whether they are all C(m, n) of them.
 
     Exact when C(m, n) <= max_subsets; otherwise max_subsets uniform random subsets drawn
@@ -247,8 +281,9 @@ def seed_subsets(m: int, n: int, *, max_subsets: int = MAX_SUBSETS,
     return np.sort(rng.random((max_subsets, m)).argsort(axis=1)[:, :n], axis=1), False
 
 
-def ensemble_curve(outputs: WidthOutputs, members: np.ndarray, *,
-                   max_subsets: int = MAX_SUBSETS, seed: int = 0) -> list[dict]:
+def ensemble_curve(
+    outputs: WidthOutputs, members: np.ndarray, *, max_subsets: int = MAX_SUBSETS, seed: int = 0
+) -> list[dict]:
     """Rows of ensemble.parquet for one width: for n = 1..len(members), the test error of the
     average of n members (mean and std over subsets), its excess over the full ensemble
     (paper Fig. 4), and delta_n = sqrt(mean ||f_bar^n - f_bar||^2) / ||grad f||."""
@@ -262,17 +297,23 @@ def ensemble_curve(outputs: WidthOutputs, members: np.ndarray, *,
     for n in range(1, m + 1):
         subsets, exact = seed_subsets(m, n, max_subsets=max_subsets, seed=seed)
         errors, dist2 = _subset_errors(outputs, members[subsets], f_bar)
-        rows.append({
-            "n": n, "n_subsets": len(subsets), "exact": exact,
-            "test_error_mean": float(errors.mean()), "test_error_std": float(errors.std(ddof=0)),
-            "excess_error": float(errors.mean()) - full_error,
-            "delta": math.sqrt(float(dist2.mean())) / grad if grad > 0 else math.nan,
-        })
+        rows.append(
+            {
+                "n": n,
+                "n_subsets": len(subsets),
+                "exact": exact,
+                "test_error_mean": float(errors.mean()),
+                "test_error_std": float(errors.std(ddof=0)),
+                "excess_error": float(errors.mean()) - full_error,
+                "delta": math.sqrt(float(dist2.mean())) / grad if grad > 0 else math.nan,
+            }
+        )
     return rows
 
 
-def _subset_errors(outputs: WidthOutputs, subsets: np.ndarray,
-                   f_bar: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _subset_errors(
+    outputs: WidthOutputs, subsets: np.ndarray, f_bar: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Test error (k,) and ||f_bar_subset - f_bar||^2_mu (k,) of the averages of `subsets`
     (k, n) of run indices. One matrix product per block of subsets; a block holds at most an
     eighth of the width's rows, which bounds the temporaries."""
@@ -280,16 +321,16 @@ def _subset_errors(outputs: WidthOutputs, subsets: np.ndarray,
     block = max(1, r // 8)
     errors, dist2 = np.empty(len(subsets)), np.empty(len(subsets))
     for start in range(0, len(subsets), block):
-        chunk = subsets[start:start + block]
+        chunk = subsets[start : start + block]
         indicator = np.zeros((len(chunk), r))  # (b, R)
         np.put_along_axis(indicator, chunk, 1.0, axis=1)
         avg = indicator @ outputs.flat  # (b, S*C): sums, then means (see ensemble_mean)
         avg /= chunk.shape[1]
         shaped = avg.reshape(len(chunk), *outputs.f.shape[1:])
         wrong = misclassified(shaped, outputs.labels, multi_output=outputs.f.ndim == 3)
-        errors[start:start + len(chunk)] = wrong.mean(axis=1)
+        errors[start : start + len(chunk)] = wrong.mean(axis=1)
         avg -= f_bar
-        dist2[start:start + len(chunk)] = np.einsum("ij,ij->i", avg, avg) / n_samples
+        dist2[start : start + len(chunk)] = np.einsum("ij,ij->i", avg, avg) / n_samples
     return errors, dist2
 
 
@@ -340,16 +381,21 @@ def jamming_bracket(curves: pd.DataFrame, arch: str) -> tuple[float, float]:
     with every seed, or the smallest width already did)."""
     group = curves[curves["arch"] == arch].sort_values("n_params")
     if group.empty:
-        raise JamsweepError(f"architecture {arch!r} has no finished runs; known: "
-                            f"{sorted(curves['arch'].unique())}")
+        raise JamsweepError(
+            f"architecture {arch!r} has no finished runs; known: {sorted(curves['arch'].unique())}"
+        )
     jammed = (group["n_converged"] == group["n_seeds"]).to_numpy()
     if not jammed.any():
-        raise JamsweepError(f"{arch}: no width reached zero loss with every seed, so N* is above "
-                            "the sweep; add larger widths (or more steps) to the grid")
+        raise JamsweepError(
+            f"{arch}: no width reached zero loss with every seed, so N* is above "
+            "the sweep; add larger widths (or more steps) to the grid"
+        )
     k = int(np.argmax(jammed))
     if k == 0:
-        raise JamsweepError(f"{arch}: every seed of the smallest width already reached zero "
-                            "loss, so N* is below the sweep; add smaller widths to the grid")
+        raise JamsweepError(
+            f"{arch}: every seed of the smallest width already reached zero "
+            "loss, so N* is below the sweep; add smaller widths to the grid"
+        )
     widths = group["width"].to_numpy(float)
     return float(widths[k - 1]), float(widths[k])
 

@@ -175,7 +175,8 @@ def make_optimizer(spec: RunSpec, model: nn.Module) -> torch.optim.Optimizer:
     lr = spec.training.learning_rate(spec.width)
     params = [p for p in model.parameters() if p.requires_grad]  # not a frozen init copy
     if spec.training.optimizer == "adam":
-        return torch.optim.Adam(params, lr=lr, eps=spec.training.adam_eps)
+        # fused: one kernel for every tensor (1.2x faster per step: bench/bench_train_step.py)
+        return torch.optim.Adam(params, lr=lr, eps=spec.training.adam_eps, fused=True)
     return torch.optim.SGD(params, lr=lr)
 
 
@@ -216,7 +217,10 @@ def train(
         optimizer.load_state_dict(resume.optimizer)
         batches.set_state(resume.rng)
         step, trace, snapshots, wall_before = (
-            resume.step, list(resume.trace), list(resume.snapshots), resume.wall_s,
+            resume.step,
+            list(resume.trace),
+            list(resume.snapshots),
+            resume.wall_s,
         )
 
     t = spec.training
@@ -249,8 +253,17 @@ def train(
         if save is not None and clock.due(step):
             wall = wall_before + time.monotonic() - started
             # Copies: the callback may keep the state while training goes on.
-            save(TrainState(step, _cpu(model.state_dict()), copy.deepcopy(optimizer.state_dict()),
-                            batches.get_state(), [dict(t) for t in trace], list(snapshots), wall))
+            save(
+                TrainState(
+                    step,
+                    _cpu(model.state_dict()),
+                    copy.deepcopy(optimizer.state_dict()),
+                    batches.get_state(),
+                    [dict(t) for t in trace],
+                    list(snapshots),
+                    wall,
+                )
+            )
             clock.saved()
 
     assert last is not None
@@ -265,7 +278,9 @@ def train(
         "train_error": last["train_error"],
         "test_error": errors(test.f, data.test.y.cpu()).mean().item(),
         "f_norm": test.f.pow(2).mean().sqrt().item(),
-        "grad_norm": test.grad_norm.pow(2).mean().sqrt().item() if test.grad_norm is not None else math.nan,
+        "grad_norm": test.grad_norm.pow(2).mean().sqrt().item()
+        if test.grad_norm is not None
+        else math.nan,
         "lr": t.learning_rate(spec.width),
         "wall_s": wall_before + time.monotonic() - started,
         "device": str(device),
@@ -274,7 +289,9 @@ def train(
     return RunResult(outputs=_restore_snapshots(snapshots) + outputs, metrics=metrics, trace=trace)
 
 
-def _batch(data: Split, batch_size: int | None, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _batch(
+    data: Split, batch_size: int | None, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     if batch_size is None or batch_size >= len(data):
         return data.x, data.y
     pick = torch.randperm(len(data), generator=generator)[:batch_size].to(data.x.device)
