@@ -113,9 +113,7 @@ def submit(
             f"sweep {report.sweep}: {report.n_runs} runs, {report.n_already_done} done, "
             f"{len(report.planned)} would run:"
         )
-        for s in report.planned:
-            w = f"{api.width_symbol(s.arch.kind)}={s.width:g}"
-            out.print(f"  {s.run_id}  {s.arch.name}  {w}  seed={s.seed}  N={s.n_params}")
+        _print_planned(report.planned)
         return
     assert report.status is not None
     if report.curves is not None:
@@ -125,11 +123,7 @@ def submit(
     if not report.ok:
         if report.status.counts["cancelled"]:
             err.print(f"sweep {report.sweep}: {report.status.counts['cancelled']} run(s) cancelled")
-        for r in report.status.failed:
-            err.print(
-                f"failed: {r.arch} h={r.width:g} seed={r.seed} ({r.run_id}): {r.error}",
-                soft_wrap=True,
-            )
+        _print_failed(report.status.failed)
         raise typer.Exit(1)
 
 
@@ -270,20 +264,26 @@ def refine(
     )
     if dry_run:
         out.print(f"sweep {sweep}: {len(rep.planned)} run(s) would be added:")
-        for s in rep.planned:
-            w = f"{api.width_symbol(s.arch.kind)}={s.width:g}"
-            out.print(f"  {s.run_id}  {s.arch.name}  {w}  seed={s.seed}  N={s.n_params}")
+        _print_planned(rep.planned)
         return
     if rep.curves is not None:
         _print_curves(rep.curves)
         _print_summary(api.load_summary(sweep, results=results))
     if rep.status is not None and rep.status.failed:
-        for r in rep.status.failed:
-            err.print(
-                f"failed: {r.arch} h={r.width:g} seed={r.seed} ({r.run_id}): {r.error}",
-                soft_wrap=True,
-            )
+        _print_failed(rep.status.failed)
         raise typer.Exit(1)
+
+
+def _print_planned(specs: list) -> None:
+    for s in specs:
+        w = f"{api.width_symbol(s.arch.kind)}={s.width:g}"
+        out.print(f"  {s.run_id}  {s.arch.name}  {w}  seed={s.seed}  N={s.n_params}")
+
+
+def _print_failed(records: list) -> None:
+    for r in records:
+        what = f"{r.arch} width={r.width:g} seed={r.seed} ({r.run_id})"
+        err.print(f"failed: {what}: {r.error}", soft_wrap=True)
 
 
 def _print_summary(summary: dict) -> None:

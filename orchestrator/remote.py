@@ -37,9 +37,7 @@ def submit_job(
 ):  # noqa: ANN201  (a SubmitReport)
     from orchestrator.sweep import SubmitReport  # sweep imports this module lazily
 
-    results = (
-        layout.results if not io.is_local(layout.results) else str(Path(layout.results).absolute())
-    )
+    results = layout.results  # already absolute when a local folder (sweep.submit)
     report = SubmitReport(spec.sweep, results, len(spec.expand()), 0)
     _checks_that_can_run_here(spec, SweepLayout(results, spec.sweep), force)
     if dry_run:

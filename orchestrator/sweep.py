@@ -98,7 +98,8 @@ def submit(
     to the cluster as a Ray job (see orchestrator.remote) and goes on without this process.
     """
     spec, text = load_grid(grid, base_dir=grid_base)
-    layout = SweepLayout(results or spec.results or RESULTS_DEFAULT, spec.sweep)
+    # absolute: Ray workers and the tracker resolve paths from their own folders
+    layout = SweepLayout(absolute(results or spec.results or RESULTS_DEFAULT), spec.sweep)
     if is_jobs_address(address):
         from orchestrator.remote import submit_job
 
@@ -147,6 +148,11 @@ def submit(
     return report
 
 
+def absolute(location: str) -> str:
+    """A local folder made absolute; a URI (s3://..., file://...) as it is."""
+    return location if "://" in location else str(Path(location).absolute())
+
+
 def is_jobs_address(address: str | None) -> bool:
     return address is not None and address.startswith(("http://", "https://"))
 
@@ -188,12 +194,10 @@ def drive(
     """
     previous = {r.run_id: r for r in read_records(layout)}
     todo_ids = {s.run_id for s in todo}
-    records = [
-        pending_record(s) if s.run_id in todo_ids else _done_record(s, previous.get(s.run_id))
-        for s in specs
-    ]
+    finished = finished_run_ids(layout, [s for s in specs if s.run_id not in todo_ids])
+    records = [_record(s, s.run_id in todo_ids, s.run_id in finished, previous) for s in specs]
     tracker = backend.tracker(layout)
-    tracker.register(records)
+    tracker.register(records, layout)
     waiting = backend.start(todo, layout, tracker)
     n_done = len(specs) - len(todo)
     cancelling = False
@@ -203,7 +207,7 @@ def drive(
             n_done += 1
             echo(_progress_line(n_done, len(specs), outcome))
             waiting = [h for h in waiting if h.spec.run_id != outcome.spec.run_id]
-        if not cancelling and waiting and tracker.is_cancelled():
+        if tracker.heartbeat() and waiting and not cancelling:
             echo(f"sweep {layout.sweep}: cancelled; stopping {len(waiting)} run(s)")
             backend.cancel(waiting)
             cancelling = True
@@ -211,10 +215,17 @@ def drive(
     return SweepStatus(layout.sweep, tracker.snapshot(), "live")
 
 
-def _done_record(spec: RunSpec, previous: RunRecord | None) -> RunRecord:
-    if previous is not None and previous.state is RunStatus.DONE:
-        return previous
-    return pending_record(spec).model_copy(update={"state": RunStatus.DONE})
+def _record(spec: RunSpec, todo: bool, finished: bool, previous: dict[str, RunRecord]) -> RunRecord:
+    """The record a round starts from: pending for the runs it starts; for the others what
+    was known (kept as it was: a failed run not retried stays failed), DONE when finished."""
+    old = previous.get(spec.run_id)
+    if todo:
+        return pending_record(spec)
+    if finished:
+        if old is not None and old.state is RunStatus.DONE:
+            return old
+        return pending_record(spec).model_copy(update={"state": RunStatus.DONE})
+    return old if old is not None else pending_record(spec)
 
 
 def _progress_line(n: int, total: int, o) -> str:  # noqa: ANN001  (an Outcome)
@@ -297,8 +308,10 @@ def status(
     """Live from the tracker when `address` reaches a cluster that has one (auto, ray://,
     HOST:PORT); else from the persisted status.parquet, corrected by the result files (a
     metrics file means done). Reads no result file: one listing of the metrics folder."""
+    if is_jobs_address(address):
+        return _status_via_job(sweep, results, address or "")
     layout = _existing(sweep, results)
-    if address is not None and not is_jobs_address(address):
+    if address is not None:
         live = _live_records(sweep, address)
         if live is not None:
             return SweepStatus(sweep, live, "live")
@@ -317,6 +330,19 @@ def status(
     return SweepStatus(sweep, fixed, "file")
 
 
+def _status_via_job(sweep: str, results: str, address: str) -> SweepStatus:
+    """`jamsweep status --json` run on the cluster (live tracker, else its files)."""
+    from orchestrator.remote import run_cli_job
+
+    log = run_cli_job(address, ["status", sweep, "--json", "--results", absolute(results)])
+    start, end = log.find("{"), log.rfind("}")
+    if start < 0:
+        raise JamsweepError(f"the cluster at {address} gave no status for {sweep!r}: {log[-300:]}")
+    answer = json.loads(log[start : end + 1])
+    records = [RunRecord.model_validate(r) for r in answer["runs"]]
+    return SweepStatus(sweep, records, answer.get("source", "live"))
+
+
 def _live_records(sweep: str, address: str) -> list[RunRecord] | None:
     from orchestrator.backend import RayBackend
 
@@ -332,12 +358,12 @@ def cancel(sweep: str, *, results: str = RESULTS_DEFAULT, address: str = "auto")
     """Ask the live tracker to cancel every unfinished run; returns their ids."""
     from orchestrator.backend import RayBackend
 
-    _existing(sweep, results)
     if is_jobs_address(address):
         from orchestrator.remote import run_cli_job
 
-        log = run_cli_job(address, ["cancel", sweep, "--results", str(Path(results).absolute())])
+        log = run_cli_job(address, ["cancel", sweep, "--results", absolute(results)])
         return [line.split()[-1] for line in log.splitlines() if line.startswith("cancelled run ")]
+    _existing(sweep, results)
     with RayBackend(address) as backend:
         tracker = backend.existing_tracker(sweep)
         if tracker is None:
@@ -405,12 +431,13 @@ def reduce(
     n_done = 0
     with _returning_memory():
         for (arch, width), group in _by_width(runs).items():
+            n_runs = len(group)  # the width's runs in the manifest, finished or not
             group, metrics = _finished_width(layout, group, present)
             if not group:
                 continue
             n_done += len(group)
             outputs = _final_test_outputs(layout, group, metrics)
-            key = {"arch": arch, "width": width, "n_params": group[0].n_params}
+            key = {"arch": arch, "width": width, "n_params": group[0].n_params, "n_runs": n_runs}
             curve_rows.append(key | width_curve(metrics, outputs, ensemble_over=ensemble_over))
             members = ensemble_members(metrics, outputs.run_ids, ensemble_over)
             ensemble_rows += [
@@ -419,6 +446,10 @@ def reduce(
             ]
             del outputs
             _trim_heap()  # give the width's memory back before the next one is read
+    if not curve_rows:
+        raise JamsweepError(
+            f"sweep {sweep!r} has no finished run to reduce yet; see `jamsweep status {sweep}`"
+        )
     curves, ensemble = _reduced_tables(curve_rows, ensemble_rows)
     summary = _reduce_summary(
         sweep, len(runs), n_done, curves, ensemble_over, max_subsets or MAX_SUBSETS
@@ -548,15 +579,22 @@ def _run_final_test(layout: SweepLayout, run: ManifestRun, steps: int) -> tuple:
     import pyarrow.compute as pc
 
     fs, path = io.resolve(layout.logits(*run.key))
-    whole = pq.ParquetFile(path, filesystem=fs).read(
-        columns=["split", "step", "sample", "label", "f", "grad_norm"], use_threads=False
-    )
+    try:
+        whole = pq.ParquetFile(path, filesystem=fs).read(
+            columns=["split", "step", "sample", "label", "f", "grad_norm"], use_threads=False
+        )
+    except (OSError, pa.ArrowException) as exc:
+        raise JamsweepError(
+            f"run {run.run_id} ({run.arch} w={run.width:g} seed={run.seed}) has no readable "
+            f"logits file ({exc}); delete its metrics file ({layout.metrics(*run.key)}) and "
+            "submit again to retrain it"
+        ) from None
     final_test = pc.and_(pc.equal(whole["split"], "test"), pc.equal(whole["step"], steps))
     table = whole.filter(final_test)
     del whole
     if table.num_rows == 0:
         raise JamsweepError(
-            f"run {run.run_id} ({run.arch} h={run.width:g} seed={run.seed}) has no test "
+            f"run {run.run_id} ({run.arch} w={run.width:g} seed={run.seed}) has no test "
             f"outputs at its final step {steps} in {layout.logits(*run.key)}; delete its "
             "metrics file and submit again to retrain it"
         )
@@ -699,7 +737,7 @@ def refine(
     from orchestrator.refine import propose_widths, refined_specs, width_step
     from workers.reduce import jamming_bracket
 
-    layout = _existing(sweep, results)
+    layout = _existing(sweep, absolute(results))
     manifest = read_manifest(layout)
     convergence = _convergence_table(layout)
     archs = [arch] if arch is not None else sorted({s.arch.name for s in manifest})

@@ -24,11 +24,16 @@ class Tracker:
         # A restarted tracker (its node died) starts from what it last persisted.
         self.records: dict[str, RunRecord] = {r.run_id: r for r in read_records(layout)}
         self.last_persist = 0.0
+        self.dirty = False  # changes not yet in status.parquet
         self.cancelled = False
 
     # -- what the driver says --------------------------------------------------------
-    def register(self, records: list[RunRecord]) -> None:
-        """Add runs (or replace their records: a resubmission starts them afresh)."""
+    def register(self, records: list[RunRecord], layout: SweepLayout | None = None) -> None:
+        """Start a round of the sweep (a submission): these records replace the old ones,
+        and a cancellation of an earlier round no longer holds."""
+        self.cancelled = False
+        if layout is not None:
+            self.layout = layout
         for rec in records:
             self.records[rec.run_id] = rec
         self.persist(force=True)
@@ -60,6 +65,7 @@ class Tracker:
         self.records[run_id] = rec.moved_to(
             RunStatus.RUNNING, node=node, attempts=rec.attempts + 1, started_at=time.time()
         )
+        self.dirty = True
         self.persist()
         return True
 
@@ -73,12 +79,18 @@ class Tracker:
     def is_cancelled(self) -> bool:
         return self.cancelled
 
+    def heartbeat(self) -> bool:
+        """The driver's call every second: persist what changed (throttled), and say
+        whether the sweep was cancelled."""
+        self.persist()
+        return self.cancelled
+
     def persist(self, force: bool = False) -> None:
         now = time.monotonic()
-        if not force and now - self.last_persist < self.persist_every_s:
+        if not force and (not self.dirty or now - self.last_persist < self.persist_every_s):
             return
         io.write_table(self.layout.status, records_table(self.snapshot()))
-        self.last_persist = now
+        self.last_persist, self.dirty = now, False
 
 
 def records_table(records: list[RunRecord]) -> pa.Table:

@@ -422,6 +422,8 @@ def load_grid(path: str | Path, base_dir: str | Path | None = None) -> tuple[Gri
         text = path.read_text()
     except OSError as exc:
         raise GridError(str(path), [f"cannot read the grid file: {exc.strerror}"]) from None
+    except UnicodeDecodeError:
+        raise GridError(str(path), ["the grid file is not UTF-8 text"]) from None
     base = Path(base_dir) if base_dir is not None else path.resolve().parent
     return parse_grid(text, source=str(path), base_dir=base), text
 

@@ -3,10 +3,12 @@ written or lost. Each case runs the CLI in a fresh process, as a user would."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
+import torch
 
 from orchestrator.sweep import finished_run_ids
 from schemas.grid import parse_grid
@@ -128,8 +130,40 @@ def test_corrupt_or_partial_result_files_are_not_results(tmp_path):
 
 
 @pytest.mark.ray
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU to give")
 def test_gpu_fraction_beyond_the_cluster_is_refused_before_writing(tmp_path):
     path = write_grid(tmp_path / "g.yaml", GOOD + "resources: {num_gpus: 0.25}\n")
     proc = jamsweep("submit", str(path), "--results", str(tmp_path / "res"), "--num-cpus", "1")
     fails_cleanly(proc, "resources.num_gpus = 0.25", "largest node has 0 GPUs")
     assert not (tmp_path / "res" / "bad").exists()
+
+
+def test_a_grid_that_is_not_text_is_a_clear_error(tmp_path):
+    path = tmp_path / "g.yaml"
+    path.write_bytes(b"\xff\xfe\x00binary")
+    fails_cleanly(jamsweep("submit", str(path)), "not UTF-8")
+
+
+def test_a_retry_after_the_results_landed_does_not_retrain(tmp_path):
+    from workers.run import execute
+
+    spec = parse_grid(GOOD).expand()[1]
+    layout = SweepLayout(str(tmp_path), "bad")
+    first = execute(spec, layout)
+    stamp = os.stat(layout.logits(*spec.key)).st_mtime_ns
+    again = execute(spec, layout)  # the worker died after writing, Ray retries the task
+    assert again["run_id"] == first["run_id"] and again["steps"] == first["steps"]
+    assert os.stat(layout.logits(*spec.key)).st_mtime_ns == stamp
+
+
+def test_a_round_keeps_what_it_knew_of_runs_it_does_not_start(tmp_path):
+    from orchestrator.sweep import _record
+    from orchestrator.tracker import pending_record
+    from schemas.run import RunStatus
+
+    specs = parse_grid(GOOD).expand()
+    failed = pending_record(specs[0]).model_copy(update={"state": RunStatus.FAILED, "error": "x"})
+    previous = {failed.run_id: failed}
+    assert _record(specs[0], False, False, previous).state is RunStatus.FAILED  # not retried
+    assert _record(specs[0], True, False, previous).state is RunStatus.PENDING  # retried
+    assert _record(specs[1], False, True, previous).state is RunStatus.DONE  # finished

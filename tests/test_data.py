@@ -44,6 +44,9 @@ def digits(**kw) -> DatasetSpec:
 
 
 def test_digits_sets_are_balanced_centred_and_normalised():
+    from workers.data import digits_pool
+
+    pool = digits_pool()
     data = load_dataset(digits(pca_dim=10, test_size=300))
     assert data.train.x.shape == (200, 10) and data.test.x.shape == (300, 10)
     for part in (data.train, data.test):
@@ -51,8 +54,11 @@ def test_digits_sets_are_balanced_centred_and_normalised():
         assert part.y.sum().item() == 0  # interleaved even, odd: exactly balanced (even sizes)
         norms = part.x.norm(dim=1)
         torch.testing.assert_close(norms, torch.full_like(norms, math.sqrt(10)))
-        # centred before the per-sample rescaling: the mean is small compared to sqrt(d)
-        assert part.x.mean(0).norm().item() < 0.5
+        # centred on the set's own mean, then each sample rescaled: by hand from the PCA output
+        raw = pca_whiten(pool.x, pool.n_fit, 10)[part.index.numpy()]
+        centred = raw - raw.mean(axis=0)
+        hand = centred * math.sqrt(10) / np.linalg.norm(centred, axis=1, keepdims=True)
+        np.testing.assert_allclose(part.x.numpy(), hand, atol=1e-12)
     assert not set(data.train.index.tolist()) & set(data.test.index.tolist())
 
 

@@ -57,7 +57,7 @@ def test_a_killed_worker_node_s_runs_resume_elsewhere_and_finish_once(tmp_path):
     grid = parse_grid(GRID.format(sweep="nodes", widths="[1.5]", seeds=3, steps=4000))
     specs = grid.expand()
     layout = SweepLayout(str(tmp_path), "nodes")
-    io.write_text(layout.grid_yaml, GRID)
+    io.write_text(layout.grid_yaml, GRID.format(sweep="nodes", widths="[1.5]", seeds=3, steps=4000))
     io.write_table(layout.manifest, manifest_table(specs))
     cluster = Cluster(
         initialize_head=True, head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1"}
@@ -122,7 +122,7 @@ def head(tmp_path):
 
 
 def test_killing_the_submitting_client_does_not_stop_the_sweep(tmp_path, head):
-    grid_text = GRID.format(sweep="client", widths="[1.5, 6]", seeds=2, steps=3000)
+    grid_text = GRID.format(sweep="client", widths="[1.5, 6]", seeds=2, steps=6000)
     grid = write_grid(tmp_path / "g.yaml", grid_text)
     layout = SweepLayout(str(tmp_path / "res"), "client")
     specs = parse_grid(grid_text).expand()
@@ -147,6 +147,7 @@ def test_killing_the_submitting_client_does_not_stop_the_sweep(tmp_path, head):
     )
     os.kill(cli.pid, signal.SIGKILL)  # kill -9 the CLI
     cli.wait()
+    assert len(done_ids(layout, specs)) < len(specs)  # the sweep was not over yet
     wait_for(lambda: len(done_ids(layout, specs)) == len(specs), 240, "every run to finish", poll=1)
     proc = jamsweep(
         "status", "client", "--results", str(tmp_path / "res"), "--address", head.gcs, "--json"

@@ -103,3 +103,40 @@ def test_cancel_closes_open_runs_and_stops_new_starts(tmp_path):
         "r1": RunStatus.DONE,
         "r2": RunStatus.CANCELLED,
     }
+
+
+def test_starts_reach_the_file_within_the_throttle_through_heartbeats(tmp_path):
+    lay = SweepLayout(str(tmp_path), "sw")
+    tracker = Tracker(lay, persist_every_s=0.05)
+    tracker.register([record("r1")])
+    tracker.started("r1", "n")  # within the throttle: not written yet
+    assert read_records(lay)[0].state is RunStatus.PENDING
+    import time
+
+    time.sleep(0.06)
+    assert tracker.heartbeat() is False
+    assert read_records(lay)[0].state is RunStatus.RUNNING
+
+
+def test_a_new_round_forgets_an_earlier_cancellation(tmp_path):
+    tracker = Tracker(SweepLayout(str(tmp_path), "sw"))
+    tracker.register([record("r1")])
+    tracker.cancel()
+    assert tracker.heartbeat() is True
+    other = SweepLayout(str(tmp_path / "elsewhere"), "sw")
+    tracker.register([record("r1")], other)
+    assert tracker.heartbeat() is False and tracker.started("r1", "n")
+    assert read_records(other)[0].run_id == "r1"
+
+
+def test_a_restarted_tracker_resumes_from_its_file(tmp_path):
+    lay = SweepLayout(str(tmp_path), "sw")
+    first = Tracker(lay)
+    first.register([record("r1"), record("r2")])
+    first.finished("r1", RunStatus.DONE)
+    again = Tracker(lay)  # as after its node died
+    assert {r.run_id: r.state for r in again.snapshot()} == {
+        "r1": RunStatus.DONE,
+        "r2": RunStatus.PENDING,
+    }
+    again.finished("unknown", RunStatus.DONE)  # a report it cannot place changes nothing

@@ -74,6 +74,8 @@ def test_submit_exits_zero_and_writes_the_layout(finished):
         ]
     assert "[4/4] done" in proc.stderr
     assert "Traceback" not in proc.stderr
+    figures = sorted((sweep / "figures").glob("*.png"))
+    assert len(figures) >= 5 and all(f.stat().st_size > 10_000 for f in figures)
 
 
 def test_logits_read_with_pandas_one_row_per_run_split_sample(finished):
@@ -192,7 +194,7 @@ def test_a_diverging_run_fails_after_its_retries_and_is_named(tmp_path):
     proc = jamsweep("submit", str(grid), "--results", str(tmp_path / "res"), "--num-cpus", "1")
     assert proc.returncode == 1
     assert re.search(
-        r"failed: fc3 h=6 seed=0 \(\w+\): FloatingPointError: loss is (nan|inf)", proc.stderr
+        r"failed: fc3 width=6 seed=0 \(\w+\): FloatingPointError: loss is (nan|inf)", proc.stderr
     )
     st = json.loads(jamsweep("status", "tiny", "--json", "--results", str(tmp_path / "res")).stdout)
     (run,) = st["runs"]

@@ -93,15 +93,37 @@ def test_reduce_writes_curves_ensemble_summary_and_figures(tmp_path):
     assert len(pngs) == 5 and all(io.read_bytes(p)[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
 
 
-def test_reduce_of_a_sweep_without_finished_runs_writes_empty_tables(tmp_path):
+def test_reduce_of_a_sweep_without_finished_runs_is_a_clear_error_and_writes_nothing(tmp_path):
     files = write_sweep(str(tmp_path), seeds=2, widths=[2, 3])
     for spec in files.specs:
         io.delete(files.layout.metrics(*spec.key))
-    curves = api.reduce("synth", results=str(tmp_path))
-    assert curves.empty and "test_error_mean" in curves.columns
-    assert pq.read_table(files.layout.ensemble).num_rows == 0
-    assert json.loads(io.read_text(files.layout.summary))["n_star"] == {}
+    for path in (files.layout.curves, files.layout.ensemble, files.layout.summary):
+        io.delete(path)
+    with pytest.raises(JamsweepError, match="no finished run to reduce yet"):
+        api.reduce("synth", results=str(tmp_path))
+    assert not io.exists(files.layout.curves) and not io.exists(files.layout.summary)
     assert not io.exists(files.layout.figures_dir)
+
+
+def test_a_run_with_a_missing_logits_file_is_reported(tmp_path):
+    files = write_sweep(str(tmp_path), seeds=2, widths=[2, 3])
+    spec = files.specs[0]
+    io.delete(files.layout.logits(*spec.key))
+    with pytest.raises(JamsweepError, match=f"run {spec.run_id}.*no readable logits file"):
+        api.reduce("synth", results=str(tmp_path), figures=False)
+
+
+def test_n_star_needs_every_run_of_the_width_not_just_the_finished_ones(tmp_path):
+    files = write_sweep(str(tmp_path), seeds=4, widths=[2, 3, 4, 6])
+    curves = api.reduce("synth", results=str(tmp_path), figures=False)
+    n_star = json.loads(io.read_text(files.layout.summary))["n_star"]["fc5"]
+    assert n_star is not None
+    # drop one finished run at the jamming width: its width no longer counts as jammed
+    jammed = curves[curves.n_params == n_star].iloc[0]
+    spec = next(s for s in files.specs if s.width == jammed.width)
+    io.delete(files.layout.metrics(*spec.key))
+    api.reduce("synth", results=str(tmp_path), figures=False)
+    assert json.loads(io.read_text(files.layout.summary))["n_star"]["fc5"] != n_star
 
 
 def test_a_run_without_final_test_outputs_is_reported(tmp_path):

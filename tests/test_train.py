@@ -224,3 +224,16 @@ def test_optimiser_gets_the_learning_rate_rule_and_adam_eps():
     assert isinstance(
         make_optimizer(run_spec(extra="optimizer: sgd"), build_model(spec, 10)), torch.optim.SGD
     )
+
+
+def test_a_snapshot_at_the_final_step_is_not_stored_twice(data):
+    spec = run_spec(width=2, steps=30, extra="snapshot_steps: [0, 30]")
+    result = train(spec, data)
+    assert result.metrics["steps"] == 30
+    assert [(o.split, o.step) for o in result.outputs] == [
+        ("train", 0),
+        ("test", 0),
+        ("train", 30),
+        ("test", 30),
+    ]
+    assert result.outputs[-1].grad_norm is not None  # the final outputs, not the snapshot

@@ -144,7 +144,7 @@ def load_checkpoint(location: str) -> dict[str, Any] | None:
     if not exists(location):
         return None
     try:
-        return torch.load(io.BytesIO(read_bytes(location)), weights_only=True)
+        return torch.load(io.BytesIO(read_bytes(location)), weights_only=True, map_location="cpu")
     except Exception:  # a torn or foreign file is no checkpoint: start over
         return None
 

@@ -36,6 +36,7 @@ CURVE_COLUMNS = [  # curves.parquet, one row per (arch, width)
     "width",
     "n_params",
     "n_outputs",
+    "n_runs",  # the width's runs in the manifest (n_seeds counts those finished)
     "n_seeds",
     "n_converged",
     "test_error_mean",
@@ -103,6 +104,11 @@ class WidthOutputsBuilder:
     ) -> None:
         """One run: sample (S,), label (S,), f (S,) or (S, C), grad_norm (S,) per sample."""
         i = len(self.run_ids)
+        if len(np.unique(sample)) != len(sample):
+            raise JamsweepError(
+                f"run {run_id} lists some test samples twice at its final step; its logits "
+                "file is not one run's outputs: delete the run's files and submit again"
+            )
         if self.f is None:
             order = np.argsort(sample, kind="stable")
             self.samples = sample[order]
@@ -342,7 +348,9 @@ def jamming_points(curves: pd.DataFrame) -> dict[str, int | None]:
     no width did)."""
     out: dict[str, int | None] = {}
     for arch, group in curves.groupby("arch"):
-        jammed = group[group["n_converged"] == group["n_seeds"]]
+        # n_runs: the width's runs in the manifest (finished or not), when known
+        expected = group["n_runs"] if "n_runs" in group else group["n_seeds"]
+        jammed = group[group["n_converged"] == expected]
         out[str(arch)] = int(jammed["n_params"].min()) if len(jammed) else None
     return out
 

@@ -42,6 +42,10 @@ def execute(spec: RunSpec, layout: SweepLayout) -> dict:
     threads = os.environ.get("OMP_NUM_THREADS")
     if threads:
         torch.set_num_threads(max(1, int(threads)))
+    arch, width, seed = spec.key
+    done = _finished_metrics(layout.metrics(arch, width, seed), spec.run_id)
+    if done is not None:  # a retry of a run whose results landed before its worker died
+        return done
     device = pick_device()
     data = dataset_for(spec, device)
     ckpt = layout.checkpoint(spec.run_id)
@@ -52,13 +56,23 @@ def execute(spec: RunSpec, layout: SweepLayout) -> dict:
         io.save_checkpoint(ckpt, state.to_dict())
 
     result = train(spec, data, device=device, resume=resume, save=save)
-    arch, width, seed = spec.key
     io.write_table(layout.logits(arch, width, seed), logits_table(spec, data, result))
     io.write_table(layout.trace(arch, width, seed), trace_table(spec, result))
     io.write_table(layout.metrics(arch, width, seed), metrics_table(spec, result))
     if not spec.checkpoint.keep:
         io.delete(ckpt)
     return {"run_id": spec.run_id, **result.metrics}
+
+
+def _finished_metrics(path: str, run_id: str) -> dict | None:
+    """The metrics row of `run_id` if its (atomically written) metrics file is there."""
+    if not io.exists(path):
+        return None
+    try:
+        rows = io.read_table(path).to_pylist()
+    except (OSError, pa.ArrowException):
+        return None
+    return rows[0] if rows and rows[0]["run_id"] == run_id else None
 
 
 def logits_table(spec: RunSpec, data: Dataset, result: RunResult) -> pa.Table:

@@ -286,7 +286,9 @@ def train(
         "device": str(device),
         "resumed_from": resume.step if resume is not None else 0,
     }
-    return RunResult(outputs=_restore_snapshots(snapshots) + outputs, metrics=metrics, trace=trace)
+    # a snapshot at the final step would repeat the final outputs: keep those only
+    earlier = [s for s in snapshots if s["step"] != step]
+    return RunResult(outputs=_restore_snapshots(earlier) + outputs, metrics=metrics, trace=trace)
 
 
 def _batch(
