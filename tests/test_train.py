@@ -118,6 +118,7 @@ def test_metrics_agree_with_the_outputs(data):
     train_out, test_out = result.outputs
     assert (train_out.split, test_out.split) == ("train", "test")
     assert train_out.f.shape == (120,) and test_out.f.shape == (200,)
+    assert test_out.f.dtype == torch.float64  # the default dtype
     y = data.test.y
     assert result.metrics["test_error"] == pytest.approx(
         (y * test_out.f <= 0).double().mean().item()
