@@ -214,3 +214,22 @@ def test_embedded_ray_listens_on_loopback_only():
     for line in mine:
         local = line.split()[3]
         assert local.startswith(("127.0.0.1:", "[::1]:", "[::ffff:127.0.0.1]:")), line
+
+
+def test_refine_runs_new_widths_inside_the_bracket_and_a_resubmission_keeps_them(finished):
+    root, grid, _ = finished  # runs last in this module: it adds runs to the tiny sweep
+    results = str(root / "res")
+    summary = json.loads((root / "res" / "tiny" / "summary.json").read_text())
+    bracket = summary["n_star_bracket"]["fc3"]
+    if bracket is None:
+        pytest.skip(f"this tiny sweep has no N* bracket: {summary['n_star']}")
+    proc = jamsweep(
+        "refine", "tiny", "--n-widths", "1", "--seeds", "1", "--num-cpus", "2", "--results", results
+    )
+    assert proc.returncode == 0, proc.stderr
+    metrics = pd.read_parquet(root / "res" / "tiny" / "metrics")
+    new = sorted(set(metrics.width.astype(float)) - {1.5, 6.0})
+    assert len(new) == 1 and bracket[0] < new[0] < bracket[1]
+    again = jamsweep("submit", str(grid), "--results", results, "--num-cpus", "2")
+    assert again.returncode == 0, again.stderr
+    assert "all 5 runs already done" in again.stderr
