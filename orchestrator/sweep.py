@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import pyarrow as pa
@@ -22,6 +23,9 @@ from schemas.layout import MANIFEST_SCHEMA, RESULTS_DEFAULT, SweepLayout
 from schemas.run import RunRecord, RunSpec, RunStatus
 from workers import io
 from workers.reduce import EnsembleOver, jamming_points, width_curve
+
+if TYPE_CHECKING:  # the backend imports ray: only when a sweep runs
+    from orchestrator.backend import RayBackend
 
 Echo = Callable[[str], None]
 
@@ -142,7 +146,7 @@ def submit(
                 f"sweep {spec.sweep}: {len(specs)} runs, {report.n_already_done} already done, "
                 f"{len(todo)} to run -> {layout.root}"
             )
-            report.status = drive(backend, layout, specs, todo, echo=echo)
+            report.status = drive(backend, layout, specs, todo, done_ids, echo=echo)
     if not report.status.failed and report.status.counts["cancelled"] == 0:
         report.curves = reduce(spec.sweep, results=layout.results)
     return report
@@ -177,24 +181,27 @@ def run_on_ray(
 
     with RayBackend(address, num_cpus=num_cpus) as backend:
         backend.check_resources(todo[0].resources if todo else None)
-        return drive(backend, layout, specs, todo, echo=echo)
+        todo_ids = {s.run_id for s in todo}
+        finished = finished_run_ids(layout, [s for s in specs if s.run_id not in todo_ids])
+        return drive(backend, layout, specs, todo, finished, echo=echo)
 
 
 def drive(
-    backend,
+    backend: RayBackend,
     layout: SweepLayout,
     specs: list[RunSpec],
     todo: list[RunSpec],
-    *,  # noqa: ANN001
+    finished: set[str],
+    *,
     echo: Echo = _quiet,
 ) -> SweepStatus:
     """Start `todo` on the backend and wait for every run; the tracker records everything.
+    `finished` holds the ids of the runs of `specs` whose results are already there.
 
     The tracker is asked for a cancellation every second; finished runs persist at once.
     """
     previous = {r.run_id: r for r in read_records(layout)}
     todo_ids = {s.run_id for s in todo}
-    finished = finished_run_ids(layout, [s for s in specs if s.run_id not in todo_ids])
     records = [_record(s, s.run_id in todo_ids, s.run_id in finished, previous) for s in specs]
     tracker = backend.tracker(layout)
     tracker.register(records, layout)

@@ -76,9 +76,6 @@ class Tracker:
     def counts(self) -> dict[str, int]:
         return dict(Counter(r.state.value for r in self.records.values()))
 
-    def is_cancelled(self) -> bool:
-        return self.cancelled
-
     def heartbeat(self) -> bool:
         """The driver's call every second: persist what changed (throttled), and say
         whether the sweep was cancelled."""

@@ -79,9 +79,20 @@ class DatasetSpec(Strict):
         return self
 
 
-class FCArch(Strict):
-    kind: Literal["fc"] = Field(default="fc", description="Fully-connected net (the paper's FC).")
+class ArchBase(Strict):
+    """What every architecture has: a name for the results, and the gain of its init."""
+
     name: str = Field(description="Label of this architecture in results (arch=NAME).")
+    init_gain: float = Field(default=1.0, gt=0, description="Gain of the weight init.")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        return _check_safe_name(value, "architecture name")
+
+
+class FCArch(ArchBase):
+    kind: Literal["fc"] = Field(default="fc", description="Fully-connected net (the paper's FC).")
     depth: int = Field(default=5, ge=1, description="L: number of hidden layers.")
     widths: list[float] = Field(
         description="h values to sweep; fractional h gives hidden layer i "
@@ -91,12 +102,6 @@ class FCArch(Strict):
         default="orthogonal",
         description="orthogonal (QR with sign correction) or normal (std = gain/sqrt(fan_in)).",
     )
-    init_gain: float = Field(default=1.0, gt=0, description="Gain of the weight init.")
-
-    @field_validator("name")
-    @classmethod
-    def _safe_name(cls, value: str) -> str:
-        return _check_safe_name(value, "architecture name")
 
     @field_validator("widths")
     @classmethod
@@ -126,7 +131,7 @@ class FCArch(Strict):
         return sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=False))
 
 
-class CNNArch(Strict):
+class CNNArch(ArchBase):
     """The paper's CIFAR-10 CNN: 3 convolutions with f channels (ReLU), then one linear layer.
 
     Arxiv 1901.01608 gives 3 conv layers of f channels, 1 fully-connected layer, Xavier init;
@@ -136,7 +141,6 @@ class CNNArch(Strict):
     nets of the sweep (f = 2048) affordable. They are fields, so a grid can set others."""
 
     kind: Literal["cnn"] = Field(description="Convolutional net (the paper's CIFAR-10 CNN).")
-    name: str = Field(description="Label of this architecture in results (arch=NAME).")
     widths: list[int] = Field(
         description="f values to sweep: the channels of every convolutional layer."
     )
@@ -150,12 +154,6 @@ class CNNArch(Strict):
         "gain*sqrt(6/(fan_in+fan_out)) (Glorot & Bengio's), or normal with std "
         "gain*sqrt(2/(fan_in+fan_out)); biases start at zero.",
     )
-    init_gain: float = Field(default=1.0, gt=0, description="Gain of the weight init.")
-
-    @field_validator("name")
-    @classmethod
-    def _safe_name(cls, value: str) -> str:
-        return _check_safe_name(value, "architecture name")
 
     @field_validator("widths")
     @classmethod

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -114,6 +115,15 @@ def test_a_killed_worker_node_s_runs_resume_elsewhere_and_finish_once(tmp_path):
     assert (test["f"].sort_index() == expected.sort_index()).all()
 
 
+def submit_detached(grid: Path, head: RayHead, results: Path) -> subprocess.CompletedProcess:
+    """`jamsweep submit --detach` to the head's Jobs API; returns once the job is in."""
+    proc = jamsweep(
+        "submit", str(grid), "--address", head.dashboard, "--results", str(results), "--detach"
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
 @pytest.fixture
 def head(tmp_path):
     cluster = RayHead(num_cpus=2, log=tmp_path / "head.log")
@@ -162,16 +172,7 @@ def test_after_the_whole_cluster_dies_a_resubmission_runs_only_what_is_missing(t
     grid = write_grid(tmp_path / "g.yaml", grid_text)
     layout = SweepLayout(str(tmp_path / "res"), "phoenix")
     specs = parse_grid(grid_text).expand()
-    proc = jamsweep(
-        "submit",
-        str(grid),
-        "--address",
-        head.dashboard,
-        "--results",
-        str(tmp_path / "res"),
-        "--detach",
-    )
-    assert proc.returncode == 0, proc.stderr
+    proc = submit_detached(grid, head, tmp_path / "res")
     assert "Ray job jamsweep-phoenix-" in proc.stdout
     wait_for(
         lambda: (
@@ -207,16 +208,7 @@ def test_cancel_stops_pending_and_running_runs_and_records_them(tmp_path, head):
     grid_text = GRID.format(sweep="stopme", widths="[1.5]", seeds=4, steps=200000)
     grid = write_grid(tmp_path / "g.yaml", grid_text)
     layout = SweepLayout(str(tmp_path / "res"), "stopme")
-    proc = jamsweep(
-        "submit",
-        str(grid),
-        "--address",
-        head.dashboard,
-        "--results",
-        str(tmp_path / "res"),
-        "--detach",
-    )
-    assert proc.returncode == 0, proc.stderr
+    submit_detached(grid, head, tmp_path / "res")
     wait_for(
         lambda: any(r.state is RunStatus.RUNNING for r in read_records(layout)),
         120,
