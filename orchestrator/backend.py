@@ -16,11 +16,20 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 # (the token comes from ~/.ray/auth_token or RAY_AUTH_TOKEN).
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 
+import hashlib  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from typing import Any  # noqa: E402
 
 import ray  # noqa: E402
-from ray.exceptions import GetTimeoutError, RayError, TaskCancelledError  # noqa: E402
+from ray.exceptions import (  # noqa: E402
+    ActorDiedError,
+    GetTimeoutError,
+    RayActorError,
+    RayError,
+    TaskCancelledError,
+)
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: E402
 
 from orchestrator.tracker import Tracker  # noqa: E402
@@ -32,8 +41,14 @@ from schemas.run import RunSpec, RunStatus  # noqa: E402
 NAMESPACE = "jamsweep"
 
 
-def tracker_name(sweep: str) -> str:
-    return f"tracker:{sweep}"
+TRACKER_DEADLINE_S = 300.0  # how long the driver waits for a restarting tracker
+
+
+def tracker_name(layout: SweepLayout) -> str:
+    """One tracker per (results location, sweep): the same sweep name under two results
+    locations is two sweeps."""
+    digest = hashlib.sha256(layout.results.encode()).hexdigest()[:10]
+    return f"tracker:{layout.sweep}:{digest}"
 
 
 @dataclass
@@ -64,14 +79,38 @@ def _run_task(spec: RunSpec, layout: SweepLayout, tracker: Any) -> dict:
 
 
 class TrackerClient:
-    """Synchronous calls to the tracker actor, with the Tracker's method names."""
+    """Synchronous calls to the tracker actor, with the Tracker's method names.
 
-    def __init__(self, handle: Any) -> None:
+    The tracker restarts when its node dies (max_restarts=-1); while it does, calls fail.
+    Each call is retried with backoff until TRACKER_DEADLINE_S; an actor gone for good is
+    made again by `revive` (it starts from status.parquet, like a restarted one)."""
+
+    def __init__(self, handle: Any, revive: Callable[[], Any] | None = None) -> None:
         self.handle = handle
+        self.revive = revive
+        self.deadline_s = TRACKER_DEADLINE_S
 
     def __getattr__(self, method: str) -> Any:
-        remote = getattr(self.handle, method)
-        return lambda *args, **kwargs: ray.get(remote.remote(*args, **kwargs), timeout=60)
+        return lambda *args, **kwargs: self.call(method, *args, **kwargs)
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        deadline = time.monotonic() + self.deadline_s
+        pause = 0.2
+        while True:
+            try:
+                remote = getattr(self.handle, method)
+                return ray.get(remote.remote(*args, **kwargs), timeout=30)
+            except (RayActorError, GetTimeoutError) as exc:
+                if time.monotonic() > deadline:
+                    raise JamsweepError(
+                        f"the sweep's tracker has not answered for {self.deadline_s:.0f} s "
+                        f"({_last_line(exc)}); check the cluster (ray status), then submit "
+                        "the grid again: finished runs are kept"
+                    ) from None
+                if isinstance(exc, ActorDiedError) and self.revive is not None:
+                    self.handle = self.revive()
+                time.sleep(pause)
+                pause = min(2 * pause, 5.0)
 
 
 class RayBackend:
@@ -134,28 +173,45 @@ class RayBackend:
             )
 
     # -- tracker ---------------------------------------------------------------------
-    def tracker(self, layout: SweepLayout) -> TrackerClient:
-        """The sweep's named, detached tracker actor (created if it does not exist)."""
-        # On the driver's node (the head, for a Ray job) while it lives: worker nodes come
-        # and go. Should that node die anyway, the actor restarts from status.parquet.
-        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-        actor = ray.remote(Tracker).options(
-            name=tracker_name(layout.sweep),
-            namespace=NAMESPACE,
-            lifetime="detached",
-            get_if_exists=True,
-            num_cpus=0,
-            max_restarts=-1,
-            max_task_retries=3,
-            scheduling_strategy=here,
-        )
-        return TrackerClient(actor.remote(layout))
+    def tracker(self, layout: SweepLayout, node_id: str | None = None) -> TrackerClient:
+        """The sweep's named, detached tracker actor (created if it does not exist), on
+        `node_id` if given, else on this driver's node."""
 
-    def existing_tracker(self, sweep: str) -> TrackerClient | None:
+        def create() -> Any:
+            # On the driver's node (the head, for a Ray job) while it lives: worker nodes
+            # come and go. Should that node die anyway, the actor restarts elsewhere from
+            # status.parquet (soft affinity).
+            node = node_id or ray.get_runtime_context().get_node_id()
+            actor = ray.remote(Tracker).options(
+                name=tracker_name(layout),
+                namespace=NAMESPACE,
+                lifetime="detached",
+                get_if_exists=True,
+                num_cpus=0,
+                max_restarts=-1,
+                max_task_retries=3,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True),
+            )
+            return actor.remote(layout)
+
+        return TrackerClient(create(), revive=create)
+
+    def existing_tracker(self, layout: SweepLayout) -> TrackerClient | None:
+        """The live tracker of the sweep, or None. A tracker whose round is over (its driver
+        stopped beating or is gone) is removed here: nothing will ask it again."""
         try:
-            return TrackerClient(ray.get_actor(tracker_name(sweep), namespace=NAMESPACE))
+            handle = ray.get_actor(tracker_name(layout), namespace=NAMESPACE)
         except ValueError:
             return None
+        tracker = TrackerClient(handle)
+        if not tracker.round_state().is_alive():
+            self.release_tracker(tracker)
+            return None
+        return tracker
+
+    def release_tracker(self, tracker: TrackerClient) -> None:
+        """Remove the tracker actor for good (its round ended; status.parquet holds all)."""
+        ray.kill(tracker.handle, no_restart=True)
 
     # -- runs ------------------------------------------------------------------------
     def start(
@@ -169,7 +225,9 @@ class RayBackend:
                 num_cpus=r.num_cpus,
                 num_gpus=r.num_gpus,
                 max_retries=r.max_retries,
-                retry_exceptions=True,
+                # Retry what a retry can fix: a dead worker or node (always retried by Ray)
+                # and I/O errors. A diverged run or a JamsweepError would fail again.
+                retry_exceptions=[OSError],
                 name=f"{spec.sweep}/{spec.arch.name}/w{spec.width:g}/s{spec.seed}",
             ).remote(spec, layout, tracker.handle)
             handles.append(RunHandle(spec, ref))
@@ -216,10 +274,24 @@ class JobsClient:
                 "and the auth token (~/.ray/auth_token or RAY_AUTH_TOKEN)"
             ) from None
 
-    def submit(self, entrypoint: str, runtime_env: dict, submission_id: str) -> str:
+    def submit(
+        self, entrypoint: str, runtime_env: dict, submission_id: str, metadata: dict | None = None
+    ) -> str:
         return self.client.submit_job(
-            entrypoint=entrypoint, runtime_env=runtime_env, submission_id=submission_id
+            entrypoint=entrypoint,
+            runtime_env=runtime_env,
+            submission_id=submission_id,
+            metadata=metadata,
         )
+
+    def running_jobs(self, metadata: dict[str, str]) -> list[str]:
+        """Submission ids of the pending or running jobs whose metadata holds `metadata`."""
+        return [
+            job.submission_id or job.job_id or "?"
+            for job in self.client.list_jobs()
+            if str(job.status.value) in ("PENDING", "RUNNING")
+            and all((job.metadata or {}).get(k) == v for k, v in metadata.items())
+        ]
 
     def status(self, job_id: str) -> str:
         return str(self.client.get_job_status(job_id).value)

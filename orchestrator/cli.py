@@ -86,7 +86,14 @@ def submit(
             "until it ends, or return at once with the Ray job id.",
         ),
     ] = True,
-    grid_base: Annotated[str | None, typer.Option("--grid-base", hidden=True)] = None,
+    shared_fs: Annotated[
+        bool,
+        typer.Option(
+            "--shared-fs",
+            help="With an http:// address: the absolute --results folder and dataset root "
+            "are on a filesystem every cluster node mounts at the same path.",
+        ),
+    ] = False,
 ) -> None:
     """Run every run of GRID that has not finished yet, then reduce."""
     report = api.submit(
@@ -97,7 +104,7 @@ def submit(
         dry_run=dry_run,
         force=force,
         detach=not wait,
-        grid_base=grid_base,
+        shared_fs=shared_fs,
         echo=_echo,
     )
     if report.job_id is not None and not report.dry_run:
@@ -134,10 +141,12 @@ def status(
     address: Address = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     watch: Annotated[
-        bool, typer.Option("--watch", help="Refresh every 2 s until every run ended.")
+        bool,
+        typer.Option("--watch", help="Refresh every 2 s while a driver is at work on it."),
     ] = False,
 ) -> None:
-    """What is pending / running / done / failed / cancelled."""
+    """What is pending / running / done / failed / cancelled / interrupted (was running when
+    its driver or cluster went away; submit the grid again to resume it)."""
     if sweep is None:
         for st in api.ls(results):
             _print_counts(st)
@@ -151,7 +160,7 @@ def status(
                 out.clear()
             _print_counts(st)
             _print_runs(st)
-        if not watch or all(r.state.is_terminal() for r in st.records):
+        if not watch or not st.alive or not any(r.state.is_active() for r in st.records):
             return
         time.sleep(2)
 
@@ -291,9 +300,11 @@ def _print_summary(summary: dict) -> None:
     for arch, n_star in summary["n_star"].items():
         half = summary.get("n_star_half", {}).get(arch)
         half_text = f"{half:.1f}" if half is not None else "-"
+        smallest = summary.get("smallest_jammed_n", {}).get(arch)
+        smallest_text = f"; smallest jammed N = {smallest}" if smallest is not None else ""
         out.print(
-            f"{arch}: N* = {n_star if n_star is not None else '-'} (every seed), "
-            f"{half_text} (half the seeds)"
+            f"{arch}: N* = {n_star if n_star is not None else '-'} (every run, at every larger "
+            f"width too), {half_text} (half the runs){smallest_text}"
         )
         for name, fit in summary.get("fits", {}).get(arch, {}).items():
             if fit.get("reason"):

@@ -16,10 +16,23 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from orchestrator.tracker import pending_record, read_records
+from orchestrator.store import (
+    ORIGIN_REFINE,
+    absolute,
+    add_to_manifest,
+    check_grid_change,
+    existing,
+    finished_run_ids,
+    manifest_table,
+    planned_runs,
+    read_manifest,
+    refuse_second_driver,
+    sweep_names,
+)
+from orchestrator.tracker import Driver, pending_record, read_status, shown_records
 from schemas.errors import JamsweepError
-from schemas.grid import GridSpec, load_grid, parse_grid
-from schemas.layout import MANIFEST_SCHEMA, RESULTS_DEFAULT, SweepLayout
+from schemas.grid import load_grid
+from schemas.layout import RESULTS_DEFAULT, SweepLayout
 from schemas.run import RunRecord, RunSpec, RunStatus
 from workers import io
 from workers.reduce import EnsembleOver, jamming_points, width_curve
@@ -39,6 +52,7 @@ class SweepStatus:
     sweep: str
     records: list[RunRecord]
     source: str  # "live" (the tracker answered) or "file" (status.parquet)
+    alive: bool = False  # a driver is at work on the sweep (its round has not ended)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -53,6 +67,7 @@ class SweepStatus:
         return {
             "sweep": self.sweep,
             "source": self.source,
+            "alive": self.alive,
             "counts": self.counts,
             "runs": [r.model_dump(mode="json") for r in self.records],
         }
@@ -92,44 +107,61 @@ def submit(
     dry_run: bool = False,
     force: bool = False,
     detach: bool = False,
-    grid_base: str | None = None,
+    shared_fs: bool = False,
     echo: Echo = _quiet,
 ) -> SubmitReport:
     """Run every run of the grid that has not finished yet; reduce when all are done.
 
     Everything is checked (grid, data, results location, sweep name, cluster and its
-    resources) before anything is written. With an http(s):// address the sweep is handed
-    to the cluster as a Ray job (see orchestrator.remote) and goes on without this process.
+    resources) before anything is written. A sweep grows: runs the grid names that
+    finished before are kept, new ones run. With an http(s):// address the sweep is handed
+    to the cluster as a Ray job (see orchestrator.remote) and goes on without this process;
+    its paths must then be ones every node sees (`shared_fs` declares an absolute path so).
     """
-    spec, text = load_grid(grid, base_dir=grid_base)
-    # absolute: Ray workers and the tracker resolve paths from their own folders
-    layout = SweepLayout(absolute(results or spec.results or RESULTS_DEFAULT), spec.sweep)
+    spec, text = load_grid(grid)
     if is_jobs_address(address):
         from orchestrator.remote import submit_job
 
         return submit_job(
             grid,
             spec,
-            layout,
+            results=results,
             address=address or "",
             force=force,
             detach=detach,
             dry_run=dry_run,
+            shared_fs=shared_fs,
             echo=echo,
         )
+    # absolute: Ray workers and the tracker resolve paths from their own folders
+    layout = SweepLayout(absolute(results or spec.results or RESULTS_DEFAULT), spec.sweep)
     from workers.data import check_dataset  # imports torch: only when submitting
 
     check_dataset(spec.dataset)
-    replace = _check_same_grid(layout, spec, force)
-    specs = spec.expand() if replace else with_extra_runs(spec.expand(), read_manifest(layout))
+    replace = check_grid_change(layout, spec, force)
+    grid_runs, refined = planned_runs(spec, layout) if not replace else (spec.expand(), [])
+    specs = grid_runs + refined
     done_ids = set() if replace else finished_run_ids(layout, specs)
     todo = [s for s in specs if s.run_id not in done_ids]
     report = SubmitReport(spec.sweep, layout.results, len(specs), len(specs) - len(todo))
     if dry_run:
         report.dry_run, report.planned = True, todo
         return report
+    refuse_second_driver(layout)
     io.check_writable(layout.results)
+
+    def write_sweep() -> None:  # the grid as submitted, and its runs
+        if replace:
+            moved = io.move_aside(layout.root)
+            echo(f"sweep {spec.sweep}: the previous grid's results were moved to {moved}")
+        io.write_text(layout.grid_yaml, text)
+        io.write_table(
+            layout.manifest,
+            pa.concat_tables([manifest_table(grid_runs), manifest_table(refined, ORIGIN_REFINE)]),
+        )
+
     if not todo:
+        write_sweep()
         echo(f"sweep {spec.sweep}: all {len(specs)} runs already done -> {layout.root}")
         report.status = status(spec.sweep, results=layout.results)
     else:
@@ -137,11 +169,7 @@ def submit(
 
         with RayBackend(address, num_cpus=num_cpus) as backend:
             backend.check_resources(spec.resources)
-            if replace:
-                moved = io.move_aside(layout.root)
-                echo(f"sweep {spec.sweep}: the previous grid's results were moved to {moved}")
-            io.write_text(layout.grid_yaml, text)
-            io.write_table(layout.manifest, manifest_table(specs))
+            write_sweep()
             echo(
                 f"sweep {spec.sweep}: {len(specs)} runs, {report.n_already_done} already done, "
                 f"{len(todo)} to run -> {layout.root}"
@@ -152,19 +180,8 @@ def submit(
     return report
 
 
-def absolute(location: str) -> str:
-    """A local folder made absolute; a URI (s3://..., file://...) as it is."""
-    return location if "://" in location else str(Path(location).absolute())
-
-
 def is_jobs_address(address: str | None) -> bool:
     return address is not None and address.startswith(("http://", "https://"))
-
-
-def with_extra_runs(grid_runs: list[RunSpec], manifest: list[RunSpec]) -> list[RunSpec]:
-    """The grid's runs plus those the manifest holds beyond them (added by `refine`)."""
-    ids = {s.run_id for s in grid_runs}
-    return grid_runs + [s for s in manifest if s.run_id not in ids]
 
 
 def run_on_ray(
@@ -198,41 +215,63 @@ def drive(
     """Start `todo` on the backend and wait for every run; the tracker records everything.
     `finished` holds the ids of the runs of `specs` whose results are already there.
 
-    The tracker is asked for a cancellation every second; finished runs persist at once.
+    The driver beats every second (and learns of a cancellation). Its own task refs are
+    the truth about which runs ended: should the tracker restart (its node died), the
+    driver tells the new incarnation every outcome again. Stopped early (Ctrl-C, an
+    error), the round is closed with its running runs recorded interrupted.
     """
-    previous = {r.run_id: r for r in read_records(layout)}
-    todo_ids = {s.run_id for s in todo}
-    records = [_record(s, s.run_id in todo_ids, s.run_id in finished, previous) for s in specs]
+    ended: dict[str, tuple[str, RunStatus, str | None]] = {}
+    records = [_round_record(s, s.run_id in finished) for s in specs]
     tracker = backend.tracker(layout)
-    tracker.register(records, layout)
-    waiting = backend.start(todo, layout, tracker)
-    n_done = len(specs) - len(todo)
-    cancelling = False
-    while waiting:
-        for outcome in backend.wait(waiting, timeout_s=1.0):
-            tracker.finished(outcome.spec.run_id, outcome.state, outcome.error)
-            n_done += 1
-            echo(_progress_line(n_done, len(specs), outcome))
-            waiting = [h for h in waiting if h.spec.run_id != outcome.spec.run_id]
-        if tracker.heartbeat() and waiting and not cancelling:
-            echo(f"sweep {layout.sweep}: cancelled; stopping {len(waiting)} run(s)")
-            backend.cancel(waiting)
-            cancelling = True
-    tracker.persist(True)
-    return SweepStatus(layout.sweep, tracker.snapshot(), "live")
+    incarnation = tracker.register(records, layout, Driver.this_process())
+    try:
+        waiting = {h.spec.run_id: h for h in backend.start(todo, layout, tracker)}
+        n_done = len(specs) - len(todo)
+        cancelling = False
+        while waiting:
+            outcomes = backend.wait(list(waiting.values()), timeout_s=1.0)
+            for outcome in outcomes:
+                run_id = outcome.spec.run_id
+                ended[run_id] = (run_id, outcome.state, outcome.error)
+                del waiting[run_id]
+                n_done += 1
+                echo(_progress_line(n_done, len(specs), outcome))
+            if outcomes:
+                tracker.finished([ended[o.spec.run_id] for o in outcomes])
+            cancelled, now = tracker.heartbeat()
+            if now != incarnation:  # a restarted tracker: repeat what it may have missed
+                incarnation = now
+                tracker.finished(list(ended.values()))
+            if cancelled and waiting and not cancelling:
+                echo(f"sweep {layout.sweep}: cancelled; stopping {len(waiting)} run(s)")
+                backend.cancel(list(waiting.values()))
+                cancelling = True
+    except BaseException:
+        _close_interrupted(backend, tracker)
+        raise
+    final = {r.run_id: r for r in tracker.close()}
+    backend.release_tracker(tracker)
+    for run_id, state, error in ended.values():  # the driver's refs decide what ended
+        rec = final[run_id]
+        if rec.state is not state and (state is RunStatus.DONE or not rec.state.is_terminal()):
+            final[run_id] = rec.model_copy(update={"state": state, "error": error})
+    return SweepStatus(layout.sweep, list(final.values()), "live")
 
 
-def _record(spec: RunSpec, todo: bool, finished: bool, previous: dict[str, RunRecord]) -> RunRecord:
-    """The record a round starts from: pending for the runs it starts; for the others what
-    was known (kept as it was: a failed run not retried stays failed), DONE when finished."""
-    old = previous.get(spec.run_id)
-    if todo:
-        return pending_record(spec)
-    if finished:
-        if old is not None and old.state is RunStatus.DONE:
-            return old
-        return pending_record(spec).model_copy(update={"state": RunStatus.DONE})
-    return old if old is not None else pending_record(spec)
+def _close_interrupted(backend: RayBackend, tracker) -> None:  # noqa: ANN001
+    """Record the round as interrupted, if the tracker can still be reached."""
+    tracker.deadline_s = 5.0  # no long retries on the way out
+    try:
+        tracker.close(True)
+        backend.release_tracker(tracker)
+    except Exception:  # the cluster may be gone: the stale heartbeat tells the same
+        pass
+
+
+def _round_record(spec: RunSpec, finished: bool) -> RunRecord:
+    """The record a round starts from: done when its results are there, else pending."""
+    record = pending_record(spec)
+    return record.model_copy(update={"state": RunStatus.DONE}) if finished else record
 
 
 def _progress_line(n: int, total: int, o) -> str:  # noqa: ANN001  (an Outcome)
@@ -253,59 +292,6 @@ def width_symbol(kind: str) -> str:
     return "f" if kind == "cnn" else "h"
 
 
-def _check_same_grid(layout: SweepLayout, spec: GridSpec, force: bool) -> bool:
-    """Refuse to mix two grids' results under one sweep name. Returns True when the sweep
-    holds a different grid and `force` asks to replace it (its folder is moved aside)."""
-    if not io.exists(layout.grid_yaml):
-        return False
-    try:
-        old = parse_grid(io.read_text(layout.grid_yaml), source=layout.grid_yaml)
-    except JamsweepError:
-        old = None
-    if old is not None and old.identity() == spec.identity():
-        return False
-    if not force:
-        raise JamsweepError(
-            f"sweep {spec.sweep!r} already exists in {layout.results} with a different grid; "
-            "use another sweep name, or --force to move the existing results aside "
-            f"({spec.sweep}.replaced-TIMESTAMP) and start this grid afresh"
-        )
-    return True
-
-
-def finished_run_ids(layout: SweepLayout, specs: list[RunSpec]) -> set[str]:
-    """Runs whose metrics file (written last, atomically) is there and names this run."""
-    present = set(io.list_files(layout.metrics_dir))
-    done = set()
-    for s in specs:
-        path = layout.metrics(*s.key)
-        if path in present and _metrics_run_id(path) == s.run_id:
-            done.add(s.run_id)
-    return done
-
-
-def _metrics_run_id(path: str) -> str | None:
-    try:
-        return io.read_table(path, columns=["run_id"]).column(0)[0].as_py()
-    except (OSError, pa.ArrowException, IndexError):
-        return None  # unreadable: not a result
-
-
-def manifest_table(specs: list[RunSpec]) -> pa.Table:
-    rows = [
-        {
-            "run_id": s.run_id,
-            "arch": s.arch.name,
-            "width": s.width,
-            "seed": s.seed,
-            "n_params": s.n_params,
-            "spec": s.model_dump_json(),
-        }
-        for s in specs
-    ]
-    return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
-
-
 # -- status, ls, cancel ---------------------------------------------------------------
 
 
@@ -314,19 +300,22 @@ def status(
 ) -> SweepStatus:
     """Live from the tracker when `address` reaches a cluster that has one (auto, ray://,
     HOST:PORT); else from the persisted status.parquet, corrected by the result files (a
-    metrics file means done). Reads no result file: one listing of the metrics folder."""
+    metrics file means done) and by the round's heartbeat (a running run of a round whose
+    driver is gone is interrupted). Reads no result file: one listing of the metrics
+    folder."""
     if is_jobs_address(address):
         return _status_via_job(sweep, results, address or "")
-    layout = _existing(sweep, results)
+    layout = existing(sweep, absolute(results))
     if address is not None:
-        live = _live_records(sweep, address)
+        live = _live_records(layout, address)
         if live is not None:
-            return SweepStatus(sweep, live, "live")
-    records = read_records(layout)
-    known = {r.run_id for r in records}
-    if io.exists(layout.manifest):
+            return SweepStatus(sweep, live, "live", alive=True)
+    persisted = read_status(layout)
+    records = shown_records(persisted.records, persisted.state)
+    if io.exists(layout.manifest):  # the sweep's runs are the manifest's
+        known = {r.run_id: r for r in records}
         rows = io.read_table(layout.manifest, ["run_id", "arch", "width", "seed", "n_params"])
-        records += [RunRecord(**row) for row in rows.to_pylist() if row["run_id"] not in known]
+        records = [known.get(row["run_id"]) or RunRecord(**row) for row in rows.to_pylist()]
     present = set(io.list_files(layout.metrics_dir))
     fixed = [
         r
@@ -334,28 +323,30 @@ def status(
         else r.model_copy(update={"state": RunStatus.DONE, "error": None})
         for r in records
     ]
-    return SweepStatus(sweep, fixed, "file")
+    return SweepStatus(sweep, fixed, "file", alive=persisted.state.is_alive())
 
 
 def _status_via_job(sweep: str, results: str, address: str) -> SweepStatus:
     """`jamsweep status --json` run on the cluster (live tracker, else its files)."""
     from orchestrator.remote import run_cli_job
 
-    log = run_cli_job(address, ["status", sweep, "--json", "--results", absolute(results)])
+    log = run_cli_job(address, ["status", sweep, "--json", "--results", results])
     start, end = log.find("{"), log.rfind("}")
     if start < 0:
         raise JamsweepError(f"the cluster at {address} gave no status for {sweep!r}: {log[-300:]}")
     answer = json.loads(log[start : end + 1])
     records = [RunRecord.model_validate(r) for r in answer["runs"]]
-    return SweepStatus(sweep, records, answer.get("source", "live"))
+    return SweepStatus(
+        sweep, records, answer.get("source", "live"), alive=bool(answer.get("alive", False))
+    )
 
 
-def _live_records(sweep: str, address: str) -> list[RunRecord] | None:
+def _live_records(layout: SweepLayout, address: str) -> list[RunRecord] | None:
     from orchestrator.backend import RayBackend
 
     try:
         with RayBackend(address) as backend:
-            tracker = backend.existing_tracker(sweep)
+            tracker = backend.existing_tracker(layout)
             return None if tracker is None else tracker.snapshot()
     except JamsweepError:
         return None
@@ -368,11 +359,11 @@ def cancel(sweep: str, *, results: str = RESULTS_DEFAULT, address: str = "auto")
     if is_jobs_address(address):
         from orchestrator.remote import run_cli_job
 
-        log = run_cli_job(address, ["cancel", sweep, "--results", absolute(results)])
+        log = run_cli_job(address, ["cancel", sweep, "--results", results])
         return [line.split()[-1] for line in log.splitlines() if line.startswith("cancelled run ")]
-    _existing(sweep, results)
+    layout = existing(sweep, absolute(results))
     with RayBackend(address) as backend:
-        tracker = backend.existing_tracker(sweep)
+        tracker = backend.existing_tracker(layout)
         if tracker is None:
             raise JamsweepError(f"sweep {sweep!r} is not running on the cluster at {address!r}")
         return tracker.cancel()
@@ -381,32 +372,6 @@ def cancel(sweep: str, *, results: str = RESULTS_DEFAULT, address: str = "auto")
 def ls(results: str = RESULTS_DEFAULT) -> list[SweepStatus]:
     """Every sweep under `results`, with its persisted status."""
     return [status(name, results=results) for name in sweep_names(results)]
-
-
-def sweep_names(results: str) -> list[str]:
-    return [
-        name for name in io.list_dirs(results) if io.exists(SweepLayout(results, name).grid_yaml)
-    ]
-
-
-def _existing(sweep: str, results: str) -> SweepLayout:
-    layout = SweepLayout(results, sweep)
-    if not io.exists(layout.grid_yaml):
-        known = sweep_names(results)
-        hint = f"; sweeps there: {', '.join(sorted(known))}" if known else ""
-        raise JamsweepError(
-            f"no sweep {sweep!r} under {results!r}{hint}. Check the name and --results"
-        )
-    return layout
-
-
-def read_manifest(layout: SweepLayout) -> list[RunSpec]:
-    if not io.exists(layout.manifest):
-        return []
-    return [
-        RunSpec.model_validate_json(s)
-        for s in io.read_table(layout.manifest, ["spec"]).column(0).to_pylist()
-    ]
 
 
 # -- reduce ----------------------------------------------------------------------------
@@ -430,7 +395,7 @@ def reduce(
     """
     from workers.reduce import MAX_SUBSETS, ensemble_curve, ensemble_members
 
-    layout = _existing(sweep, results)
+    layout = existing(sweep, results)
     runs = _manifest_runs(layout)
     present = set(io.list_files(layout.metrics_dir))
     curve_rows: list[dict] = []
@@ -495,7 +460,7 @@ def _final_test_outputs(  # noqa: ANN201  (a workers.reduce.WidthOutputs)
 
 def load_summary(sweep: str, *, results: str = RESULTS_DEFAULT) -> dict:
     """summary.json of a reduced sweep."""
-    layout = _existing(sweep, results)
+    layout = existing(sweep, results)
     if not io.exists(layout.summary):
         raise JamsweepError(
             f"sweep {sweep!r} has not been reduced yet: run `jamsweep reduce {sweep}` first"
@@ -645,20 +610,15 @@ def _reduced_tables(
 def _reduce_summary(
     sweep: str, n_runs: int, n_done: int, curves: pd.DataFrame, ensemble_over: str, max_subsets: int
 ) -> dict:
-    """summary.json: N* (all seeds, half the seeds), its bracket, and the fits per arch."""
+    """summary.json: N* (every run, half the runs), the smallest jammed N where it differs
+    from N*, the bracket of N*, and the fits per arch."""
     from workers.fits import fit_curves
-    from workers.reduce import half_jamming_points, jamming_bracket
+    from workers.reduce import jamming
 
-    n_star = jamming_points(curves)
-    brackets: dict[str, list[float] | None] = {}
-    for arch in n_star:
-        try:
-            brackets[arch] = list(jamming_bracket(curves, arch))
-        except JamsweepError:
-            brackets[arch] = None
+    found = jamming(curves)
     fits = {
         str(arch): {
-            name: fit.to_json() for name, fit in fit_curves(group, n_star[str(arch)]).items()
+            name: fit.to_json() for name, fit in fit_curves(group, found[str(arch)].n_star).items()
         }
         for arch, group in curves.groupby("arch")
     }
@@ -668,9 +628,12 @@ def _reduce_summary(
         "n_done": n_done,
         "ensemble_over": ensemble_over,
         "max_subsets": max_subsets,
-        "n_star": n_star,
-        "n_star_half": half_jamming_points(curves),
-        "n_star_bracket": brackets,
+        "n_star": {a: j.n_star for a, j in found.items()},
+        "n_star_half": {a: j.n_star_half for a, j in found.items()},
+        "n_star_bracket": {a: list(j.bracket) if j.bracket else None for a, j in found.items()},
+        "smallest_jammed_n": {
+            a: j.smallest_jammed for a, j in found.items() if j.smallest_jammed != j.n_star
+        },
         "fits": fits,
         "reduced_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -682,7 +645,7 @@ def _reduce_summary(
 def _reduced(sweep: str, results: str) -> tuple[SweepLayout, pd.DataFrame, pd.DataFrame, dict]:
     """The reducer's outputs of a sweep: layout, curves, ensemble, summary."""
     summary = load_summary(sweep, results=results)
-    layout = _existing(sweep, results)
+    layout = existing(sweep, results)
     curves = io.read_table(layout.curves).to_pandas()
     ensemble = (
         io.read_table(layout.ensemble).to_pandas() if io.exists(layout.ensemble) else pd.DataFrame()
@@ -744,7 +707,7 @@ def refine(
     from orchestrator.refine import propose_widths, refined_specs, width_step
     from workers.reduce import jamming_bracket
 
-    layout = _existing(sweep, absolute(results))
+    layout = existing(sweep, absolute(results))
     manifest = read_manifest(layout)
     convergence = _convergence_table(layout)
     archs = [arch] if arch is not None else sorted({s.arch.name for s in manifest})
@@ -777,7 +740,8 @@ def refine(
         )
     if dry_run or not report.planned:
         return report
-    all_specs = manifest + _add_to_manifest(layout, report.planned)
+    refuse_second_driver(layout)
+    all_specs = manifest + add_to_manifest(layout, report.planned)
     report.status = run_on_ray(
         layout, all_specs, report.planned, address=address, num_cpus=num_cpus, echo=echo
     )
@@ -786,26 +750,17 @@ def refine(
     return report
 
 
-def _add_to_manifest(layout: SweepLayout, specs: list[RunSpec]) -> list[RunSpec]:
-    """Append the runs of `specs` that manifest.parquet lacks; return them. Existing rows are
-    kept as stored, so their run_ids keep naming their result files."""
-    existing = io.read_table(layout.manifest)
-    known = set(existing.column("run_id").to_pylist())
-    added = [s for s in specs if s.run_id not in known]
-    table = pa.concat_tables([existing, manifest_table(added)], promote_options="default")
-    io.write_table(layout.manifest, table)
-    return added
-
-
 def _n_params_at(template: RunSpec, width: float) -> int:
     return template.model_copy(update={"width": width}).n_params
 
 
 def _convergence_table(layout: SweepLayout) -> pd.DataFrame:
-    """Per (arch, width): n_params, n_seeds, n_converged of the finished runs (metrics only)."""
+    """Per (arch, width): n_params, n_runs (in the manifest), n_seeds and n_converged (of the
+    finished runs): what `workers.reduce.jamming` decides from (metrics only)."""
     present = set(io.list_files(layout.metrics_dir))
     rows = []
     for (arch, width), group in _by_width(_manifest_runs(layout)).items():
+        n_runs = len(group)  # finished or not: a width with an unfinished run is not jammed
         group, metrics = _finished_width(layout, group, present)
         if not group:
             continue
@@ -815,6 +770,7 @@ def _convergence_table(layout: SweepLayout) -> pd.DataFrame:
                 "width": width,
                 "n_params": group[0].n_params,
                 "n_seeds": len(group),
+                "n_runs": n_runs,
                 "n_converged": int(metrics["converged"].sum()),
             }
         )

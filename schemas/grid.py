@@ -357,6 +357,28 @@ class GridSpec(Strict):
             for seed in self.seed_list
         ]
 
+    def result_differences(self, old: GridSpec) -> list[str]:
+        """What differs from `old` among the fields that decide a run's result: the
+        dataset (not where it is read from), the training, and the definition of each
+        architecture the two grids share. Widths, seeds, added or removed architectures,
+        resources, checkpoints and paths do not count: a sweep may grow or shrink.
+        One 'field: old -> new' line each, empty when the grids are the same experiment."""
+        pairs = [
+            ("dataset", _decisive(old.dataset), _decisive(self.dataset)),
+            (
+                "training",
+                old.training.model_dump(mode="json"),
+                self.training.model_dump(mode="json"),
+            ),
+        ]
+        before = {a.name: a for a in old.architectures}
+        pairs += [
+            (f"architectures[{a.name}]", _decisive(before[a.name]), _decisive(a))
+            for a in self.architectures
+            if a.name in before
+        ]
+        return [line for where, a, b in pairs for line in _changed(where, a, b)]
+
     def identity(self) -> dict[str, Any]:
         """What makes two grids the same experiment (resources and paths aside)."""
         return self.model_dump(
@@ -369,6 +391,19 @@ class GridSpec(Strict):
                 "dataset": {"root", "download"},
             },
         )
+
+
+def _decisive(model: BaseModel) -> dict[str, Any]:
+    """A dataset's or architecture's fields that decide results (not paths, not widths)."""
+    return model.model_dump(mode="json", exclude={"root", "download", "widths"})
+
+
+def _changed(where: str, old: Any, new: Any) -> list[str]:
+    """'where.field: old -> new' for every leaf that differs between two JSON values."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(set(old) | set(new))
+        return [line for k in keys for line in _changed(f"{where}.{k}", old.get(k), new.get(k))]
+    return [] if old == new else [f"{where}: {old!r} -> {new!r}"]
 
 
 def _arch_dataset_problem(arch: FCArch | CNNArch, data: str) -> str | None:

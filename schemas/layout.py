@@ -162,6 +162,7 @@ MANIFEST_SCHEMA = pa.schema(
         ("seed", pa.int64()),
         ("n_params", pa.int64()),
         ("spec", pa.string()),
+        ("origin", pa.string()),  # "grid" (named by grid.yaml) or "refine" (added by refine)
     ]
 )
 

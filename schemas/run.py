@@ -79,9 +79,16 @@ class RunStatus(str, enum.Enum):
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    # was running when its driver or cluster went away; resumes from its checkpoint when
+    # the grid is submitted again (a new round makes a fresh record)
+    INTERRUPTED = "interrupted"
 
     def is_terminal(self) -> bool:
         return self in (RunStatus.DONE, RunStatus.FAILED, RunStatus.CANCELLED)
+
+    def is_active(self) -> bool:
+        """Pending or running: the round that holds it may still move it."""
+        return self in (RunStatus.PENDING, RunStatus.RUNNING)
 
     def can_become(self, new: RunStatus) -> bool:
         """Any move but out of a terminal state (a resubmission makes a fresh record)."""

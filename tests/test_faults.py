@@ -118,7 +118,14 @@ def test_a_killed_worker_node_s_runs_resume_elsewhere_and_finish_once(tmp_path):
 def submit_detached(grid: Path, head: RayHead, results: Path) -> subprocess.CompletedProcess:
     """`jamsweep submit --detach` to the head's Jobs API; returns once the job is in."""
     proc = jamsweep(
-        "submit", str(grid), "--address", head.dashboard, "--results", str(results), "--detach"
+        "submit",
+        str(grid),
+        "--address",
+        head.dashboard,
+        "--results",
+        str(results),
+        "--shared-fs",
+        "--detach",
     )
     assert proc.returncode == 0, proc.stderr
     return proc
@@ -145,6 +152,7 @@ def test_killing_the_submitting_client_does_not_stop_the_sweep(tmp_path, head):
             head.dashboard,
             "--results",
             str(tmp_path / "res"),
+            "--shared-fs",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -77,15 +77,15 @@ def test_status_enum_has_behaviour():
         record("x").moved_to(RunStatus.DONE).moved_to(RunStatus.RUNNING)
 
 
-def test_tracker_records_attempts_and_persists_terminal_states(tmp_path):
+def test_tracker_records_attempts_and_persists_when_the_round_closes(tmp_path):
     lay = SweepLayout(str(tmp_path), "sw")
     tracker = Tracker(lay, persist_every_s=3600)
     tracker.register([record("r1"), record("r2")])
     assert tracker.started("r1", "node-a")
     assert tracker.started("r1", "node-b")  # a retry
-    tracker.finished("r1", RunStatus.DONE)
-    tracker.finished("r2", RunStatus.FAILED, error="ValueError: boom")
-    on_disk = {r.run_id: r for r in read_records(lay)}  # written at once despite the throttle
+    tracker.finished([("r1", RunStatus.DONE, None), ("r2", RunStatus.FAILED, "ValueError: boom")])
+    tracker.close()
+    on_disk = {r.run_id: r for r in read_records(lay)}
     assert on_disk["r1"].state is RunStatus.DONE and on_disk["r1"].attempts == 2
     assert on_disk["r1"].node == "node-b"
     assert on_disk["r2"].state is RunStatus.FAILED and on_disk["r2"].error == "ValueError: boom"
@@ -95,10 +95,10 @@ def test_tracker_records_attempts_and_persists_terminal_states(tmp_path):
 def test_cancel_closes_open_runs_and_stops_new_starts(tmp_path):
     tracker = Tracker(SweepLayout(str(tmp_path), "sw"))
     tracker.register([record("r1"), record("r2")])
-    tracker.finished("r1", RunStatus.DONE)
+    tracker.finished([("r1", RunStatus.DONE, None)])
     assert tracker.cancel() == ["r2"]
     assert not tracker.started("r2", "n")
-    tracker.finished("r2", RunStatus.DONE)  # a late report does not reopen it
+    tracker.finished([("r2", RunStatus.DONE, None)])  # a late report does not reopen it
     assert {r.run_id: r.state for r in tracker.snapshot()} == {
         "r1": RunStatus.DONE,
         "r2": RunStatus.CANCELLED,
@@ -114,7 +114,7 @@ def test_starts_reach_the_file_within_the_throttle_through_heartbeats(tmp_path):
     import time
 
     time.sleep(0.06)
-    assert tracker.heartbeat() is False
+    assert tracker.heartbeat()[0] is False
     assert read_records(lay)[0].state is RunStatus.RUNNING
 
 
@@ -122,21 +122,26 @@ def test_a_new_round_forgets_an_earlier_cancellation(tmp_path):
     tracker = Tracker(SweepLayout(str(tmp_path), "sw"))
     tracker.register([record("r1")])
     tracker.cancel()
-    assert tracker.heartbeat() is True
+    assert tracker.heartbeat()[0] is True
     other = SweepLayout(str(tmp_path / "elsewhere"), "sw")
     tracker.register([record("r1")], other)
-    assert tracker.heartbeat() is False and tracker.started("r1", "n")
+    assert tracker.heartbeat()[0] is False and tracker.started("r1", "n")
     assert read_records(other)[0].run_id == "r1"
 
 
-def test_a_restarted_tracker_resumes_from_its_file(tmp_path):
+def test_a_restarted_tracker_resumes_from_its_file_and_takes_the_driver_s_replay(tmp_path):
     lay = SweepLayout(str(tmp_path), "sw")
     first = Tracker(lay)
-    first.register([record("r1"), record("r2")])
-    first.finished("r1", RunStatus.DONE)
+    incarnation = first.register([record("r1"), record("r2")])
+    first.finished([("r1", RunStatus.DONE, None)])  # within the throttle: not on disk yet
     again = Tracker(lay)  # as after its node died
+    assert {r.run_id: r.state for r in again.snapshot()} == {
+        "r1": RunStatus.PENDING,
+        "r2": RunStatus.PENDING,
+    }
+    assert again.heartbeat()[1] != incarnation  # the driver learns it must repeat
+    again.finished([("r1", RunStatus.DONE, None), ("unknown", RunStatus.DONE, None)])
     assert {r.run_id: r.state for r in again.snapshot()} == {
         "r1": RunStatus.DONE,
         "r2": RunStatus.PENDING,
-    }
-    again.finished("unknown", RunStatus.DONE)  # a report it cannot place changes nothing
+    }  # a report it cannot place changes nothing

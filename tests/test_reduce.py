@@ -17,6 +17,7 @@ from workers.reduce import (
     ensemble_members,
     error_rate,
     half_jamming_points,
+    jamming,
     jamming_bracket,
     jamming_points,
     outputs_matrix,
@@ -333,15 +334,43 @@ def table(arch, n_params, converged, seeds=4):
     )
 
 
-def test_n_star_is_the_smallest_n_where_every_seed_converged():
+def test_n_star_is_where_this_width_and_every_larger_one_converged():
     curves = pd.concat(
         [
             table("a", [10, 100, 1000, 10000], [0, 1, 3, 4]),
             table("b", [10, 100, 1000], [0, 0, 3]),
-            table("c", [50, 60, 70], [4, 3, 4]),  # not monotone: the smallest still counts
+            table("c", [50, 60, 70, 80], [4, 3, 4, 4]),  # not monotone: N* above the dip
+            table("d", [50, 60, 70], [4, 4, 3]),  # the largest width is not jammed
+            table("e", [10, 20, 30], [0, 4, 4]),
         ]
     )
-    assert jamming_points(curves) == {"a": 10000, "b": None, "c": 50}
+    found = jamming(curves)
+    assert jamming_points(curves) == {"a": 10000, "b": None, "c": 70, "d": None, "e": 20}
+    assert {k: j.smallest_jammed for k, j in found.items()} == {
+        "a": 10000,
+        "b": None,
+        "c": 50,
+        "d": 50,
+        "e": 20,
+    }
+    assert found["c"].bracket == (2.0, 3.0) and found["e"].bracket == (1.0, 2.0)
+    assert found["d"].bracket is None and "above the sweep" in (found["d"].no_bracket or "")
+
+
+def test_a_width_with_an_unfinished_run_is_not_jammed():
+    curves = table("a", [10, 100, 1000], [0, 3, 3], seeds=3).assign(n_runs=[3, 3, 4])
+    assert jamming(curves)["a"].n_star is None  # one run of N = 1000 has not finished
+    assert jamming(curves)["a"].smallest_jammed == 100
+    assert jamming(curves.assign(n_runs=3))["a"].n_star == 100
+    # half of the runs: 3/4 at N = 1000 counts the unfinished run as not converged
+    assert jamming(table("b", [10, 100], [0, 2], seeds=2).assign(n_runs=[2, 4]))[
+        "b"
+    ].n_star_half == pytest.approx(100.0)
+
+
+def test_rows_sharing_an_n_are_ordered_by_width():
+    curves = table("a", [10, 20, 20, 30], [0, 4, 4, 4])
+    assert jamming(curves)["a"].bracket == (1.0, 2.0)
 
 
 def test_half_n_star_interpolates_in_log_n():

@@ -343,30 +343,73 @@ def _subset_errors(
 # -- N*, over architectures ---------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Jamming:
+    """Where one architecture jams (DESIGN.md section 1), from its convergence table.
+
+    n_star: the smallest N from which this width and every larger one have all their runs
+    converged (a width with an unfinished or failed run is not jammed); None when the
+    largest width is not jammed. smallest_jammed: the smallest N whose width has all its
+    runs converged; it can sit below n_star when convergence is not monotone in N.
+    bracket: the widths (just below N*, at N*), or why there is none. n_star_half: the N at
+    which half of the runs converged, interpolated in log N."""
+
+    n_star: int | None
+    smallest_jammed: int | None
+    bracket: tuple[float, float] | None
+    no_bracket: str | None
+    n_star_half: float | None
+
+
+def jamming(curves: pd.DataFrame) -> dict[str, Jamming]:
+    """N* and its companions for every architecture of `curves`: one row per (arch, width)
+    with n_params, n_converged and n_runs (the width's runs in the manifest, finished or
+    not; n_seeds, the finished ones, when n_runs is absent). The one definition of
+    "jammed" that the reducer, the summary, the figures and refine all use."""
+    return {str(arch): _jamming_of(group) for arch, group in curves.groupby("arch")}
+
+
+def _jamming_of(group: pd.DataFrame) -> Jamming:
+    g = group.sort_values(["n_params", "width"], kind="stable")
+    n = g["n_params"].to_numpy(int)
+    expected = (g["n_runs"] if "n_runs" in g else g["n_seeds"]).to_numpy(int)
+    converged = g["n_converged"].to_numpy(int)
+    jammed = (converged == expected) & (expected > 0)
+    # walk down from the largest width while every width is jammed
+    k = len(jammed)
+    while k > 0 and jammed[k - 1]:
+        k -= 1
+    n_star = int(n[k]) if k < len(n) else None
+    smallest = int(n[np.argmax(jammed)]) if jammed.any() else None
+    widths = g["width"].to_numpy(float)
+    bracket, why = None, None
+    if n_star is None:
+        why = (
+            "the largest width did not reach zero loss with every run, so N* is above "
+            "the sweep; add larger widths (or more steps) to the grid"
+        )
+    elif k == 0:
+        why = (
+            "every run of the smallest width already reached zero loss, so N* is below "
+            "the sweep; add smaller widths to the grid"
+        )
+    else:
+        bracket = (float(widths[k - 1]), float(widths[k]))
+    fraction = converged / np.maximum(expected, 1)
+    return Jamming(n_star, smallest, bracket, why, _first_crossing(n.astype(float), fraction, 0.5))
+
+
 def jamming_points(curves: pd.DataFrame) -> dict[str, int | None]:
-    """N* per architecture: the smallest N at which every seed reached zero loss (None when
-    no width did)."""
-    out: dict[str, int | None] = {}
-    for arch, group in curves.groupby("arch"):
-        # n_runs: the width's runs in the manifest (finished or not), when known
-        expected = group["n_runs"] if "n_runs" in group else group["n_seeds"]
-        jammed = group[group["n_converged"] == expected]
-        out[str(arch)] = int(jammed["n_params"].min()) if len(jammed) else None
-    return out
+    """N* per architecture (see `jamming`)."""
+    return {arch: j.n_star for arch, j in jamming(curves).items()}
 
 
 def half_jamming_points(curves: pd.DataFrame) -> dict[str, float | None]:
-    """Per architecture, the N at which half the seeds reached zero loss: the first crossing
+    """Per architecture, the N at which half the runs reached zero loss: the first crossing
     of 1/2 by the converged fraction, interpolated linearly in log N between the two widths
     around it (None when the fraction never reaches 1/2, or already exceeds it at the
     smallest N)."""
-    out: dict[str, float | None] = {}
-    for arch, group in curves.groupby("arch"):
-        g = group.sort_values("n_params")
-        n = g["n_params"].to_numpy(float)
-        p = (g["n_converged"] / g["n_seeds"]).to_numpy(float)
-        out[str(arch)] = _first_crossing(n, p, 0.5)
-    return out
+    return {arch: j.n_star_half for arch, j in jamming(curves).items()}
 
 
 def _first_crossing(n: np.ndarray, p: np.ndarray, level: float) -> float | None:
@@ -385,27 +428,15 @@ def _first_crossing(n: np.ndarray, p: np.ndarray, level: float) -> float | None:
 def jamming_bracket(curves: pd.DataFrame, arch: str) -> tuple[float, float]:
     """The widths (below, at) N* of `arch`: the largest width under N* and the width of N*.
 
-    Raises JamsweepError when N* is not bracketed by the sweep (no width reached zero loss
-    with every seed, or the smallest width already did)."""
-    group = curves[curves["arch"] == arch].sort_values("n_params")
-    if group.empty:
-        raise JamsweepError(
-            f"architecture {arch!r} has no finished runs; known: {sorted(curves['arch'].unique())}"
-        )
-    jammed = (group["n_converged"] == group["n_seeds"]).to_numpy()
-    if not jammed.any():
-        raise JamsweepError(
-            f"{arch}: no width reached zero loss with every seed, so N* is above "
-            "the sweep; add larger widths (or more steps) to the grid"
-        )
-    k = int(np.argmax(jammed))
-    if k == 0:
-        raise JamsweepError(
-            f"{arch}: every seed of the smallest width already reached zero "
-            "loss, so N* is below the sweep; add smaller widths to the grid"
-        )
-    widths = group["width"].to_numpy(float)
-    return float(widths[k - 1]), float(widths[k])
+    Raises JamsweepError when N* is not bracketed by the sweep (the largest width is not
+    jammed, or the smallest width already is)."""
+    found = jamming(curves)
+    if arch not in found:
+        raise JamsweepError(f"architecture {arch!r} has no finished runs; known: {sorted(found)}")
+    j = found[arch]
+    if j.bracket is None:
+        raise JamsweepError(f"{arch}: {j.no_bracket}")
+    return j.bracket
 
 
 def with_n_over_nstar(curves: pd.DataFrame, n_star: dict[str, int | None]) -> pd.DataFrame:

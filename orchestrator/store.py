@@ -1,0 +1,176 @@
+"""What a sweep holds on disk, seen from the orchestrator: its grid and manifest, which
+runs finished, whether a new grid may join it, and whether a driver is at work on it.
+Paths come from `schemas.layout.SweepLayout`; bytes go through `workers.io`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+
+from orchestrator.tracker import read_status
+from schemas.errors import JamsweepError
+from schemas.grid import GridSpec, parse_grid
+from schemas.layout import MANIFEST_SCHEMA, SweepLayout
+from schemas.run import RunSpec
+from workers import io
+
+ORIGIN_GRID, ORIGIN_REFINE = "grid", "refine"  # why a run is in the manifest
+
+
+def absolute(location: str) -> str:
+    """A local folder made absolute; a URI (s3://..., file://...) as it is."""
+    return location if "://" in location else str(Path(location).absolute())
+
+
+def existing(sweep: str, results: str) -> SweepLayout:
+    """The layout of a sweep that exists under `results`, or a JamsweepError naming those
+    that do."""
+    layout = SweepLayout(results, sweep)
+    if not io.exists(layout.grid_yaml):
+        known = sweep_names(results)
+        hint = f"; sweeps there: {', '.join(sorted(known))}" if known else ""
+        raise JamsweepError(
+            f"no sweep {sweep!r} under {results!r}{hint}. Check the name and --results"
+        )
+    return layout
+
+
+def sweep_names(results: str) -> list[str]:
+    return [
+        name for name in io.list_dirs(results) if io.exists(SweepLayout(results, name).grid_yaml)
+    ]
+
+
+# -- the manifest: every run of the sweep ------------------------------------------------
+
+
+def manifest_table(specs: list[RunSpec], origin: str = ORIGIN_GRID) -> pa.Table:
+    rows = [
+        {
+            "run_id": s.run_id,
+            "arch": s.arch.name,
+            "width": s.width,
+            "seed": s.seed,
+            "n_params": s.n_params,
+            "spec": s.model_dump_json(),
+            "origin": origin,
+        }
+        for s in specs
+    ]
+    return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
+
+
+def read_manifest(layout: SweepLayout) -> list[RunSpec]:
+    return [spec for spec, _ in _manifest_rows(layout)]
+
+
+def _manifest_rows(layout: SweepLayout) -> list[tuple[RunSpec, str]]:
+    """(spec, origin) of every manifest row; manifests older than `origin` say 'refine' for
+    every row, so that the runs they hold beyond a grid are kept, as they were then."""
+    if not io.exists(layout.manifest):
+        return []
+    table = io.read_table(layout.manifest)
+    origins = (
+        table.column("origin").to_pylist()
+        if "origin" in table.column_names
+        else [ORIGIN_REFINE] * table.num_rows
+    )
+    specs = [RunSpec.model_validate_json(s) for s in table.column("spec").to_pylist()]
+    return list(zip(specs, origins, strict=True))
+
+
+def planned_runs(grid: GridSpec, layout: SweepLayout) -> tuple[list[RunSpec], list[RunSpec]]:
+    """(the grid's runs, the runs `refine` added that the grid still names an architecture
+    of): together, the sweep's runs once the grid is submitted. Runs of widths, seeds or
+    architectures that the grid no longer names leave the manifest (their files stay)."""
+    runs = grid.expand()
+    ids = {s.run_id for s in runs}
+    names = {a.name for a in grid.architectures}
+    refined = [
+        spec
+        for spec, origin in _manifest_rows(layout)
+        if origin == ORIGIN_REFINE and spec.run_id not in ids and spec.arch.name in names
+    ]
+    return runs, refined
+
+
+def add_to_manifest(layout: SweepLayout, specs: list[RunSpec]) -> list[RunSpec]:
+    """Append the runs of `specs` that manifest.parquet lacks, as refined; return them.
+    Existing rows are kept as stored, so their run_ids keep naming their result files."""
+    stored = io.read_table(layout.manifest)
+    if "origin" not in stored.column_names:  # an older manifest: see _manifest_rows
+        stored = stored.append_column("origin", pa.array([ORIGIN_REFINE] * stored.num_rows))
+    known = set(stored.column("run_id").to_pylist())
+    added = [s for s in specs if s.run_id not in known]
+    new = manifest_table(added, ORIGIN_REFINE)
+    io.write_table(
+        layout.manifest,
+        pa.concat_tables([stored.select(new.column_names), new], promote_options="default"),
+    )
+    return added
+
+
+# -- finished runs ----------------------------------------------------------------------
+
+
+def finished_run_ids(layout: SweepLayout, specs: list[RunSpec]) -> set[str]:
+    """Runs whose metrics file (written last, atomically) is there and names this run."""
+    present = set(io.list_files(layout.metrics_dir))
+    done = set()
+    for s in specs:
+        path = layout.metrics(*s.key)
+        if path in present and _metrics_run_id(path) == s.run_id:
+            done.add(s.run_id)
+    return done
+
+
+def _metrics_run_id(path: str) -> str | None:
+    try:
+        return io.read_table(path, columns=["run_id"]).column(0)[0].as_py()
+    except (OSError, pa.ArrowException, IndexError):
+        return None  # unreadable: not a result
+
+
+# -- may this grid join the sweep? --------------------------------------------------------
+
+
+def check_grid_change(layout: SweepLayout, spec: GridSpec, force: bool) -> bool:
+    """A sweep grows or shrinks freely (widths, seeds, architectures); what decides a run's
+    result may not change under one sweep name. Returns True when the sweep holds a grid
+    that differs there and `force` asks to replace it (its folder is moved aside)."""
+    if not io.exists(layout.grid_yaml):
+        return False
+    try:
+        old = parse_grid(io.read_text(layout.grid_yaml), source=layout.grid_yaml)
+    except JamsweepError:
+        differences = ["grid.yaml of the existing sweep can no longer be read"]
+    else:
+        differences = spec.result_differences(old)
+    if not differences:
+        return False
+    if not force:
+        listed = "\n".join(f"  - {d}" for d in differences)
+        raise JamsweepError(
+            f"sweep {spec.sweep!r} in {layout.results} was run with a grid that differs in "
+            f"what decides the runs' results:\n{listed}\nUse another sweep name, or --force "
+            f"to move the existing results aside ({spec.sweep}.replaced-TIMESTAMP) and start "
+            "this grid afresh. (Adding or removing widths, seeds or architectures needs "
+            "neither.)"
+        )
+    return True
+
+
+def refuse_second_driver(layout: SweepLayout) -> None:
+    """One driver per sweep: refuse while another driver's round is alive (its heartbeat
+    in status.parquet is fresh and its process is not known to be gone)."""
+    state = read_status(layout).state
+    if not state.is_alive():
+        return
+    who = state.driver.describe() if state.driver else "another driver"
+    raise JamsweepError(
+        f"sweep {layout.sweep!r} in {layout.results} is being run by {who}; wait for it to "
+        f"end (jamsweep status {layout.sweep}), or stop it (jamsweep cancel {layout.sweep}, "
+        "or end that process); a driver that stopped beating frees the sweep within 30 s"
+    )
