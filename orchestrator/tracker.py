@@ -173,6 +173,10 @@ class Tracker:
         """Every record; running ones shown interrupted when the round's driver is gone."""
         return shown_records(list(self.records.values()), self.round)
 
+    def pid(self) -> int:
+        """The tracker's process (which node holds it, for the fault tests)."""
+        return os.getpid()
+
     def round_state(self) -> RoundState:
         return self.round
 

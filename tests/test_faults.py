@@ -14,13 +14,14 @@ import pandas as pd
 import pytest
 import torch
 
+from orchestrator.backend import RayBackend
 from orchestrator.results import open_sweep
 from orchestrator.sweep import manifest_table, run_on_ray
-from orchestrator.tracker import read_records
+from orchestrator.tracker import read_records, read_status
 from schemas.grid import parse_grid
 from schemas.layout import SweepLayout
 from schemas.run import RunStatus
-from tests.conftest import JAMSWEEP, RayHead, jamsweep, write_grid
+from tests.conftest import JAMSWEEP, RayHead, _descendants, jamsweep, write_grid
 from workers import io
 
 pytestmark = pytest.mark.ray
@@ -66,6 +67,12 @@ def test_a_killed_worker_node_s_runs_resume_elsewhere_and_finish_once(tmp_path):
     try:
         doomed = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
         survivor = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+        # The sweep's tracker sits on the node that will die, every time: as a long-lived
+        # cluster may have left it (a detached actor), which the driver then finds by name.
+        with RayBackend(cluster.address) as backend:
+            tracker = backend.tracker(layout, node_id=doomed.node_id)
+            tracker_pid = tracker.call("pid")
+        assert tracker_pid in _descendants(doomed.all_processes["raylet"][0].process.pid)
         outcome: dict = {}
         driver = threading.Thread(
             target=lambda: outcome.update(
@@ -92,8 +99,11 @@ def test_a_killed_worker_node_s_runs_resume_elsewhere_and_finish_once(tmp_path):
     finally:
         cluster.shutdown()
 
-    records = {r.run_id: r for r in outcome["status"].records}
+    records = {r.run_id: r for r in outcome["status"].records}  # the driver lived on
     assert all(r.state is RunStatus.DONE for r in records.values()), records
+    persisted = read_status(layout)  # the restarted tracker was told what it missed
+    assert {r.state for r in persisted.records} == {RunStatus.DONE}
+    assert not persisted.state.live
     moved = records[victim.run_id]
     assert moved.attempts == 2 and survivor.node_id.startswith(moved.node)
     sweep = open_sweep(layout.root)

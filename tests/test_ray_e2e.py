@@ -185,10 +185,10 @@ def test_malformed_grid_names_the_field_and_writes_nothing(tmp_path):
     assert not (tmp_path / "res").exists()
 
 
-def test_a_diverging_run_fails_after_its_retries_and_is_named(tmp_path):
+def test_a_diverging_run_fails_at_once_without_retries_and_is_named(tmp_path):
     bad = TINY.replace("widths: [1.5, 6]", "widths: [6]").replace("seeds: 2", "seeds: 1")
     bad = bad.replace("lr_max: 0.01", "lr0: 1.0e+200, lr_max: 1.0e+200").replace(
-        "max_retries: 1", "max_retries: 1"
+        "max_retries: 1", "max_retries: 2"
     )
     grid = write_grid(tmp_path / "nan.yaml", bad)
     proc = jamsweep("submit", str(grid), "--results", str(tmp_path / "res"), "--num-cpus", "1")
@@ -198,7 +198,9 @@ def test_a_diverging_run_fails_after_its_retries_and_is_named(tmp_path):
     )
     st = json.loads(jamsweep("status", "tiny", "--json", "--results", str(tmp_path / "res")).stdout)
     (run,) = st["runs"]
-    assert run["state"] == "failed" and run["attempts"] == 2 and "diverged" in run["error"]
+    # deterministic: a retry would diverge again, so there is none (max_retries is for
+    # dead workers and nodes, and I/O errors)
+    assert run["state"] == "failed" and run["attempts"] == 1 and "diverged" in run["error"]
 
 
 def test_embedded_ray_listens_on_loopback_only():
