@@ -189,7 +189,7 @@ class RayBackend:
                 get_if_exists=True,
                 num_cpus=0,
                 max_restarts=-1,
-                max_task_retries=3,
+                max_task_retries=-1,  # calls wait for a restarting tracker (a start report too)
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True),
             )
             return actor.remote(layout)

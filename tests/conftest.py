@@ -43,6 +43,19 @@ def write_grid(path: Path, text: str) -> Path:
     return path
 
 
+def tracker_alive(layout) -> bool:  # noqa: ANN001  (a SweepLayout)
+    """Whether the sweep's tracker actor exists, on the Ray this process is connected to."""
+    import ray
+
+    from orchestrator.backend import NAMESPACE, tracker_name
+
+    try:
+        ray.get_actor(tracker_name(layout), namespace=NAMESPACE)
+    except ValueError:
+        return False
+    return True
+
+
 def free_port() -> int:
     import socket
 

@@ -15,7 +15,7 @@ from orchestrator.tracker import read_records, read_status
 from schemas.grid import parse_grid
 from schemas.layout import SweepLayout
 from schemas.run import RunStatus
-from tests.conftest import JAMSWEEP, RayHead, jamsweep, write_grid
+from tests.conftest import JAMSWEEP, RayHead, jamsweep, tracker_alive, write_grid
 from tests.test_faults import wait_for
 
 pytestmark = pytest.mark.ray
@@ -51,15 +51,7 @@ def tracker_exists(head: RayHead, layout: SweepLayout) -> bool:
     from orchestrator.backend import RayBackend
 
     with RayBackend(head.gcs):
-        import ray
-
-        from orchestrator.backend import NAMESPACE, tracker_name
-
-        try:
-            ray.get_actor(tracker_name(layout), namespace=NAMESPACE)
-        except ValueError:
-            return False
-        return True
+        return tracker_alive(layout)
 
 
 def test_each_round_has_its_own_records_and_its_tracker_goes_away(tmp_path, head):

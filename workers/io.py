@@ -125,7 +125,11 @@ def move_aside(folder: str) -> str:
     fs, path = resolve(folder)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     target = f"{path.rstrip('/')}.replaced-{stamp}"
-    fs.move(path, target)
+    if isinstance(fs, pafs.LocalFileSystem):
+        fs.move(path, target)
+    else:  # object stores have no folders to rename: copy every object, then delete
+        pafs.copy_files(path, target, source_filesystem=fs, destination_filesystem=fs)
+        fs.delete_dir(path)
     return f"{folder.rstrip('/')}.replaced-{stamp}"
 
 

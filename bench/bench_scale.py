@@ -1,0 +1,112 @@
+"""Orchestration cost per run at scale: many trivial runs (max_steps: 1, P = 20) driven
+through an embedded Ray by jamsweep's driver and tracker, next to, in the same run:
+  - bare Ray: ray.init, as many trivial tasks (`return None`) and ray.get, ray.shutdown;
+  - the runs' own work (train one step, write three Parquet files), timed in this process
+    on a sample of the runs and divided by the cores.
+orchestration per run = jamsweep's wall time per run - the work per run / cores; the target
+is at most 3x bare Ray's cost per run. Then `status` of that sweep from its files (target:
+under 1 s).
+
+    .venv/bin/python bench/bench_scale.py [--runs 2000] [--cpus 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+
+GRID = """
+sweep: scale
+dataset: {{name: digits_parity_pca, train_size: 20, test_size: 20, pca_dim: 10}}
+architectures: [{{name: fc2, depth: 2, widths: {widths}}}]
+seeds: 20
+training: {{max_steps: 1}}
+"""
+
+
+def bare_ray(n: int, cpus: int) -> float:
+    import ray
+
+    from orchestrator.backend import RayBackend  # the same embedded Ray settings
+
+    def noop() -> None:
+        return None
+
+    start = time.perf_counter()
+    with RayBackend(None, num_cpus=cpus):
+        task = ray.remote(num_cpus=1)(noop)
+        ray.get([task.remote() for _ in range(n)])
+    return time.perf_counter() - start
+
+
+def jamsweep_drive(root: str, specs: list, cpus: int) -> float:
+    from orchestrator.store import manifest_table
+    from orchestrator.sweep import run_on_ray
+    from schemas.layout import SweepLayout
+    from workers import io
+
+    layout = SweepLayout(root, "scale")
+    io.write_text(layout.grid_yaml, GRID)
+    io.write_table(layout.manifest, manifest_table(specs))
+    start = time.perf_counter()
+    st = run_on_ray(layout, specs, specs, address=None, num_cpus=cpus)
+    seconds = time.perf_counter() - start
+    assert st.counts["done"] == len(specs), st.counts
+    return seconds
+
+
+def work_per_run(root: str, specs: list, sample: int) -> float:
+    """One run's own work (data cached, as in a warm worker), in this process."""
+    import torch
+
+    from schemas.layout import SweepLayout
+    from workers.run import execute
+
+    torch.set_num_threads(1)  # as in a Ray worker
+    layout = SweepLayout(root, "work")
+    execute(specs[0], layout)  # warm: data loaded and cached, as in a worker
+    chosen = specs[1 : sample + 1]
+    start = time.perf_counter()
+    for spec in chosen:
+        execute(spec, layout)
+    return (time.perf_counter() - start) / len(chosen)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=2000)
+    parser.add_argument("--cpus", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--sample", type=int, default=200, help="runs timed for the work")
+    args = parser.parse_args()
+    from orchestrator.sweep import status
+    from schemas.grid import parse_grid
+
+    widths = [2 + i for i in range(args.runs // 20)]
+    specs = parse_grid(GRID.format(widths=widths)).expand()
+    n = len(specs)
+    root = tempfile.mkdtemp(prefix="jamsweep-bench-scale-")
+    try:
+        t_bare = bare_ray(n, args.cpus)
+        t_sweep = jamsweep_drive(root, specs, args.cpus)
+        t_work = work_per_run(root, specs, args.sample)
+        start = time.perf_counter()
+        st = status("scale", results=root)
+        t_status = time.perf_counter() - start
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    assert st.counts["done"] == n
+    bare, per_run = t_bare / n, t_sweep / n
+    orchestration = per_run - t_work / args.cpus
+    print(f"{n} trivial runs on {args.cpus} CPUs (embedded Ray)")
+    print(f"bare Ray (init, {n} tasks, shutdown): {t_bare:.1f} s = {1e3 * bare:.2f} ms/run")
+    print(f"jamsweep (init, tracker, {n} runs):  {t_sweep:.1f} s = {1e3 * per_run:.2f} ms/run")
+    print(f"the runs' own work / {args.cpus} CPUs:     {1e3 * t_work / args.cpus:.2f} ms/run")
+    print(f"orchestration per run: {1e3 * orchestration:.2f} ms = {orchestration / bare:.2f}x bare")
+    print(f"status of the {n}-run sweep from its files: {t_status:.3f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""Results on an object store: the whole path (submit, status, reduce, open_sweep,
+resubmission, growth, --force) against a real S3 server on loopback (moto's threaded
+server), through pyarrow's S3 filesystem with the endpoint from AWS_ENDPOINT_URL."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import pytest
+
+from tests.conftest import jamsweep, write_grid
+
+pytestmark = pytest.mark.ray
+
+GRID = """
+sweep: cloud
+dataset: {name: digits_parity_pca, train_size: 60, test_size: 100, pca_dim: 10}
+architectures:
+  - {name: fc3, depth: 3, widths: [WIDTHS]}
+seeds: 2
+training: {lr_max: 0.01, max_steps: 300}
+resources: {num_cpus: 1}
+"""
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A moto S3 server on 127.0.0.1 with one bucket; the AWS_* variables point every
+    process started from here (the CLI, Ray's workers) at it."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        client = boto3.client("s3", endpoint_url=endpoint)
+        client.create_bucket(Bucket="sweeps")
+        yield client
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def keys(client, prefix: str) -> set[str]:  # noqa: ANN001
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket="sweeps", Prefix=prefix)
+    return {o["Key"] for page in pages for o in page.get("Contents", [])}
+
+
+def test_a_sweep_on_s3_submits_reduces_reads_and_resumes(tmp_path, s3):
+    results = "s3://sweeps/lab"
+    grid = write_grid(tmp_path / "g.yaml", GRID.replace("WIDTHS", "4, 8"))
+    first = jamsweep("submit", str(grid), "--results", results, "--num-cpus", "2")
+    assert first.returncode == 0, first.stderr
+    stored = keys(s3, "lab/cloud/")
+    for name in ("grid.yaml", "manifest.parquet", "status.parquet", "curves.parquet"):
+        assert f"lab/cloud/{name}" in stored
+    assert sum(k.startswith("lab/cloud/metrics/") and k.endswith(".parquet") for k in stored) == 4
+    assert not any(k.startswith("lab/cloud/checkpoints/") for k in stored)
+    assert not (tmp_path / "lab").exists() and not os.path.exists("s3:")  # nothing local
+
+    st = json.loads(jamsweep("status", "cloud", "--results", results, "--json").stdout)
+    assert st["counts"]["done"] == 4 and st["alive"] is False
+    assert jamsweep("ls", "--results", results).stdout.startswith("cloud: pending 0")
+    reduced = jamsweep("reduce", "cloud", "--results", results, "--no-figures")
+    assert reduced.returncode == 0, reduced.stderr
+
+    from orchestrator.results import open_sweep
+
+    sweep = open_sweep(f"{results}/cloud")
+    metrics = sweep.metrics()
+    assert len(metrics) == 4 and sorted(set(metrics.width)) == [4.0, 8.0]
+    assert len(sweep.logits(split="test")) == 4 * 100
+    assert sorted(sweep.curves().width) == [4.0, 8.0]
+
+    again = jamsweep("submit", str(grid), "--results", results, "--num-cpus", "2")
+    assert again.returncode == 0 and "all 4 runs already done" in again.stderr, again.stderr
+    grown = write_grid(tmp_path / "g.yaml", GRID.replace("WIDTHS", "4, 8, 12"))
+    more = jamsweep("submit", str(grown), "--results", results, "--num-cpus", "2")
+    assert more.returncode == 0 and "6 runs, 4 already done, 2 to run" in more.stderr
+    assert sorted(open_sweep(f"{results}/cloud").curves().width) == [4.0, 8.0, 12.0]
+
+    other = write_grid(tmp_path / "o.yaml", GRID.replace("WIDTHS", "4").replace("0.01", "0.02"))
+    refused = jamsweep("submit", str(other), "--results", results, "--num-cpus", "2")
+    assert refused.returncode == 1 and "training.lr_max: 0.01 -> 0.02" in refused.stderr
+    forced = jamsweep("submit", str(other), "--results", results, "--num-cpus", "2", "--force")
+    assert forced.returncode == 0, forced.stderr
+    moved = {k.split("/")[1] for k in keys(s3, "lab/")}
+    assert "cloud" in moved and any(m.startswith("cloud.replaced-") for m in moved)
+    assert len(open_sweep(f"{results}/cloud").metrics()) == 2
