@@ -33,3 +33,11 @@ def check_finished_sweep(sweep_dir: Path, grid: Path = DEMO_GRID) -> pd.DataFram
     assert set(summary["n_star"]) == {a.name for a in spec.architectures}
     assert (sweep_dir / "figures" / "fig2_test_error.png").stat().st_size > 10_000
     return curves.sort_values(["arch", "n_params"]).reset_index(drop=True)
+
+
+def check_no_dead_nets(sweep_dir: Path, chance: float = 0.5) -> None:
+    """No run of the demo died (every ReLU off: f constant, test error at or above chance;
+    f = 0 counts every sample as an error): each run's test error is well below chance."""
+    metrics = pd.read_parquet(sweep_dir / "metrics")
+    dead = metrics[metrics["test_error"] >= 0.8 * chance]
+    assert dead.empty, dead[["width", "seed", "test_error", "n_unsat"]]

@@ -208,10 +208,11 @@ class SingleNodeSlurm:
     def job_pids(self) -> set[int]:
         """Processes of this cluster's jobs (steps and what they ran), by their environment."""
         daemons = {p.pid for p in self.daemons.values()}
+        helpers = set().union(*(_group(pid) for pid in daemons))  # slurmctld's slurmscriptd
         marker = f"{MARKER}={self.root}".encode()
         found = set()
         for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or int(entry.name) in daemons:
+            if not entry.name.isdigit() or int(entry.name) in daemons | helpers:
                 continue
             with contextlib.suppress(OSError):
                 if marker in (entry / "environ").read_bytes().split(b"\0"):

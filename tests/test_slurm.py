@@ -5,14 +5,16 @@ slurmd on loopback): the script brings up Ray, runs the demo grid to the end wit
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import ROOT, free_port
-from tests.demo_checks import DEMO_GRID, check_finished_sweep
+from tests.demo_checks import DEMO_GRID, check_finished_sweep, check_no_dead_nets
 from tests.slurm import SingleNodeSlurm, missing_commands
 
 pytestmark = [pytest.mark.ray, pytest.mark.slurm]
@@ -66,9 +68,18 @@ def _names(pids: set[int]) -> dict[int, str]:
     return names
 
 
-def test_sbatch_script_runs_the_demo_to_the_end_and_stops_ray(slurm, tmp_path):
+@pytest.fixture
+def short_tmp():
+    """A short folder for the job's TMPDIR: Ray's unix sockets live under it (<108 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="jsw"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_sbatch_script_runs_the_demo_to_the_end_and_stops_ray(slurm, tmp_path, short_tmp):
     results, log = tmp_path / "results", tmp_path / "job.out"
     env = {
+        "TMPDIR": str(short_tmp),  # the script puts Ray's files in $TMPDIR/ray-JOBID
         "JAMSWEEP_VENV": str(Path(sys.executable).parent.parent),
         "RAY_PORT": str(free_port()),
         "RAY_HEAD_ARGS": " ".join(f"--{p}={free_port()}" for p in HEAD_PORTS),
@@ -91,12 +102,13 @@ def test_sbatch_script_runs_the_demo_to_the_end_and_stops_ray(slurm, tmp_path):
         processes.update(_names(pids))
         sockets.update(_listening(pids))
 
-    info = slurm.wait(job, timeout=900, on_poll=watch)
+    info = slurm.wait(job, timeout=1800, on_poll=watch)  # 1-2 min on 2 idle cores
     text = log.read_text()
     assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), text[-5000:]
     assert "jamsweep.sbatch: 1 node(s) up" in text
     assert "jamsweep submit exited with 0" in text and "jamsweep.sbatch: stopping Ray" in text
     check_finished_sweep(results / "demo")
+    check_no_dead_nets(results / "demo")
 
     # The job's Ray: one head (jamsweep connected to it, it started no Ray of its own),
     # every port of it on loopback (srun's own I/O ports are SLURM's, not Ray's).
@@ -106,3 +118,4 @@ def test_sbatch_script_runs_the_demo_to_the_end_and_stops_ray(slurm, tmp_path):
     assert ray_sockets, f"saw no listening socket of the job's Ray: {sockets}"
     assert all(a.startswith(LOOPBACK) for a in ray_sockets), ray_sockets
     assert not _names(slurm.job_pids()), "processes of the job outlived it"
+    assert [p.name for p in short_tmp.iterdir()] == [f"ray-{job}"]  # Ray's files: per job
