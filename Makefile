@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install slurm-deps demo test test-fast test-slurm lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,15 +14,30 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Debian's SLURM and munge for tests/test_slurm.py, installed only when a command is missing.
+SLURM_CMDS := munged mungekey slurmctld slurmd sbatch squeue scontrol sinfo
+slurm-deps:
+	@missing=; for c in $(SLURM_CMDS); do command -v $$c >/dev/null || missing="$$missing $$c"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then \
+	    echo "missing:$$missing; as root: apt-get install slurm-wlm munge" >&2; exit 1; fi; \
+	  echo "installing slurm-wlm and munge (missing:$$missing)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends slurm-wlm munge >/dev/null; \
+	fi
+
 demo: install
 	$(VENV)/bin/jamsweep submit examples/demo.yaml
 
-test: install
+test: install slurm-deps
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
 test-fast: install
 	$(PY) -m pytest -m "not ray"
+
+test-slurm: install slurm-deps
+	$(PY) -m pytest -m slurm
 
 lint: install
 	$(VENV)/bin/ruff check .
