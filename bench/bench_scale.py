@@ -28,15 +28,15 @@ training: {{max_steps: 1}}
 
 
 def bare_ray(n: int, cpus: int) -> float:
-    import ray
+    from orchestrator import backend  # sets Ray's environment before ray is imported
 
-    from orchestrator.backend import RayBackend  # the same embedded Ray settings
+    ray = backend.ray
 
     def noop() -> None:
         return None
 
     start = time.perf_counter()
-    with RayBackend(None, num_cpus=cpus):
+    with backend.RayBackend(None, num_cpus=cpus):
         task = ray.remote(num_cpus=1)(noop)
         ray.get([task.remote() for _ in range(n)])
     return time.perf_counter() - start
