@@ -43,8 +43,8 @@ def bare_ray(n: int, cpus: int) -> float:
 
 
 def jamsweep_drive(root: str, specs: list, cpus: int) -> float:
+    from orchestrator.driver import run_on_ray
     from orchestrator.store import manifest_table
-    from orchestrator.sweep import run_on_ray
     from schemas.layout import SweepLayout
     from workers import io
 

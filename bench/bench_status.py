@@ -19,7 +19,8 @@ import time
 
 import pyarrow as pa
 
-from orchestrator.sweep import manifest_table, status
+from orchestrator.store import manifest_table
+from orchestrator.sweep import status
 from orchestrator.tracker import pending_record, records_table
 from schemas.grid import parse_grid
 from schemas.layout import METRICS_FILE_SCHEMA, SweepLayout

@@ -1,4 +1,7 @@
-"""Adaptive search for N*: which widths to add between the two that bracket it (pure).
+"""`jamsweep refine`: more widths around N*, run into the same sweep.
+
+Which widths to add between the two that bracket N* is pure (the first half of this file);
+`refine` reads the sweep's convergence, plans the runs, runs them and reduces.
 
 Bisection on the width: the new widths split the bracket (w_lo, w_hi) evenly, each moved to
 the nearest width that gives a number of weights N not yet in the sweep, because for FC
@@ -8,10 +11,27 @@ units), and for CNNs the channel count is an integer.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 
+import pandas as pd
+
+from orchestrator.driver import run_on_ray
+from orchestrator.reduction import reduce
+from orchestrator.reports import Echo, RefineReport, quiet
+from orchestrator.store import (
+    absolute,
+    add_to_manifest,
+    existing,
+    read_manifest,
+    refuse_second_driver,
+)
 from schemas.errors import JamsweepError
+from schemas.layout import RESULTS_DEFAULT, SweepLayout
 from schemas.run import RunSpec
+from workers import io
+from workers.reduce import jamming_bracket
+from workers.sweep_reader import by_width, finished_width, manifest_runs
 
 
 def width_step(spec: RunSpec) -> float:
@@ -76,3 +96,97 @@ def refined_specs(template: RunSpec, widths: list[float], seeds: list[int]) -> l
     new width and seed."""
     raw = template.model_dump(mode="json")
     return [RunSpec.model_validate({**raw, "width": w, "seed": s}) for w in widths for s in seeds]
+
+
+# -- the command ---------------------------------------------------------------------
+
+
+def refine_here(
+    sweep: str,
+    *,
+    results: str = RESULTS_DEFAULT,
+    n_widths: int = 1,
+    seeds: int | None = None,
+    arch: str | None = None,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    dry_run: bool = False,
+    echo: Echo = quiet,
+) -> RefineReport:
+    """Add `n_widths` widths inside the bracket of N* of each architecture (or `arch`), with
+    seeds 0..seeds-1 (default: the seeds the sweep already runs), run them into the same
+    sweep from this process (an embedded Ray, or the cluster at `address`), and reduce.
+    The new runs join manifest.parquet."""
+    layout = existing(sweep, absolute(results))
+    manifest = read_manifest(layout)
+    convergence = _convergence_table(layout)
+    archs = [arch] if arch is not None else sorted({s.arch.name for s in manifest})
+    report = RefineReport(sweep, {}, {}, [])
+    for name in archs:
+        template = next((s for s in manifest if s.arch.name == name), None)
+        if template is None:
+            raise JamsweepError(
+                f"sweep {sweep!r} has no architecture {name!r}; it has "
+                f"{sorted({s.arch.name for s in manifest})}"
+            )
+        lo, hi = jamming_bracket(convergence, name)
+        same = [s for s in manifest if s.arch.name == name]
+        widths = propose_widths(
+            lo,
+            hi,
+            n_widths,
+            step=width_step(template),
+            n_params=functools.partial(_n_params_at, template),
+            existing={s.n_params for s in same},
+        )
+        seed_list = list(range(seeds)) if seeds is not None else sorted({s.seed for s in same})
+        report.brackets[name], report.widths[name] = (lo, hi), widths
+        report.planned += refined_specs(template, widths, seed_list)
+    for name, widths in report.widths.items():
+        lo, hi = report.brackets[name]
+        echo(
+            f"{name}: N* between h={lo:g} and h={hi:g}; adding h = "
+            f"{', '.join(f'{w:g}' for w in widths)}"
+        )
+    if dry_run or not report.planned:
+        return report
+    refuse_second_driver(layout)
+    all_specs = manifest + add_to_manifest(layout, report.planned)
+    report.status = run_on_ray(
+        layout, all_specs, report.planned, address=address, num_cpus=num_cpus, echo=echo
+    )
+    if not report.status.failed:
+        report.curves = reduce(sweep, results=results)
+    return report
+
+
+def _n_params_at(template: RunSpec, width: float) -> int:
+    return template.model_copy(update={"width": width}).n_params
+
+
+def _convergence_table(layout: SweepLayout) -> pd.DataFrame:
+    """Per (arch, width): n_params, n_runs (in the manifest), n_seeds and n_converged (of the
+    finished runs): what `workers.reduce.jamming` decides from (metrics only)."""
+    present = set(io.list_files(layout.metrics_dir))
+    rows = []
+    for (arch, width), group in by_width(manifest_runs(layout)).items():
+        n_runs = len(group)  # finished or not: a width with an unfinished run is not jammed
+        group, metrics = finished_width(layout, group, present)
+        if not group:
+            continue
+        rows.append(
+            {
+                "arch": arch,
+                "width": width,
+                "n_params": group[0].n_params,
+                "n_seeds": len(group),
+                "n_runs": n_runs,
+                "n_converged": int(metrics["converged"].sum()),
+            }
+        )
+    if not rows:
+        raise JamsweepError(
+            f"sweep {layout.sweep!r} has no finished runs yet: nothing brackets "
+            "N*; wait for the sweep (jamsweep status) before refining"
+        )
+    return pd.DataFrame(rows)

@@ -1,4 +1,4 @@
-"""Hand a sweep to a cluster as a Ray job (`--address http://HOST:8265`).
+"""`JobsExecutor`: hand a sweep to a cluster as a Ray job (`--address http://HOST:8265`).
 
 The job runs `jamsweep submit grid.yaml --address auto` on the cluster: that driver, not
 this process, owns the runs, so closing the laptop or killing this CLI leaves the sweep
@@ -8,6 +8,7 @@ dependencies (torch, ray, pyarrow, ...) must be installed on the cluster's nodes
 
 from __future__ import annotations
 
+import json
 import shlex
 import shutil
 import tempfile
@@ -19,67 +20,119 @@ import orchestrator
 import schemas
 import workers
 from orchestrator.backend import TERMINAL_JOB_STATES, JobsClient
+from orchestrator.reports import Echo, RefineReport, SubmitReport, SweepStatus
 from orchestrator.store import check_grid_change, refuse_second_driver
 from schemas.errors import JamsweepError
 from schemas.grid import GridSpec, parse_grid
 from schemas.layout import SweepLayout
+from schemas.run import RunRecord
 from workers import io
 
 
-def submit_job(
-    grid_path: str | Path,
-    spec: GridSpec,
-    *,
-    results: str | None,
-    address: str,
-    force: bool,
-    detach: bool,
-    dry_run: bool,
-    shared_fs: bool,
-    echo,  # noqa: ANN001
-):  # noqa: ANN201  (a SubmitReport)
-    from orchestrator.sweep import SubmitReport  # sweep imports this module lazily
+class JobsExecutor:
+    """The cluster behind a Jobs API address runs the driver; this process only submits,
+    follows and asks (through short jobs for what needs the live tracker)."""
 
-    text = Path(grid_path).read_text()
-    location = cluster_results(parse_grid(text, source=str(grid_path)), results, shared_fs)
-    layout = SweepLayout(location, spec.sweep)
-    report = SubmitReport(spec.sweep, location, len(spec.expand()), 0)
-    _checks_that_can_run_here(spec, layout, force)
-    if dry_run:
-        report.dry_run, report.planned = True, spec.expand()
-        return report
-    client = JobsClient(address)
-    running = client.running_jobs({"jamsweep_sweep": spec.sweep, "jamsweep_results": location})
-    if running:
-        raise JamsweepError(
-            f"sweep {spec.sweep!r} in {location} is already being run by Ray job "
-            f"{running[0]} on {address}; wait for it (jamsweep status {spec.sweep} --address "
-            f"{address} --results {location}) or cancel it first"
+    def __init__(self, address: str, *, shared_fs: bool = False) -> None:
+        self.address = address
+        self.shared_fs = shared_fs
+
+    def submit(
+        self,
+        grid: str | Path,
+        spec: GridSpec,
+        text: str,
+        *,
+        results: str | None,
+        force: bool,
+        dry_run: bool,
+        detach: bool,
+        echo: Echo,
+    ) -> SubmitReport:
+        location = cluster_results(parse_grid(text, source=str(grid)), results, self.shared_fs)
+        layout = SweepLayout(location, spec.sweep)
+        report = SubmitReport(spec.sweep, location, len(spec.expand()), 0)
+        _checks_that_can_run_here(spec, layout, force)
+        if dry_run:
+            report.dry_run, report.planned = True, spec.expand()
+            return report
+        client = JobsClient(self.address)
+        self._refuse_running_job(client, spec.sweep, location)
+        staging = Path(tempfile.mkdtemp(prefix="jamsweep-job-"))
+        try:
+            shutil.copyfile(grid, staging / "grid.yaml")  # verbatim
+            args = ["submit", "grid.yaml", "--results", location]
+            report.job_id = self._start_job(
+                client, spec.sweep, location, args + (["--force"] if force else []), staging
+            )
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        echo(f"sweep {spec.sweep}: submitted as Ray job {report.job_id} to {self.address}")
+        report.job_state = (
+            client.status(report.job_id) if detach else follow(client, report.job_id, echo)
         )
-    submission_id = f"jamsweep-{spec.sweep}-{uuid.uuid4().hex[:8]}"
-    staging = Path(tempfile.mkdtemp(prefix="jamsweep-job-"))
-    try:
-        shutil.copyfile(grid_path, staging / "grid.yaml")  # verbatim
-        command = ["python", "-m", "orchestrator.cli", "submit", "grid.yaml"]
-        command += ["--address", "auto", "--results", location]
-        if force:
-            command.append("--force")
+        return report
+
+    def status(self, sweep: str, results: str) -> SweepStatus:
+        """`jamsweep status --json` run on the cluster (live tracker, else its files)."""
+        log = run_cli_job(self.address, ["status", sweep, "--json", "--results", results])
+        start, end = log.find("{"), log.rfind("}")
+        if start < 0:
+            raise JamsweepError(
+                f"the cluster at {self.address} gave no status for {sweep!r}: {log[-300:]}"
+            )
+        answer = json.loads(log[start : end + 1])
+        records = [RunRecord.model_validate(r) for r in answer["runs"]]
+        alive = bool(answer.get("alive", False))
+        return SweepStatus(sweep, records, answer.get("source", "live"), alive=alive)
+
+    def cancel(self, sweep: str, results: str) -> list[str]:
+        log = run_cli_job(self.address, ["cancel", sweep, "--results", results])
+        return [line.split()[-1] for line in log.splitlines() if line.startswith("cancelled run ")]
+
+    def refine(self, sweep: str, results: str, *, echo: Echo, **options: object) -> RefineReport:
+        """`jamsweep refine` run on the cluster as a Ray job, followed until it ends."""
+        args = ["refine", sweep, "--results", results, "--n-widths", str(options["n_widths"])]
+        for flag, key in (("--seeds", "seeds"), ("--arch", "arch")):
+            if options.get(key) is not None:
+                args += [flag, str(options[key])]
+        if options.get("dry_run"):
+            args.append("--dry-run")
+        client = JobsClient(self.address)
+        self._refuse_running_job(client, sweep, results)
+        staging = Path(tempfile.mkdtemp(prefix="jamsweep-job-"))
+        try:
+            job_id = self._start_job(client, sweep, results, args, staging)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        echo(f"sweep {sweep}: refining as Ray job {job_id} on {self.address}")
+        state = follow(client, job_id, echo)
+        if state != "SUCCEEDED":
+            raise JamsweepError(f"the refine job {job_id} ended {state}; see its log above")
+        return RefineReport(sweep, {}, {}, [], job_id=job_id)
+
+    def _refuse_running_job(self, client: JobsClient, sweep: str, location: str) -> None:
+        running = client.running_jobs({"jamsweep_sweep": sweep, "jamsweep_results": location})
+        if running:
+            raise JamsweepError(
+                f"sweep {sweep!r} in {location} is already being run by Ray job "
+                f"{running[0]} on {self.address}; wait for it (jamsweep status {sweep} "
+                f"--address {self.address} --results {location}) or cancel it first"
+            )
+
+    def _start_job(
+        self, client: JobsClient, sweep: str, location: str, args: list[str], staging: Path
+    ) -> str:
+        """`jamsweep ARGS --address auto` as a Ray job that carries the project's code."""
+        submission_id = f"jamsweep-{sweep}-{uuid.uuid4().hex[:8]}"
+        command = ["python", "-m", "orchestrator.cli", *args, "--address", "auto"]
         runtime_env = {
             "working_dir": str(staging),
             "py_modules": package_dirs(),
             "env_vars": {"JAMSWEEP_JOB_ID": submission_id},
         }
-        metadata = {"jamsweep_sweep": spec.sweep, "jamsweep_results": location}
-        job_id = client.submit(shlex.join(command), runtime_env, submission_id, metadata)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    report.job_id = job_id
-    echo(f"sweep {spec.sweep}: submitted as Ray job {job_id} to {address}")
-    if detach:
-        report.job_state = client.status(job_id)
-        return report
-    report.job_state = follow(client, job_id, echo)
-    return report
+        metadata = {"jamsweep_sweep": sweep, "jamsweep_results": location}
+        return client.submit(shlex.join(command), runtime_env, submission_id, metadata)
 
 
 def cluster_results(raw: GridSpec, results: str | None, shared_fs: bool) -> str:

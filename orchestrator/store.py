@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from orchestrator.tracker import read_status
+from orchestrator.reports import SweepStatus
+from orchestrator.tracker import read_status, shown_records
 from schemas.errors import JamsweepError
 from schemas.grid import GridSpec, parse_grid
 from schemas.layout import MANIFEST_SCHEMA, SweepLayout
-from schemas.run import RunSpec
+from schemas.run import RunRecord, RunSpec, RunStatus
 from workers import io
 
 ORIGIN_GRID, ORIGIN_REFINE = "grid", "refine"  # why a run is in the manifest
@@ -131,6 +132,27 @@ def _metrics_run_id(path: str) -> str | None:
         return io.read_table(path, columns=["run_id"]).column(0)[0].as_py()
     except (OSError, pa.ArrowException, IndexError):
         return None  # unreadable: not a result
+
+
+def status_from_files(layout: SweepLayout) -> SweepStatus:
+    """The persisted status.parquet, corrected by the result files (a metrics file means
+    done) and by the round's heartbeat (a running run of a round whose driver is gone is
+    interrupted); every run of the manifest has a record. Reads no result file: one
+    listing of the metrics folder."""
+    persisted = read_status(layout)
+    records = shown_records(persisted.records, persisted.state)
+    if io.exists(layout.manifest):  # the sweep's runs are the manifest's
+        known = {r.run_id: r for r in records}
+        rows = io.read_table(layout.manifest, ["run_id", "arch", "width", "seed", "n_params"])
+        records = [known.get(row["run_id"]) or RunRecord(**row) for row in rows.to_pylist()]
+    present = set(io.list_files(layout.metrics_dir))
+    fixed = [
+        r
+        if r.state is RunStatus.DONE or layout.metrics(r.arch, r.width, r.seed) not in present
+        else r.model_copy(update={"state": RunStatus.DONE, "error": None})
+        for r in records
+    ]
+    return SweepStatus(layout.sweep, fixed, "file", alive=persisted.state.is_alive())
 
 
 # -- may this grid join the sweep? --------------------------------------------------------

@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from orchestrator.backend import RayBackend
+from orchestrator.driver import run_on_ray
 from orchestrator.results import open_sweep
-from orchestrator.sweep import manifest_table, run_on_ray
+from orchestrator.store import manifest_table
 from orchestrator.tracker import read_records, read_status
 from schemas.grid import parse_grid
 from schemas.layout import SweepLayout

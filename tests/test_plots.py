@@ -16,6 +16,7 @@ from orchestrator import plots
 from orchestrator import sweep as api
 from orchestrator.cli import app
 from orchestrator.plots import render_figures, report_html
+from orchestrator.reduction import _reduced
 
 FIGURES = {
     "fig2_test_error",
@@ -39,7 +40,7 @@ def reduced(tmp_path_factory):
 
 
 def tables(root, sweep):
-    _, curves, ensemble, summary = api._reduced(sweep, root)
+    _, curves, ensemble, summary = _reduced(sweep, root)
     return curves, ensemble, summary
 
 

@@ -121,7 +121,9 @@ def test_refine_appends_the_new_runs_runs_them_and_reduces(tmp_path, monkeypatch
             write_run(layout, spec, f, labels, 50, 77, converged=True)
         return api.status("synth", results=str(tmp_path))
 
-    monkeypatch.setattr(api, "run_on_ray", fake_run_on_ray)
+    from orchestrator import refine as refine_module
+
+    monkeypatch.setattr(refine_module, "run_on_ray", fake_run_on_ray)
     report = api.refine("synth", results=str(tmp_path), n_widths=1)
     assert report.widths == {"fc5": [6.0]} and len(ran["todo"]) == 2
     after = pq.read_table(files.layout.manifest)

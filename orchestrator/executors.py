@@ -1,0 +1,178 @@
+"""Where a sweep's driver runs, chosen once from the address: `LocalExecutor` drives the
+runs from this process (an embedded Ray when no address is given, else `auto`, `ray://...`
+or HOST:PORT), `JobsExecutor` (orchestrator.remote) hands them to a cluster's Jobs API
+(`http://HOST:8265`). Both offer submit, status, cancel and refine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import pyarrow as pa
+
+from orchestrator.driver import drive
+from orchestrator.reduction import reduce
+from orchestrator.reports import Echo, RefineReport, SubmitReport, SweepStatus
+from orchestrator.store import (
+    ORIGIN_REFINE,
+    absolute,
+    check_grid_change,
+    existing,
+    finished_run_ids,
+    manifest_table,
+    planned_runs,
+    refuse_second_driver,
+    status_from_files,
+)
+from schemas.errors import JamsweepError
+from schemas.grid import GridSpec
+from schemas.layout import RESULTS_DEFAULT, SweepLayout
+from schemas.run import RunRecord
+from workers import io
+
+
+class Executor(Protocol):
+    def submit(
+        self,
+        grid: str | Path,
+        spec: GridSpec,
+        text: str,
+        *,
+        results: str | None,
+        force: bool,
+        dry_run: bool,
+        detach: bool,
+        echo: Echo,
+    ) -> SubmitReport: ...
+
+    def status(self, sweep: str, results: str) -> SweepStatus: ...
+
+    def cancel(self, sweep: str, results: str) -> list[str]: ...
+
+    def refine(
+        self, sweep: str, results: str, *, echo: Echo, **options: object
+    ) -> RefineReport: ...
+
+
+def is_jobs_address(address: str | None) -> bool:
+    return address is not None and address.startswith(("http://", "https://"))
+
+
+def executor_for(
+    address: str | None, *, num_cpus: int | None = None, shared_fs: bool = False
+) -> Executor:
+    """The executor of `address` (None: this machine, an embedded Ray)."""
+    if is_jobs_address(address):
+        from orchestrator.remote import JobsExecutor  # the Jobs client imports ray
+
+        return JobsExecutor(address or "", shared_fs=shared_fs)
+    return LocalExecutor(address, num_cpus=num_cpus)
+
+
+class LocalExecutor:
+    """This process is the driver: of an embedded Ray (`address` None) or of a cluster."""
+
+    def __init__(self, address: str | None, *, num_cpus: int | None = None) -> None:
+        self.address = address
+        self.num_cpus = num_cpus
+
+    def submit(
+        self,
+        grid: str | Path,
+        spec: GridSpec,
+        text: str,
+        *,
+        results: str | None,
+        force: bool,
+        dry_run: bool,
+        detach: bool,
+        echo: Echo,
+    ) -> SubmitReport:
+        # absolute: Ray workers and the tracker resolve paths from their own folders
+        layout = SweepLayout(absolute(results or spec.results or RESULTS_DEFAULT), spec.sweep)
+        from workers.data import check_dataset  # imports torch: only when submitting
+
+        check_dataset(spec.dataset)
+        replace = check_grid_change(layout, spec, force)
+        grid_runs, refined = planned_runs(spec, layout) if not replace else (spec.expand(), [])
+        specs = grid_runs + refined
+        done_ids = set() if replace else finished_run_ids(layout, specs)
+        todo = [s for s in specs if s.run_id not in done_ids]
+        report = SubmitReport(spec.sweep, layout.results, len(specs), len(specs) - len(todo))
+        if dry_run:
+            report.dry_run, report.planned = True, todo
+            return report
+        refuse_second_driver(layout)
+        io.check_writable(layout.results)
+
+        def write_sweep() -> None:  # the grid as submitted, and its runs
+            if replace:
+                moved = io.move_aside(layout.root)
+                echo(f"sweep {spec.sweep}: the previous grid's results were moved to {moved}")
+            io.write_text(layout.grid_yaml, text)
+            runs = [manifest_table(grid_runs), manifest_table(refined, ORIGIN_REFINE)]
+            io.write_table(layout.manifest, pa.concat_tables(runs))
+
+        if not todo:
+            write_sweep()
+            echo(f"sweep {spec.sweep}: all {len(specs)} runs already done -> {layout.root}")
+            report.status = status_from_files(layout)
+        else:
+            from orchestrator.backend import RayBackend
+
+            with RayBackend(self.address, num_cpus=self.num_cpus) as backend:
+                backend.check_resources(spec.resources)
+                write_sweep()
+                echo(
+                    f"sweep {spec.sweep}: {len(specs)} runs, {report.n_already_done} already "
+                    f"done, {len(todo)} to run -> {layout.root}"
+                )
+                report.status = drive(backend, layout, specs, todo, done_ids, echo=echo)
+        if not report.status.failed and report.status.counts["cancelled"] == 0:
+            report.curves = reduce(spec.sweep, results=layout.results)
+        return report
+
+    def status(self, sweep: str, results: str) -> SweepStatus:
+        """Live from the tracker when the address reaches a cluster that has one; else from
+        the files (see store.status_from_files)."""
+        layout = existing(sweep, absolute(results))
+        if self.address is not None:
+            live = self._live_records(layout)
+            if live is not None:
+                return SweepStatus(sweep, live, "live", alive=True)
+        return status_from_files(layout)
+
+    def _live_records(self, layout: SweepLayout) -> list[RunRecord] | None:
+        from orchestrator.backend import RayBackend
+
+        try:
+            with RayBackend(self.address) as backend:
+                tracker = backend.existing_tracker(layout)
+                return None if tracker is None else tracker.snapshot()
+        except JamsweepError:
+            return None
+
+    def cancel(self, sweep: str, results: str) -> list[str]:
+        """Ask the live tracker to cancel every unfinished run; returns their ids."""
+        from orchestrator.backend import RayBackend
+
+        layout = existing(sweep, absolute(results))
+        with RayBackend(self.address) as backend:
+            tracker = backend.existing_tracker(layout)
+            if tracker is None:
+                raise JamsweepError(
+                    f"sweep {sweep!r} is not running on the cluster at {self.address!r}"
+                )
+            return tracker.cancel()
+
+    def refine(self, sweep: str, results: str, *, echo: Echo, **options: object) -> RefineReport:
+        from orchestrator.refine import refine_here
+
+        return refine_here(
+            sweep,
+            results=results,
+            address=self.address,
+            num_cpus=self.num_cpus,
+            echo=echo,
+            **options,  # type: ignore[arg-type]
+        )
