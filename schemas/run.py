@@ -9,20 +9,8 @@ from functools import cached_property
 
 from pydantic import BaseModel, ConfigDict
 
-from schemas.grid import (
-    IMAGE_SHAPES,
-    ArchSpec,
-    CheckpointSpec,
-    DatasetSpec,
-    ResourceSpec,
-    TrainingSpec,
-)
-
-N_OUTPUTS = {  # outputs of the net for each dataset
-    "digits_parity_pca": 1,
-    "mnist_parity_pca": 1,
-    "cifar10": 10,
-}
+from schemas.datasets import IMAGE_SHAPES, N_OUTPUTS
+from schemas.specs import ArchSpec, CheckpointSpec, DatasetSpec, ResourceSpec, TrainingSpec
 
 
 class RunSpec(BaseModel):

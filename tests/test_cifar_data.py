@@ -13,8 +13,8 @@ from PIL import Image
 from schemas.errors import JamsweepError
 from schemas.grid import DatasetSpec
 from tests.conftest import SHARED_DATA
-from workers import cifar10
 from workers.data import check_dataset, load_dataset
+from workers.datasets import cifar10
 
 JPEG_ROOT = SHARED_DATA / "cifar10-jpeg"
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

@@ -31,9 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from schemas.datasets import IMAGE_SHAPES
 from schemas.errors import JamsweepError
-from schemas.grid import IMAGE_SHAPES, DatasetSpec
-from workers.data import Dataset, Split, balanced_order, split_indices
+from schemas.specs import DatasetSpec
+from workers.datasets.split import Dataset, Split, balanced_order, split_indices
 
 BATCHES_DIR = "cifar-10-batches-py"
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))

@@ -1,0 +1,256 @@
+"""The pieces a grid is made of, one model each: the dataset, an architecture (FC or CNN),
+the training, the resources and the checkpoints of a run. Strict: frozen, unknown keys
+forbidden, every field described; `schemas.grid` assembles them into a grid file and
+`schemas.run` into one run.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
+
+from schemas.datasets import DATASETS_WITH_ROOT
+
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+class Strict(BaseModel):
+    """Base of every model a person writes: frozen, unknown keys forbidden."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_safe_name(value: str, what: str) -> str:
+    if not SAFE_NAME.match(value) or value in (".", ".."):
+        raise ValueError(
+            f"{what} {value!r} is not a safe folder name: use letters, digits, '.', '_' or '-' "
+            "(at most 100, starting with a letter or digit)"
+        )
+    return value
+
+
+class DatasetSpec(Strict):
+    name: Literal["digits_parity_pca", "mnist_parity_pca", "cifar10"] = Field(
+        description="digits_parity_pca (scikit-learn's bundled 8x8 digits, offline), "
+        "mnist_parity_pca (torchvision MNIST under `root`), or cifar10 (10 classes).",
+    )
+    root: str | None = Field(
+        default=None,
+        description="Folder holding the data (MNIST/raw/... or cifar10 files); relative "
+        "paths are taken from the grid file's folder.",
+    )
+    download: bool = Field(
+        default=False, description="Let torchvision download the data into `root` if missing."
+    )
+    pca_dim: int = Field(
+        default=10, ge=1, description="d: principal components kept (whitened) for *_pca sets."
+    )
+    train_size: int = Field(ge=1, description="P: number of training samples.")
+    test_size: int | None = Field(
+        default=None, ge=1, description="Test samples (default: every sample not in the train set)."
+    )
+    data_seed: int = Field(default=0, ge=0, description="Seed of the train/test split.")
+
+    @model_validator(mode="after")
+    def _root_when_needed(self) -> DatasetSpec:
+        if self.name in DATASETS_WITH_ROOT and self.root is None:
+            raise ValueError(f"dataset {self.name!r} needs `root`: the folder that holds its files")
+        return self
+
+
+class ArchBase(Strict):
+    """What every architecture has: a name for the results, and the gain of its init."""
+
+    name: str = Field(description="Label of this architecture in results (arch=NAME).")
+    init_gain: float = Field(default=1.0, gt=0, description="Gain of the weight init.")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        return _check_safe_name(value, "architecture name")
+
+
+class FCArch(ArchBase):
+    kind: Literal["fc"] = Field(default="fc", description="Fully-connected net (the paper's FC).")
+    depth: int = Field(default=5, ge=1, description="L: number of hidden layers.")
+    widths: list[float] = Field(
+        description="h values to sweep; fractional h gives hidden layer i "
+        "floor(h + 1 - (i+1)/L) units, so N varies smoothly.",
+    )
+    init: Literal["orthogonal", "normal"] = Field(
+        default="orthogonal",
+        description="orthogonal (QR with sign correction) or normal (std = gain/sqrt(fan_in)).",
+    )
+
+    @field_validator("widths")
+    @classmethod
+    def _valid_widths(cls, widths: list[float]) -> list[float]:
+        if not widths:
+            raise ValueError("widths is empty: list at least one width h >= 1")
+        bad = [w for w in widths if not math.isfinite(w) or w < 1]
+        if bad:
+            raise ValueError(
+                f"widths must be finite and >= 1 (every layer needs a unit); got {bad}"
+            )
+        dup = sorted({w for w in widths if widths.count(w) > 1})
+        if dup:
+            raise ValueError(f"widths repeat {dup}: list each width once")
+        return widths
+
+    def layer_widths(self, h: float) -> list[int]:
+        """Hidden widths for (possibly fractional) h: floor(h + 1 - (i+1)/L), i = 0..L-1.
+
+        The 1e-9 keeps float rounding from flooring exact integers down (3.6 + 1 - 3/5 is
+        3.9999999999999996 in floating point, but means 4)."""
+        return [math.floor(h + 1 - (i + 1) / self.depth + 1e-9) for i in range(self.depth)]
+
+    def n_params(self, h: float, d_in: int, n_out: int) -> int:
+        """N: number of weights (biases excluded), as in the paper."""
+        sizes = [d_in, *self.layer_widths(h), n_out]
+        return sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=False))
+
+
+class CNNArch(ArchBase):
+    """The paper's CIFAR-10 CNN: 3 convolutions with f channels (ReLU), then one linear layer.
+
+    Arxiv 1901.01608 gives 3 conv layers of f channels, 1 fully-connected layer, Xavier init;
+    we found no stated kernel size, stride or padding (neither in the text we could reach nor
+    in the authors' published code), so the defaults are a choice: 3x3 kernels, stride 2,
+    padding 1, which halve the image at each layer (32 -> 16 -> 8 -> 4) and keep the widest
+    nets of the sweep (f = 2048) affordable. They are fields, so a grid can set others."""
+
+    kind: Literal["cnn"] = Field(description="Convolutional net (the paper's CIFAR-10 CNN).")
+    widths: list[int] = Field(
+        description="f values to sweep: the channels of every convolutional layer."
+    )
+    depth: int = Field(default=3, ge=1, description="Number of convolutional layers (paper: 3).")
+    kernel_size: int = Field(default=3, ge=1, description="Side of the square kernels.")
+    stride: int = Field(default=2, ge=1, description="Stride of every convolution.")
+    padding: int = Field(default=1, ge=0, description="Zero padding on each side of every image.")
+    init: Literal["xavier_uniform", "xavier_normal"] = Field(
+        default="xavier_uniform",
+        description="Xavier/Glorot init of every weight: uniform with bound "
+        "gain*sqrt(6/(fan_in+fan_out)) (Glorot & Bengio's), or normal with std "
+        "gain*sqrt(2/(fan_in+fan_out)); biases start at zero.",
+    )
+
+    @field_validator("widths")
+    @classmethod
+    def _valid_widths(cls, widths: list[int]) -> list[int]:
+        if not widths:
+            raise ValueError("widths is empty: list at least one channel count f >= 1")
+        bad = [w for w in widths if w < 1]
+        if bad:
+            raise ValueError(f"widths (channel counts f) must be >= 1; got {bad}")
+        dup = sorted({w for w in widths if widths.count(w) > 1})
+        if dup:
+            raise ValueError(f"widths repeat {dup}: list each width once")
+        return widths
+
+    def feature_size(self, image_size: int) -> int:
+        """Side of the feature maps after the convolutions (0 if the image vanishes)."""
+        side = image_size
+        for _ in range(self.depth):
+            side = (side + 2 * self.padding - self.kernel_size) // self.stride + 1
+            if side < 1:
+                return 0
+        return side
+
+    def n_params(self, f: float, in_channels: int, n_out: int, image_size: int = 32) -> int:
+        """N: number of weights (biases excluded): the kernels of the convolutions plus the
+        read-out from the f * side^2 features to the n_out outputs."""
+        f, k2 = int(f), self.kernel_size**2
+        convs = in_channels * f * k2 + (self.depth - 1) * f * f * k2
+        return convs + f * self.feature_size(image_size) ** 2 * n_out
+
+
+def _arch_kind(value: Any) -> str:
+    """`kind` picks the architecture model; a grid may leave it out for the FC net."""
+    if isinstance(value, dict):
+        return str(value.get("kind", "fc"))
+    return str(getattr(value, "kind", "fc"))
+
+
+ArchSpec = Annotated[
+    Annotated[FCArch, Tag("fc")] | Annotated[CNNArch, Tag("cnn")],
+    Discriminator(
+        _arch_kind,
+        custom_error_type="arch_kind",
+        custom_error_message="kind must be 'fc' (fully-connected) or 'cnn' (convolutional)",
+    ),
+]
+
+
+class TrainingSpec(Strict):
+    loss: Literal["square_hinge", "hinge", "cross_entropy"] = Field(
+        default="square_hinge",
+        description="square_hinge: (1/P) sum 1/2 max(0, margin - y f)^2 (the paper's); "
+        "hinge: (1/P) sum max(0, margin - y f); cross_entropy: logistic loss.",
+    )
+    margin: float = Field(default=1.0, ge=0, description="kappa: the hinge margin.")
+    optimizer: Literal["adam", "sgd"] = Field(default="adam", description="adam or sgd.")
+    lr0: float = Field(default=0.1, gt=0, description="lr = min(lr0 * h^lr_exponent, lr_max).")
+    lr_exponent: float = Field(default=-1.5, description="a in lr = min(lr0 * h^a, lr_max).")
+    lr_max: float = Field(default=1e-4, gt=0, description="Upper bound of the learning rate.")
+    adam_eps: float = Field(default=1e-8, gt=0, description="Adam's epsilon.")
+    batch_size: int | None = Field(
+        default=None, ge=1, description="Mini-batch size (default: full batch, as the paper)."
+    )
+    max_steps: int = Field(default=2_000_000, ge=1, description="Step budget of one run.")
+    dtype: Literal["float64", "float32"] = Field(
+        default="float64", description="float64 (default; float32 changes runs near jamming)."
+    )
+    delta_tol: float = Field(
+        default=1e-12,
+        ge=0,
+        description="A constraint counts as satisfied when its Delta <= delta_tol; "
+        "0 gives the authors' strict rule.",
+    )
+    subtract_init: bool = Field(
+        default=False,
+        description="Train f - f0, f0 the net's output at initialisation (paper, footnote 5).",
+    )
+    snapshot_steps: list[int] = Field(
+        default_factory=list, description="Steps at which outputs f are stored as well."
+    )
+
+    @field_validator("snapshot_steps")
+    @classmethod
+    def _valid_snapshots(cls, steps: list[int]) -> list[int]:
+        if any(s < 0 for s in steps):
+            raise ValueError(f"snapshot_steps must be >= 0; got {steps}")
+        return sorted(set(steps))
+
+    def learning_rate(self, width: float) -> float:
+        return min(self.lr0 * width**self.lr_exponent, self.lr_max)
+
+
+class ResourceSpec(Strict):
+    num_cpus: float = Field(default=1, gt=0, description="CPUs Ray reserves for one run.")
+    num_gpus: float = Field(
+        default=0, ge=0, description="GPU fraction for one run (e.g. 0.25 packs four per GPU)."
+    )
+    max_retries: int = Field(
+        default=3, ge=0, description="Retries of a run whose worker or node died or that raised."
+    )
+
+
+class CheckpointSpec(Strict):
+    every_steps: int | None = Field(
+        default=None, ge=1, description="Save the training state every this many steps."
+    )
+    every_s: float = Field(
+        default=60.0, gt=0, description="Save the training state at least this often (seconds)."
+    )
+    keep: bool = Field(default=False, description="Keep checkpoints after the run's results land.")

@@ -1,0 +1,78 @@
+"""The *_parity_pca sets as the paper's authors build them (DESIGN.md section 1):
+pool (train images then test images) -> PCA fitted on the training pool, whitened to d
+components -> parity labels +-1 -> balanced split by `data_seed` -> each set centred on
+its own mean, every sample rescaled to norm sqrt(d). Cached per worker process."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+
+from schemas.errors import JamsweepError
+from schemas.specs import DatasetSpec
+from workers.datasets.split import Dataset, Pool, split_pool
+
+
+def pca_whiten(x: np.ndarray, n_fit: int, d: int) -> np.ndarray:
+    """z = (x - m) v[:, :d] / sqrt(e[:d]) with m, e, v from the first n_fit rows of x (n, D).
+
+    Eigenvectors get a fixed sign (largest entry positive) so z does not depend on LAPACK.
+    """
+    fit = x[:n_fit]
+    mean = fit.mean(axis=0)
+    centred = fit - mean
+    cov = centred.T @ centred / n_fit  # (D, D)
+    eigval, eigvec = np.linalg.eigh(cov)  # ascending
+    order = np.argsort(eigval)[::-1][:d]
+    e, v = eigval[order], eigvec[:, order]
+    v = v * np.sign(v[np.abs(v).argmax(axis=0), np.arange(d)])
+    return (x - mean) @ v / np.sqrt(e)
+
+
+def parity_labels(classes: np.ndarray) -> torch.Tensor:
+    """+1 for odd digits, -1 for even ones."""
+    return torch.from_numpy(np.where(classes % 2 == 1, 1.0, -1.0))
+
+
+def digits_pool() -> Pool:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()  # 1797 images 8x8, values 0..16, bundled with scikit-learn
+    # No official train/test split: the whole set is the training pool for the PCA.
+    return Pool(digits.data / 16.0, digits.target.astype(np.int64), len(digits.target))
+
+
+def mnist_pool(root: str, download: bool) -> Pool:
+    from torchvision.datasets import MNIST
+
+    parts = []
+    for train in (True, False):
+        try:
+            parts.append(MNIST(root, train=train, download=download))
+        except (RuntimeError, OSError) as exc:
+            raise JamsweepError(
+                f"dataset.root {root!r} has no readable MNIST ({exc}); point root at the folder "
+                "that holds MNIST/raw/, or set download: true where a network is reachable"
+            ) from None
+    x = torch.cat([p.data for p in parts]).flatten(1).to(torch.float64) / 255.0
+    y = torch.cat([p.targets for p in parts])
+    return Pool(x.numpy(), y.numpy().astype(np.int64), len(parts[0].targets))
+
+
+@functools.lru_cache(maxsize=4)
+def parity_pca(spec_json: str) -> Dataset:
+    spec = DatasetSpec.model_validate_json(spec_json)
+    pool = (
+        digits_pool()
+        if spec.name == "digits_parity_pca"
+        else mnist_pool(spec.root or "", spec.download)
+    )
+    if spec.pca_dim > pool.x.shape[1]:
+        raise JamsweepError(
+            f"dataset.pca_dim = {spec.pca_dim} exceeds the {pool.x.shape[1]} input dimensions "
+            f"of {spec.name}; lower pca_dim"
+        )
+    z = pca_whiten(pool.x, pool.n_fit, spec.pca_dim)
+    return split_pool(Pool(z, pool.classes, pool.n_fit), spec, parity_labels(pool.classes))
