@@ -29,8 +29,7 @@ slurm-deps:
 demo: install
 	$(VENV)/bin/jamsweep submit examples/demo.yaml
 
-test: install slurm-deps
-	$(VENV)/bin/ruff check .
+test: install slurm-deps lint
 	$(PY) -m pytest
 
 test-fast: install
