@@ -28,6 +28,15 @@ def specs(widths="[4]", seeds=3, steps=300, every=100, extra="") -> list[RunSpec
     return parse_grid(text).expand()
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """As in a Ray worker (num_cpus: 1): tiny nets on two threads of a busy machine crawl."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def data():
     return load_dataset(specs()[0].dataset)
@@ -79,7 +88,9 @@ def test_packed_weights_and_outputs_equal_alone_over_a_few_hundred_steps(data, e
         for a, b in zip(got.outputs, want.outputs, strict=True):
             assert (a.split, a.step) == (b.split, b.step)
             torch.testing.assert_close(a.f, b.f, rtol=1e-9, atol=1e-12)
-        assert got.trace == pytest.approx(want.trace, rel=1e-9)
+        assert len(got.trace) == len(want.trace)
+        for a, b in zip(got.trace, want.trace, strict=True):
+            assert a == pytest.approx(b, rel=1e-9)
 
 
 def test_whole_runs_stop_when_alone_with_the_same_errors(data):
@@ -142,7 +153,7 @@ def test_a_packs_checkpoints_resume_alone_and_in_a_pack(data):
 
 
 def test_a_diverging_run_fails_alone_and_the_others_finish(data):
-    runs = specs(widths="[3]", seeds=2, steps=50)
+    runs = specs(widths="[3]", seeds=2, steps=50, every=10)
     # a NaN input for one run only is not possible (they share data), so break its weights
     failures: dict[str, Exception] = {}
     results: dict[str, RunResult] = {}

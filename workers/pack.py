@@ -57,7 +57,7 @@ def packable(spec: RunSpec) -> bool:
 
 def pack_key(spec: RunSpec) -> str:
     """Runs with the same key may share a pack: they differ by their seed only."""
-    return spec.model_copy(update={"seed": 0}).run_id
+    return spec.model_dump_json(exclude={"seed"})
 
 
 @dataclass
@@ -99,7 +99,7 @@ class Pack:
     def keep(self, rows: list[int]) -> None:
         """Compact the batch to the runs at `rows` (the others have stopped)."""
         self.members = [self.members[i] for i in rows]
-        index = torch.tensor(rows, device=self.params[0].device)
+        index = torch.tensor(rows, dtype=torch.long, device=self.params[0].device)
         self.params = [p.detach()[index].requires_grad_(True) for p in self.params]
         self.exp_avg = [m[index] for m in self.exp_avg]
         self.exp_avg_sq = [v[index] for v in self.exp_avg_sq]
@@ -274,7 +274,7 @@ def train_pack(
             if m.step not in checks:
                 continue
             f = _outputs(pack, data.train.x) if f is None else f
-            m.last = measure_outputs(f[row], data.train.y, m.spec)
+            m.last = {"step": m.step, **measure_outputs(f[row], data.train.y, m.spec)}
             if not m.trace or m.trace[-1]["step"] != m.step:
                 m.trace.append(m.last)
             try:
