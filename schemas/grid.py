@@ -254,6 +254,11 @@ class ResourceSpec(Strict):
     max_retries: int = Field(
         default=3, ge=0, description="Retries of a run whose worker or node died or that raised."
     )
+    pack: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        default=1,
+        description="Seeds of one FC width trained as one batched model in one task (whose "
+        "num_cpus/num_gpus these are): 1, a count, or 'auto' (by device and width; README).",
+    )
 
 
 class CheckpointSpec(Strict):

@@ -20,11 +20,12 @@ architectures: [{{name: fc, depth: 3, widths: {widths}}}]
 seeds: {seeds}
 training: {{lr_max: 0.01, max_steps: {steps}, {extra}}}
 checkpoint: {{every_steps: {every}}}
+resources: {{pack: {pack}}}
 """
 
 
-def specs(widths="[4]", seeds=3, steps=300, every=100, extra="") -> list[RunSpec]:
-    text = GRID.format(widths=widths, seeds=seeds, steps=steps, every=every, extra=extra)
+def specs(widths="[4]", seeds=3, steps=300, every=100, extra="", pack="1") -> list[RunSpec]:
+    text = GRID.format(widths=widths, seeds=seeds, steps=steps, every=every, extra=extra, pack=pack)
     return parse_grid(text).expand()
 
 
@@ -185,3 +186,38 @@ def test_auto_pack_size_packs_small_nets_and_leaves_wide_ones_alone():
     assert auto_pack_size(8, 5, 10_000, gpu=False) == 20
     assert auto_pack_size(300, 5, 10_000, gpu=False) == 1
     assert 1 < auto_pack_size(64, 5, 10_000, gpu=False) < 20
+
+
+def test_plan_tasks_groups_seeds_of_a_width_as_the_grid_says():
+    from workers.pack import plan_tasks
+
+    def grid(pack: str, seeds: int = 4) -> list[RunSpec]:
+        return specs(widths="[3, 4]", seeds=seeds, pack=pack)
+
+    assert [len(t) for t in plan_tasks(grid("1"), slots=2)] == [1] * 8
+    two = plan_tasks(grid("2"), slots=2)
+    assert [len(t) for t in two] == [2, 2, 2, 2]
+    assert all(len({s.width for s in t}) == 1 for t in two)
+    assert sorted(s.run_id for t in two for s in t) == sorted(s.run_id for s in grid("2"))
+    # auto: all the seeds of a width in one pack, as long as the 2 slots stay busy
+    assert [len(t) for t in plan_tasks(grid("auto"), slots=2)] == [4, 4]
+    assert [len(t) for t in plan_tasks(grid("auto"), slots=4)] == [2, 2, 2, 2]
+    assert [len(t) for t in plan_tasks(grid("3", seeds=4), slots=1)] == [2, 2, 2, 2]  # even
+    mini = specs(extra="batch_size: 30", pack="4")
+    assert [len(t) for t in plan_tasks(mini, slots=1)] == [1, 1, 1]  # trained alone
+
+
+def test_execute_pack_writes_each_run_and_skips_those_already_written(tmp_path):
+    from schemas.layout import SweepLayout
+    from workers import io as wio
+    from workers.run import execute_pack
+
+    runs = specs(widths="[3]", seeds=2, steps=200, every=100)
+    layout = SweepLayout(str(tmp_path), "p")
+    first = execute_pack(runs, layout)
+    assert [r["run_id"] for r in first] == [s.run_id for s in runs]
+    for spec in runs:
+        assert wio.exists(layout.metrics(*spec.key)) and wio.exists(layout.logits(*spec.key))
+        assert not wio.exists(layout.checkpoint(spec.run_id))  # dropped once results landed
+    again = execute_pack(runs, layout)  # a retried pack trains nothing again: same rows
+    assert [{k: r[k] for k in a} for r, a in zip(again, first, strict=True)] == first

@@ -20,6 +20,7 @@ Packs are for FC nets trained full batch (`packable`); CNNs and mini-batch runs 
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from typing import Any
 
 import torch
 
+from schemas.grid import FCArch
 from schemas.run import RunSpec
 from workers.data import Dataset, Split
 from workers.models import FC
@@ -145,6 +147,7 @@ def stack_runs(members: list[Member], resumes: list[TrainState | None], data: Da
 def run_model(pack: Pack, row: int, d_in: int) -> FC:
     """The net of the run at `row`, as a plain FC module holding a copy of its weights."""
     spec = pack.members[row].spec
+    assert isinstance(spec.arch, FCArch)  # packable
     model = FC(d_in, spec.arch.layer_widths(spec.width), spec.n_outputs)
     model = model.to(device=pack.params[0].device, dtype=pack.params[0].dtype)
     with torch.no_grad():
@@ -344,3 +347,27 @@ def auto_pack_size(width: float, depth: int, train_size: int, gpu: bool) -> int:
     # activations kept for the backward: about 3 (R, P, h) float64 tensors per layer
     per_run = 3 * train_size * width * depth * 8
     return max(1, min(20, int(512 * 2**20 // max(per_run, 1))))
+
+
+def plan_tasks(specs: list[RunSpec], slots: int) -> list[list[RunSpec]]:
+    """Split `specs` into tasks: packs of runs sharing a pack_key as `resources.pack` says,
+    every other run alone. `slots`: how many tasks the cluster runs at once; an 'auto' pack
+    is made no larger than keeps its width's share of those slots busy (4 seeds on 2 cores
+    give 2 packs of 2, not 1 of 4). Runs are split evenly: 22 runs by 20 give 11 + 11."""
+    groups: dict[str, list[RunSpec]] = {}
+    for spec in specs:
+        alone = spec.resources.pack == 1 or not packable(spec)
+        groups.setdefault(spec.run_id if alone else pack_key(spec), []).append(spec)
+    tasks = []
+    for group in groups.values():
+        first = group[0]
+        size = first.resources.pack if first.resources.pack != "auto" else 1
+        if first.resources.pack == "auto":
+            gpu = first.resources.num_gpus > 0
+            train_size = first.dataset.train_size
+            size = auto_pack_size(first.width, first.arch.depth, train_size, gpu)
+            share = math.ceil(max(1, slots) * len(group) / len(specs))  # tasks for this group
+            size = min(size, math.ceil(len(group) / share))
+        n_tasks = math.ceil(len(group) / size)
+        tasks += [group[i::n_tasks] for i in range(n_tasks)]
+    return tasks
