@@ -243,6 +243,17 @@ def optimizer_step(pack: Pack) -> None:
             p.sub_(step_size.to(p).view(shape) * (m / denom))
 
 
+def pack_step(pack: Pack, data: Split, f: torch.Tensor | None) -> float:
+    """One optimizer step of every run of the pack (f: as in pack_step_loss); returns the
+    largest fraction of violators, which decides whether the next step goes dense."""
+    loss, fraction = pack_step_loss(pack, data, f)
+    for p in pack.params:
+        p.grad = None
+    loss.backward()
+    optimizer_step(pack)
+    return fraction
+
+
 def train_pack(
     specs: list[RunSpec],
     data: Dataset,
@@ -269,14 +280,14 @@ def train_pack(
     clock = CheckpointClock(first.checkpoint.every_steps, first.checkpoint.every_s)
     dense = True
     while pack.members:
-        f = None if dense else _outputs(pack, data.train.x)
+        f = None if dense else outputs(pack, data.train.x)
         stopped: list[int] = []
         for row, m in enumerate(pack.members):
             if m.step in snapshot_at and not any(s["step"] == m.step for s in m.snapshots):
                 m.snapshots.extend(snapshot(run_model(pack, row, d_in), data, m.step))
             if m.step not in checks:
                 continue
-            f = _outputs(pack, data.train.x) if f is None else f
+            f = outputs(pack, data.train.x) if f is None else f
             m.last = {"step": m.step, **measure_outputs(f[row], data.train.y, m.spec)}
             if not m.trace or m.trace[-1]["step"] != m.step:
                 m.trace.append(m.last)
@@ -301,14 +312,7 @@ def train_pack(
             pack.keep(rows)
             if not pack.members:
                 break
-        if dense:
-            f = None
-        loss, fraction = pack_step_loss(pack, data.train, f)
-        dense = fraction > DENSE_FRACTION
-        for p in pack.params:
-            p.grad = None
-        loss.backward()
-        optimizer_step(pack)
+        dense = pack_step(pack, data.train, None if dense else f) > DENSE_FRACTION
         for m in pack.members:
             m.step += 1
         if save is not None and clock.due(pack.members[0].step):
@@ -317,7 +321,8 @@ def train_pack(
             clock.saved()
 
 
-def _outputs(pack: Pack, x: torch.Tensor) -> torch.Tensor:
+def outputs(pack: Pack, x: torch.Tensor) -> torch.Tensor:
+    """f (R, n) of every run, without a graph."""
     with torch.no_grad():
         return pack.forward(x)
 
@@ -337,14 +342,17 @@ def _member(spec: RunSpec, resume: TrainState | None) -> Member:
 
 
 def auto_pack_size(width: float, depth: int, train_size: int, gpu: bool) -> int:
-    """The pack size `resources.pack: auto` gives one (arch, width), from
-    bench/bench_throughput.py: on a CPU, packing pays while a net is small (the step is
-    bound by per-kernel overhead), and a pack's activations must fit in a worker's memory."""
-    if gpu:
-        return 32  # kernel-launch bound: more runs per kernel until the device fills
-    if width > 64:
+    """The pack size `resources.pack: auto` gives one (arch, width).
+
+    CPU (bench/bench_throughput.py, 1 thread): a step pays a fixed cost per kernel, so a
+    pack wins while P * h is small (P = 1000, h = 8: a pack of 20 takes 0.55 ms per run-step,
+    one run alone 2.3 ms); from P * h of about 50,000 on the work per element dominates and
+    batched matmuls are no faster than one run's (P = 10,000, h = 16: slower), so those runs
+    train alone. GPU (not measured here: no GPU was available): kernel-launch bound, so
+    pack up to 20 runs. Either way a pack's activations (about 3 (R, P, h) float64 tensors
+    per layer, kept for the backward) stay under 512 MiB."""
+    if not gpu and train_size * width > 50_000:
         return 1
-    # activations kept for the backward: about 3 (R, P, h) float64 tensors per layer
     per_run = 3 * train_size * width * depth * 8
     return max(1, min(20, int(512 * 2**20 // max(per_run, 1))))
 
