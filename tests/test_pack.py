@@ -187,7 +187,7 @@ def test_auto_pack_size_packs_small_nets_and_leaves_wide_ones_alone():
     assert auto_pack_size(4, 5, 10_000, gpu=False) == 20
     assert auto_pack_size(16, 5, 10_000, gpu=False) == 1  # element-bound on a CPU
     assert auto_pack_size(300, 5, 10_000, gpu=False) == 1
-    assert 1 < auto_pack_size(300, 5, 10_000, gpu=True) < 20  # memory-capped
+    assert 1 < auto_pack_size(100, 5, 10_000, gpu=True) < 20  # memory-capped
 
 
 def test_plan_tasks_groups_seeds_of_a_width_as_the_grid_says():
