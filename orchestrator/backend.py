@@ -37,6 +37,7 @@ from schemas.errors import JamsweepError  # noqa: E402
 from schemas.grid import ResourceSpec  # noqa: E402
 from schemas.layout import SweepLayout  # noqa: E402
 from schemas.run import RunSpec, RunStatus  # noqa: E402
+from workers.pack import plan_tasks  # noqa: E402
 
 NAMESPACE = "jamsweep"
 
@@ -53,8 +54,17 @@ def tracker_name(layout: SweepLayout) -> str:
 
 @dataclass
 class RunHandle:
+    """One Ray task: one run, or a pack of runs (`pack`, in the order the task returns
+    them); `spec` is its first run. drive() maps every run of `specs` to its task: all the
+    outcomes of a pack come back in the same wait()."""
+
     spec: RunSpec
     ref: Any  # ray.ObjectRef
+    pack: list[RunSpec] | None = None
+
+    @property
+    def specs(self) -> list[RunSpec]:
+        return self.pack if self.pack is not None else [self.spec]
 
 
 @dataclass
@@ -76,6 +86,17 @@ def _run_task(spec: RunSpec, layout: SweepLayout, tracker: Any) -> dict:
 
     tracker.started.remote(spec.run_id, ray.get_runtime_context().get_node_id()[:12])
     return execute(spec, layout)
+
+
+def _pack_task(specs: list[RunSpec], layout: SweepLayout, tracker: Any) -> list[dict]:
+    """Body of a pack's Ray task: tell the tracker each run started, then train them as
+    one pack (workers.run.execute_pack): one row per run, its metrics or its error."""
+    from workers.run import execute_pack
+
+    node = ray.get_runtime_context().get_node_id()[:12]
+    for spec in specs:
+        tracker.started.remote(spec.run_id, node)
+    return execute_pack(specs, layout)
 
 
 class TrackerClient:
@@ -217,43 +238,69 @@ class RayBackend:
     def start(
         self, specs: list[RunSpec], layout: SweepLayout, tracker: TrackerClient
     ) -> list[RunHandle]:
-        task = ray.remote(_run_task)
+        """One task per run, or per pack of runs where `resources.pack` asks for packs."""
         handles = []
-        for spec in specs:
-            r = spec.resources
-            ref = task.options(
-                num_cpus=r.num_cpus,
-                num_gpus=r.num_gpus,
-                max_retries=r.max_retries,
+        for task_specs in plan_tasks(specs, self._slots(specs)):
+            first, r = task_specs[0], task_specs[0].resources
+            name = f"{first.sweep}/{first.arch.name}/w{first.width:g}/s{first.seed}"
+            options = {
+                "num_cpus": r.num_cpus,
+                "num_gpus": r.num_gpus,
+                "max_retries": r.max_retries,
                 # Retry what a retry can fix: a dead worker or node (always retried by Ray)
                 # and I/O errors. A diverged run or a JamsweepError would fail again.
-                retry_exceptions=[OSError],
-                name=f"{spec.sweep}/{spec.arch.name}/w{spec.width:g}/s{spec.seed}",
-            ).remote(spec, layout, tracker.handle)
-            handles.append(RunHandle(spec, ref))
+                "retry_exceptions": [OSError],
+            }
+            if len(task_specs) == 1 and first.resources.pack == 1:
+                single = ray.remote(_run_task).options(name=name, **options)
+                handles.append(RunHandle(first, single.remote(first, layout, tracker.handle)))
+            else:
+                seeds = ",".join(str(s.seed) for s in task_specs)
+                named = f"{name[: name.rfind('/')]}/s{seeds}"
+                packed = ray.remote(_pack_task).options(name=named, **options)
+                ref = packed.remote(task_specs, layout, tracker.handle)
+                handles.append(RunHandle(first, ref, pack=task_specs))
         return handles
 
+    @staticmethod
+    def _slots(specs: list[RunSpec]) -> int:
+        """How many tasks of these runs the cluster holds at once (for 'auto' packs)."""
+        if not specs:
+            return 1
+        r, total = specs[0].resources, ray.cluster_resources()
+        if r.num_gpus > 0:
+            return max(1, int(total.get("GPU", 0) / r.num_gpus))
+        return max(1, int(total.get("CPU", 1) / r.num_cpus))
+
     def wait(self, handles: list[RunHandle], timeout_s: float) -> list[Outcome]:
-        """Outcomes of the runs that ended within `timeout_s` (maybe none)."""
+        """Outcomes of the runs whose tasks ended within `timeout_s` (maybe none): one per
+        run, so a pack's task gives one per run of the pack."""
         if not handles:
             return []
         by_ref = {h.ref: h for h in handles}
         ready, _ = ray.wait(list(by_ref), num_returns=len(by_ref), timeout=timeout_s)
-        return [self._outcome(by_ref[ref]) for ref in ready]
+        return [outcome for ref in ready for outcome in self._outcomes(by_ref[ref])]
 
     def cancel(self, handles: list[RunHandle]) -> None:
         for h in handles:
             ray.cancel(h.ref, force=True)
 
     @staticmethod
-    def _outcome(handle: RunHandle) -> Outcome:
+    def _outcomes(handle: RunHandle) -> list[Outcome]:
         try:
-            metrics = ray.get(handle.ref, timeout=10)
+            value = ray.get(handle.ref, timeout=10)
         except TaskCancelledError:
-            return Outcome(handle.spec, RunStatus.CANCELLED)
+            return [Outcome(spec, RunStatus.CANCELLED) for spec in handle.specs]
         except (RayError, GetTimeoutError) as exc:
-            return Outcome(handle.spec, RunStatus.FAILED, error=_last_line(exc))
-        return Outcome(handle.spec, RunStatus.DONE, metrics=metrics)
+            return [Outcome(s, RunStatus.FAILED, error=_last_line(exc)) for s in handle.specs]
+        if handle.pack is None:
+            return [Outcome(handle.spec, RunStatus.DONE, metrics=value)]
+        return [
+            Outcome(spec, RunStatus.FAILED, error=row["error"])
+            if "error" in row
+            else Outcome(spec, RunStatus.DONE, metrics=row)
+            for spec, row in zip(handle.pack, value, strict=True)
+        ]
 
 
 class JobsClient:

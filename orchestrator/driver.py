@@ -56,11 +56,13 @@ def drive(
     tracker = backend.tracker(layout)
     incarnation = tracker.register(records, layout, Driver.this_process())
     try:
-        waiting = {h.spec.run_id: h for h in backend.start(todo, layout, tracker)}
+        # run_id -> the task that runs it (a pack's task runs several)
+        waiting = {s.run_id: h for h in backend.start(todo, layout, tracker) for s in h.specs}
         n_done = len(specs) - len(todo)
         cancelling = False
         while waiting:
-            outcomes = backend.wait(list(waiting.values()), timeout_s=1.0)
+            tasks = list({id(h): h for h in waiting.values()}.values())
+            outcomes = backend.wait(tasks, timeout_s=1.0)
             for outcome in outcomes:
                 run_id = outcome.spec.run_id
                 ended[run_id] = (run_id, outcome.state, outcome.error)
@@ -75,7 +77,7 @@ def drive(
                 tracker.finished(list(ended.values()))
             if cancelled and waiting and not cancelling:
                 echo(f"sweep {layout.sweep}: cancelled; stopping {len(waiting)} run(s)")
-                backend.cancel(list(waiting.values()))
+                backend.cancel(list({id(h): h for h in waiting.values()}.values()))
                 cancelling = True
     except BaseException:
         _close_interrupted(backend, tracker)

@@ -242,7 +242,14 @@ class ResourceSpec(Strict):
         default=0, ge=0, description="GPU fraction for one run (e.g. 0.25 packs four per GPU)."
     )
     max_retries: int = Field(
-        default=3, ge=0, description="Retries of a run whose worker or node died or that raised."
+        default=3,
+        ge=0,
+        description="Retries of a run whose worker or node died or that hit an I/O error.",
+    )
+    pack: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        default=1,
+        description="Seeds of one FC width trained as one batched model in one task (whose "
+        "num_cpus/num_gpus these are): 1, a count, or 'auto' (by device and width; README).",
     )
 
 

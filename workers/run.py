@@ -16,6 +16,7 @@ from schemas.layout import METRICS_FILE_SCHEMA, TRACE_FILE_SCHEMA, SweepLayout, 
 from schemas.run import RunSpec
 from workers import io
 from workers.data import Dataset, load_dataset
+from workers.pack import train_pack
 from workers.train import DTYPES, RunResult, TrainState, train
 
 
@@ -37,11 +38,15 @@ def dataset_for(spec: RunSpec, device: torch.device) -> Dataset:
     return _dataset_on(spec.dataset.model_dump_json(), str(device), spec.training.dtype)
 
 
-def execute(spec: RunSpec, layout: SweepLayout) -> dict:
-    """Train `spec`, write its logits, trace and metrics; return the metrics row."""
+def _set_threads() -> None:
     threads = os.environ.get("OMP_NUM_THREADS")
     if threads:
         torch.set_num_threads(max(1, int(threads)))
+
+
+def execute(spec: RunSpec, layout: SweepLayout) -> dict:
+    """Train `spec`, write its logits, trace and metrics; return the metrics row."""
+    _set_threads()
     arch, width, seed = spec.key
     done = _finished_metrics(layout.metrics(arch, width, seed), spec.run_id)
     if done is not None:  # a retry of a run whose results landed before its worker died
@@ -56,12 +61,50 @@ def execute(spec: RunSpec, layout: SweepLayout) -> dict:
         io.save_checkpoint(ckpt, state.to_dict())
 
     result = train(spec, data, device=device, resume=resume, save=save)
+    return write_result(spec, layout, data, result)
+
+
+def write_result(spec: RunSpec, layout: SweepLayout, data: Dataset, result: RunResult) -> dict:
+    """Write a finished run's logits, trace and metrics (last), drop its checkpoint; return
+    its metrics row."""
+    arch, width, seed = spec.key
     io.write_table(layout.logits(arch, width, seed), logits_table(spec, data, result))
     io.write_table(layout.trace(arch, width, seed), trace_table(spec, result))
     io.write_table(layout.metrics(arch, width, seed), metrics_table(spec, result))
     if not spec.checkpoint.keep:
-        io.delete(ckpt)
+        io.delete(layout.checkpoint(spec.run_id))
     return {"run_id": spec.run_id, **result.metrics}
+
+
+def execute_pack(specs: list[RunSpec], layout: SweepLayout) -> list[dict]:
+    """Train `specs` (runs of one pack_key) as one pack, each run resuming from its own
+    checkpoint and writing its own files as it stops. Returns one row per spec, in order:
+    its metrics row, or {"run_id", "error"} for a run that diverged. A run whose results
+    are already there (a retried pack) is not trained again."""
+    _set_threads()
+    rows: dict[str, dict] = {}
+    for spec in specs:
+        landed = _finished_metrics(layout.metrics(*spec.key), spec.run_id)
+        if landed is not None:
+            rows[spec.run_id] = landed
+    todo = [s for s in specs if s.run_id not in rows]
+    if todo:
+        device = pick_device()
+        data = dataset_for(todo[0], device)
+        saved = [io.load_checkpoint(layout.checkpoint(s.run_id)) for s in todo]
+        resumes = [TrainState.from_dict(raw) if raw is not None else None for raw in saved]
+
+        def save(spec: RunSpec, state: TrainState) -> None:
+            io.save_checkpoint(layout.checkpoint(spec.run_id), state.to_dict())
+
+        def done(spec: RunSpec, result: RunResult) -> None:
+            rows[spec.run_id] = write_result(spec, layout, data, result)
+
+        def failed(spec: RunSpec, exc: Exception) -> None:
+            rows[spec.run_id] = {"run_id": spec.run_id, "error": f"{type(exc).__name__}: {exc}"}
+
+        train_pack(todo, data, device=device, resumes=resumes, save=save, done=done, failed=failed)
+    return [rows[s.run_id] for s in specs]
 
 
 def _finished_metrics(path: str, run_id: str) -> dict | None:

@@ -4,6 +4,13 @@ The loop follows DESIGN.md section 1: full-batch Adam (or SGD) on the hinge loss
 soon as every constraint Delta_mu = margin - y_mu f(x_mu) is satisfied (Delta <= delta_tol),
 checked at log-spaced measurement steps and every 1000 steps, or at max_steps.
 Checkpointing is a callback, so the caller decides where (and whether) state is stored.
+
+Violator-only steps: a hinge loss has no gradient on a point with Delta <= 0, so a
+full-batch hinge step finds the violators (Delta > 0) with a forward pass without a graph
+and back-propagates through those only, still dividing by P. Late in training a few dozen
+of 10,000 points remain and most of the step's work disappears. While most points are
+violated (early on) the extra forward would cost more than it saves, so the step then
+back-propagates through the whole batch as before; both give the same gradient.
 """
 
 from __future__ import annotations
@@ -97,6 +104,58 @@ def loss_value(name: str, f: torch.Tensor, y: torch.Tensor, margin: float) -> to
     return per_sample.flatten(1).sum(1).mean() if f.ndim > 1 else per_sample.mean()
 
 
+def hinge_sum(name: str, f: torch.Tensor, y: torch.Tensor, margin: float) -> torch.Tensor:
+    """sum_mu of a hinge loss's per-sample terms (no division by the number of samples)."""
+    delta = deltas(f, y, margin)
+    per_sample = torch.relu(delta) if name == "hinge" else 0.5 * torch.relu(delta) ** 2
+    return per_sample.sum()
+
+
+def violators(f: torch.Tensor, y: torch.Tensor, margin: float) -> torch.Tensor:
+    """Where the hinge has a gradient (n,) bool: Delta > 0 (for C outputs, any class's).
+    Strictly 0, not delta_tol: a point at 0 < Delta <= delta_tol still has a (tiny)
+    gradient, and leaving it out would change the step."""
+    delta = deltas(f, y, margin)
+    return delta > 0 if delta.ndim == 1 else (delta > 0).any(1)
+
+
+# Above this fraction of violators, one forward/backward over all P points is cheaper than
+# a forward without a graph plus a forward/backward over the violators (1 + 3v < 3 at most,
+# less the cost of gathering them): bench/bench_throughput.py.
+DENSE_FRACTION = 0.5
+
+
+def violator_only(spec: RunSpec, n_train: int) -> bool:
+    """Whether a step may back-propagate through the violators only: hinge losses, full batch."""
+    t = spec.training
+    full_batch = t.batch_size is None or t.batch_size >= n_train
+    return t.loss != "cross_entropy" and full_batch
+
+
+def hinge_step_loss(
+    model: nn.Module, data: Split, spec: RunSpec, dense: bool
+) -> tuple[torch.Tensor, float]:
+    """The loss to back-propagate for one full-batch hinge step, and the fraction of the P
+    points that are violators (it decides `dense` for the next step).
+
+    dense: a forward with a graph over all P points (today's full-batch step). Otherwise a
+    forward without a graph finds the violators and only those go through with a graph;
+    the loss is still divided by P, so the gradient is the full-batch gradient. With no
+    violator the loss is an empty sum whose gradient is zero, as in the full batch (Adam
+    still steps: its moments decay as they would)."""
+    t = spec.training
+    n = len(data)
+    if dense:
+        f = squeeze_output(model, data.x)
+        violated = violators(f.detach(), data.y, t.margin)
+        return hinge_sum(t.loss, f, data.y, t.margin) / n, violated.double().mean().item()
+    with torch.no_grad():
+        violated = violators(squeeze_output(model, data.x), data.y, t.margin)
+    pick = violated.nonzero()[:, 0]  # (V,)
+    f = squeeze_output(model, data.x[pick])
+    return hinge_sum(t.loss, f, data.y[pick], t.margin) / n, len(pick) / n
+
+
 def errors(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """1 where a sample is misclassified: y f <= 0, or argmax f != y."""
     if f.ndim == 1:
@@ -112,15 +171,19 @@ def squeeze_output(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def measure(model: nn.Module, data: Split, spec: RunSpec) -> dict[str, float]:
     """Loss, unsatisfied constraints N_Delta, largest Delta, error and ||f|| on a set."""
     with torch.no_grad():
-        f = squeeze_output(model, data.x)
-        delta = deltas(f, data.y, spec.training.margin)
-        return {
-            "loss": loss_value(spec.training.loss, f, data.y, spec.training.margin).item(),
-            "n_unsat": int((delta > spec.training.delta_tol).sum().item()),
-            "max_delta": delta.max().item(),
-            "train_error": errors(f, data.y).mean().item(),
-            "f_norm": f.pow(2).mean().sqrt().item(),
-        }
+        return measure_outputs(squeeze_output(model, data.x), data.y, spec)
+
+
+def measure_outputs(f: torch.Tensor, y: torch.Tensor, spec: RunSpec) -> dict[str, float]:
+    """`measure` from the outputs f of the set (n,) or (n, C)."""
+    delta = deltas(f, y, spec.training.margin)
+    return {
+        "loss": loss_value(spec.training.loss, f, y, spec.training.margin).item(),
+        "n_unsat": int((delta > spec.training.delta_tol).sum().item()),
+        "max_delta": delta.max().item(),
+        "train_error": errors(f, y).mean().item(),
+        "f_norm": f.pow(2).mean().sqrt().item(),
+    }
 
 
 def input_gradient_norms(model: nn.Module, x: torch.Tensor, chunk: int = 1000) -> torch.Tensor:
@@ -229,23 +292,25 @@ def train(
     clock = CheckpointClock(spec.checkpoint.every_steps, spec.checkpoint.every_s)
     train_set = data.train
     last: dict[str, float] | None = None
+    sparse = violator_only(spec, len(train_set))
+    dense = True  # at init nearly every point is violated
 
     while True:
         if step in snapshot_at and not any(s["step"] == step for s in snapshots):
-            snapshots.extend(_snapshot(model, data, step))
+            snapshots.extend(snapshot(model, data, step))
         if step in checks:
             last = {"step": step, **measure(model, train_set, spec)}
-            if not math.isfinite(last["loss"]):
-                raise FloatingPointError(
-                    f"loss is {last['loss']} at step {step}: training diverged; lower the "
-                    "learning rate (lr0 / lr_max) or use float64"
-                )
+            check_finite(last, step)
             if not trace or trace[-1]["step"] != step:
                 trace.append(last)
             if last["n_unsat"] == 0 or step >= t.max_steps:
                 break
-        x, y = _batch(train_set, t.batch_size, batches)
-        loss = loss_value(t.loss, squeeze_output(model, x), y, t.margin)
+        if sparse:
+            loss, fraction = hinge_step_loss(model, train_set, spec, dense)
+            dense = fraction > DENSE_FRACTION
+        else:
+            x, y = _batch(train_set, t.batch_size, batches)
+            loss = loss_value(t.loss, squeeze_output(model, x), y, t.margin)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -267,6 +332,34 @@ def train(
             clock.saved()
 
     assert last is not None
+    wall = wall_before + time.monotonic() - started
+    resumed_from = resume.step if resume is not None else 0
+    return finish(spec, model, data, step, last, snapshots, trace, wall, str(device), resumed_from)
+
+
+def check_finite(last: dict[str, float], step: int) -> None:
+    if not math.isfinite(last["loss"]):
+        raise FloatingPointError(
+            f"loss is {last['loss']} at step {step}: training diverged; lower the "
+            "learning rate (lr0 / lr_max) or use float64"
+        )
+
+
+def finish(
+    spec: RunSpec,
+    model: nn.Module,
+    data: Dataset,
+    step: int,
+    last: dict[str, float],
+    snapshots: list[dict[str, Any]],
+    trace: list[dict[str, float]],
+    wall_s: float,
+    device: str,
+    resumed_from: int,
+) -> RunResult:
+    """A stopped run's result: final outputs on both sets, metrics from its last measurement."""
+    t = spec.training
+    train_set = data.train
     outputs = [evaluate(model, train_set, "train", step), evaluate(model, data.test, "test", step)]
     test = outputs[1]
     metrics = {
@@ -282,9 +375,9 @@ def train(
         if test.grad_norm is not None
         else math.nan,
         "lr": t.learning_rate(spec.width),
-        "wall_s": wall_before + time.monotonic() - started,
-        "device": str(device),
-        "resumed_from": resume.step if resume is not None else 0,
+        "wall_s": wall_s,
+        "device": device,
+        "resumed_from": resumed_from,
     }
     # a snapshot at the final step would repeat the final outputs: keep those only
     earlier = [s for s in snapshots if s["step"] != step]
@@ -300,7 +393,7 @@ def _batch(
     return data.x[pick], data.y[pick]
 
 
-def _snapshot(model: nn.Module, data: Dataset, step: int) -> list[dict[str, Any]]:
+def snapshot(model: nn.Module, data: Dataset, step: int) -> list[dict[str, Any]]:
     """Outputs at an intermediate step, kept as plain tensors so checkpoints can hold them."""
     rows = []
     for split, part in (("train", data.train), ("test", data.test)):
