@@ -63,7 +63,7 @@ def work_per_run(root: str, specs: list, sample: int) -> float:
     import torch
 
     from schemas.layout import SweepLayout
-    from workers.run import execute
+    from workers.execute import execute
 
     torch.set_num_threads(1)  # as in a Ray worker
     layout = SweepLayout(root, "work")

@@ -76,13 +76,13 @@ class Outcome:
 
 
 def _run_task(spec: RunSpec, layout: SweepLayout, tracker: Any) -> dict:
-    """Body of one run's Ray task: tell the tracker, then train and write (workers.run).
+    """Body of one run's Ray task: tell the tracker, then train and write (workers.execute).
 
     The tracker is told without waiting for its answer: a task blocked in ray.get gives
     its CPU back to Ray, which would start another run on it (oversubscription). A
     cancelled sweep needs no answer either: the driver cancels every unfinished task.
     """
-    from workers.run import execute
+    from workers.execute import execute
 
     tracker.started.remote(spec.run_id, ray.get_runtime_context().get_node_id()[:12])
     return execute(spec, layout)
@@ -90,8 +90,8 @@ def _run_task(spec: RunSpec, layout: SweepLayout, tracker: Any) -> dict:
 
 def _pack_task(specs: list[RunSpec], layout: SweepLayout, tracker: Any) -> list[dict]:
     """Body of a pack's Ray task: tell the tracker each run started, then train them as
-    one pack (workers.run.execute_pack): one row per run, its metrics or its error."""
-    from workers.run import execute_pack
+    one pack (workers.execute.execute_pack): one row per run, its metrics or its error."""
+    from workers.execute import execute_pack
 
     node = ray.get_runtime_context().get_node_id()[:12]
     for spec in specs:

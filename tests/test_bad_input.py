@@ -146,7 +146,7 @@ def test_a_grid_that_is_not_text_is_a_clear_error(tmp_path):
 
 
 def test_a_retry_after_the_results_landed_does_not_retrain(tmp_path):
-    from workers.run import execute
+    from workers.execute import execute
 
     spec = parse_grid(GOOD).expand()[1]
     layout = SweepLayout(str(tmp_path), "bad")

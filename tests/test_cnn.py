@@ -13,8 +13,8 @@ from schemas.grid import CNNArch, parse_grid
 from schemas.run import RunSpec
 from tests.conftest import SHARED_DATA
 from workers.data import Dataset, Split
+from workers.execute import logits_table
 from workers.models import CNN, FC, build_cnn, count_weights
-from workers.run import logits_table
 from workers.train import build_model, errors, loss_value, measure, train
 
 JPEG_ROOT = SHARED_DATA / "cifar10-jpeg"

@@ -212,7 +212,7 @@ def test_plan_tasks_groups_seeds_of_a_width_as_the_grid_says():
 def test_execute_pack_writes_each_run_and_skips_those_already_written(tmp_path):
     from schemas.layout import SweepLayout
     from workers import io as wio
-    from workers.run import execute_pack
+    from workers.execute import execute_pack
 
     runs = specs(widths="[3]", seeds=2, steps=200, every=100)
     layout = SweepLayout(str(tmp_path), "p")

@@ -147,7 +147,7 @@ def test_input_gradient_norms_match_a_per_sample_loop():
 
 
 def test_float32_runs_in_float32_from_the_same_initial_weights(data):
-    from workers.run import dataset_for
+    from workers.execute import dataset_for
 
     spec64 = run_spec(width=4, steps=50)
     spec32 = run_spec(width=4, steps=50, extra="dtype: float32")
