@@ -8,6 +8,7 @@ dependencies (torch, ray, pyarrow, ...) must be installed on the cluster's nodes
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import tempfile
@@ -22,7 +23,7 @@ from orchestrator.backend import TERMINAL_JOB_STATES, JobsClient
 from orchestrator.store import check_grid_change, refuse_second_driver
 from schemas.errors import JamsweepError
 from schemas.grid import GridSpec, parse_grid
-from schemas.layout import SweepLayout
+from schemas.layout import RESULTS_ENV, SweepLayout
 from workers import io
 
 
@@ -87,7 +88,7 @@ def cluster_results(raw: GridSpec, results: str | None, shared_fs: bool) -> str:
     cluster must mean the same on its nodes as here. `raw` is the grid as written (its
     paths not resolved against this machine's folders). Raises JamsweepError naming each
     path that would not."""
-    location = results or raw.results
+    location = results or raw.results or os.environ.get(RESULTS_ENV)
     problems = []
     if location is None:
         problems.append("no results location: the default ./results is a folder of this machine")

@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from orchestrator.progress import ProgressHook, RoundCounter
 from orchestrator.store import (
     ORIGIN_REFINE,
     absolute,
@@ -32,7 +33,7 @@ from orchestrator.store import (
 from orchestrator.tracker import Driver, pending_record, read_status, shown_records
 from schemas.errors import JamsweepError
 from schemas.grid import load_grid
-from schemas.layout import RESULTS_DEFAULT, SweepLayout
+from schemas.layout import RESULTS_DEFAULT, SweepLayout, default_results
 from schemas.run import RunRecord, RunSpec, RunStatus
 from workers import io
 from workers.reduce import EnsembleOver, jamming_points, width_curve
@@ -109,6 +110,7 @@ def submit(
     detach: bool = False,
     shared_fs: bool = False,
     echo: Echo = _quiet,
+    progress: ProgressHook | None = None,
 ) -> SubmitReport:
     """Run every run of the grid that has not finished yet; reduce when all are done.
 
@@ -117,6 +119,8 @@ def submit(
     finished before are kept, new ones run. With an http(s):// address the sweep is handed
     to the cluster as a Ray job (see orchestrator.remote) and goes on without this process;
     its paths must then be ones every node sees (`shared_fs` declares an absolute path so).
+    `progress`, if given, receives the round's counts about once a second (embedded Ray
+    and ray:// or auto addresses; a Ray job reports through `echo`, line by line).
     """
     spec, text = load_grid(grid)
     if is_jobs_address(address):
@@ -134,7 +138,7 @@ def submit(
             echo=echo,
         )
     # absolute: Ray workers and the tracker resolve paths from their own folders
-    layout = SweepLayout(absolute(results or spec.results or RESULTS_DEFAULT), spec.sweep)
+    layout = SweepLayout(absolute(results or spec.results or default_results()), spec.sweep)
     from workers.data import check_dataset  # imports torch: only when submitting
 
     check_dataset(spec.dataset)
@@ -174,7 +178,9 @@ def submit(
                 f"sweep {spec.sweep}: {len(specs)} runs, {report.n_already_done} already done, "
                 f"{len(todo)} to run -> {layout.root}"
             )
-            report.status = drive(backend, layout, specs, todo, done_ids, echo=echo)
+            report.status = drive(
+                backend, layout, specs, todo, done_ids, echo=echo, progress=progress
+            )
     if not report.status.failed and report.status.counts["cancelled"] == 0:
         report.curves = reduce(spec.sweep, results=layout.results)
     return report
@@ -192,6 +198,7 @@ def run_on_ray(
     address: str | None,
     num_cpus: int | None,
     echo: Echo = _quiet,
+    progress: ProgressHook | None = None,
 ) -> SweepStatus:
     """Connect to Ray and drive `todo` (a subset of `specs`) to a terminal state."""
     from orchestrator.backend import RayBackend
@@ -200,7 +207,7 @@ def run_on_ray(
         backend.check_resources(todo[0].resources if todo else None)
         todo_ids = {s.run_id for s in todo}
         finished = finished_run_ids(layout, [s for s in specs if s.run_id not in todo_ids])
-        return drive(backend, layout, specs, todo, finished, echo=echo)
+        return drive(backend, layout, specs, todo, finished, echo=echo, progress=progress)
 
 
 def drive(
@@ -211,6 +218,7 @@ def drive(
     finished: set[str],
     *,
     echo: Echo = _quiet,
+    progress: ProgressHook | None = None,
 ) -> SweepStatus:
     """Start `todo` on the backend and wait for every run; the tracker records everything.
     `finished` holds the ids of the runs of `specs` whose results are already there.
@@ -227,6 +235,7 @@ def drive(
     try:
         waiting = {h.spec.run_id: h for h in backend.start(todo, layout, tracker)}
         n_done = len(specs) - len(todo)
+        counter = RoundCounter(layout.sweep, len(specs), n_done, progress)
         cancelling = False
         while waiting:
             outcomes = backend.wait(list(waiting.values()), timeout_s=1.0)
@@ -235,9 +244,11 @@ def drive(
                 ended[run_id] = (run_id, outcome.state, outcome.error)
                 del waiting[run_id]
                 n_done += 1
+                counter.ended_one(outcome.state)
                 echo(_progress_line(n_done, len(specs), outcome))
             if outcomes:
                 tracker.finished([ended[o.spec.run_id] for o in outcomes])
+            counter.report(lambda: tracker.counts().get(RunStatus.RUNNING.value, 0))
             cancelled, now = tracker.heartbeat()
             if now != incarnation:  # a restarted tracker: repeat what it may have missed
                 incarnation = now
@@ -698,6 +709,7 @@ def refine(
     num_cpus: int | None = None,
     dry_run: bool = False,
     echo: Echo = _quiet,
+    progress: ProgressHook | None = None,
 ) -> RefineReport:
     """Add `n_widths` widths inside the bracket of N* of each architecture (or `arch`), with
     seeds 0..seeds-1 (default: the seeds the sweep already runs), run them into the same
@@ -743,7 +755,13 @@ def refine(
     refuse_second_driver(layout)
     all_specs = manifest + add_to_manifest(layout, report.planned)
     report.status = run_on_ray(
-        layout, all_specs, report.planned, address=address, num_cpus=num_cpus, echo=echo
+        layout,
+        all_specs,
+        report.planned,
+        address=address,
+        num_cpus=num_cpus,
+        echo=echo,
+        progress=progress,
     )
     if not report.status.failed:
         report.curves = reduce(sweep, results=results)
