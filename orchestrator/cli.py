@@ -61,7 +61,7 @@ app = typer.Typer(
 @app.command(
     epilog="Examples:\n\n"
     "jamsweep submit examples/demo.yaml\n\n"
-    "jamsweep submit grid.yaml --address http://head:8265 --results s3://bucket/res --detach"
+    "jamsweep submit grid.yaml --address http://head:8265 --detach"
 )
 def submit(
     grid: Annotated[str, typer.Argument(help="The grid file (YAML).")],
@@ -351,7 +351,8 @@ def list_sweeps(results: Results = None) -> None:
 
 
 @app.command(
-    epilog="Example: jamsweep init mnist.yaml --dataset mnist --root ../shared/data && "
+    epilog="Examples:\n\n"
+    "jamsweep init mnist.yaml --dataset mnist --root ../shared/data\n\n"
     "jamsweep submit mnist.yaml --dry-run"
 )
 def init(

@@ -60,7 +60,7 @@ class SubmitProgress:
         return self
 
     def echo(self, line: str) -> None:
-        self.console.print(line, soft_wrap=True, markup=False)
+        self.console.print(line, soft_wrap=True, markup=False, highlight=False)
 
     def update(self, p: Progress) -> None:
         self.last = p
@@ -71,7 +71,9 @@ class SubmitProgress:
         rate = f"{p.rate_per_min:.1f} runs/min" if p.rate_per_min is not None else ""
         eta = format_duration(p.eta_s)
         if self.task is None:
-            self.task = self.bar.add_task(p.sweep, total=p.total, counts="", rate="", eta="")
+            self.task = self.bar.add_task(
+                p.sweep, total=p.total, completed=p.finished, counts=counts, rate=rate, eta=eta
+            )
         self.bar.update(self.task, completed=p.finished, counts=counts, rate=rate, eta=eta)
 
     def _plain(self, p: Progress, final: bool = False) -> None:

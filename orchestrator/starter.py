@@ -118,5 +118,9 @@ def write_starter(
         root = os.path.relpath(Path(root).absolute(), target.absolute().parent)
     text = starter_grid(dataset, sweep=sweep or target.stem, file=path, root=root)
     parse_grid(text, source=path)  # a starter that does not validate is a bug: fail here
-    target.write_text(text)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+    except OSError as exc:
+        raise JamsweepError(f"cannot write {path}: {exc.strerror}") from None
     return text
