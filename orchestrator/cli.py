@@ -1,26 +1,39 @@
-"""The `jamsweep` command: parses, calls orchestrator.sweep, prints. JamsweepError is caught
-once (in JamsweepGroup) and printed as one message, exit code 1, no traceback."""
+"""The `jamsweep` command: parses, calls the typed API (orchestrator.sweep, .overview,
+.starter), prints through orchestrator.console. JamsweepError is caught once (in
+JamsweepGroup) and printed as one message, exit code 1, no traceback.
+
+Every command that names a sweep takes it by name (looked up under --results, default
+$JAMSWEEP_RESULTS, else ./results) or as the path RESULTS/SWEEP. --address means the same
+everywhere: the cluster to use; none = this machine. Options that do not apply to what was
+asked are refused, not ignored."""
 
 from __future__ import annotations
 
 import json
-import sys
-import time
 from typing import Annotated, Any
 
-import pandas as pd
 import typer
-from rich.console import Console
-from rich.table import Table
 from typer.core import TyperGroup
 
+from orchestrator import console as show_
 from orchestrator import sweep as api
+from orchestrator.cli_options import (
+    Address,
+    NumCpus,
+    Results,
+    Sweep,
+    refuse,
+    states_of,
+    sweep_path,
+    unused_options,
+    unused_status_options,
+)
+from orchestrator.console import err, out
+from orchestrator.overview import locate, overview, run_detail
+from orchestrator.starter import DATASETS, write_starter
 from schemas.errors import JamsweepError
-from schemas.layout import RESULTS_DEFAULT
-
-# Wide enough for the tables when output goes to a file or a pipe (rich's default is 80).
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
-err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 140)
+from schemas.layout import default_results
+from schemas.run import RunStatus
 
 
 class JamsweepGroup(TyperGroup):
@@ -38,35 +51,30 @@ class JamsweepGroup(TyperGroup):
 app = typer.Typer(
     cls=JamsweepGroup,
     help="Sweeps of network width on Ray: train, track, reduce to the paper's curves.",
+    epilog="Example: jamsweep init --dataset digits && jamsweep submit grid.yaml",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
 
-Results = Annotated[str, typer.Option("--results", help="Results folder or URI.")]
-Address = Annotated[
-    str | None,
-    typer.Option("--address", help="Ray cluster: auto, ray://HOST:10001 or http://HOST:8265."),
-]
 
-
-def _echo(line: str) -> None:
-    err.print(line, soft_wrap=True)
-
-
-@app.command()
+@app.command(
+    epilog="Examples:\n\n"
+    "jamsweep submit examples/demo.yaml\n\n"
+    "jamsweep submit grid.yaml --address http://head:8265 --detach"
+)
 def submit(
     grid: Annotated[str, typer.Argument(help="The grid file (YAML).")],
     address: Address = None,
     results: Annotated[
         str | None,
         typer.Option(
-            "--results", help="Results folder or URI (default: the grid's, or ./results)."
+            "--results",
+            help="Results folder or URI (default: the grid's, else $JAMSWEEP_RESULTS, "
+            "else ./results).",
         ),
     ] = None,
-    num_cpus: Annotated[
-        int | None, typer.Option("--num-cpus", help="CPUs of the embedded Ray (default: all).")
-    ] = None,
+    num_cpus: NumCpus = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Validate and list the runs; write nothing.")
     ] = False,
@@ -82,8 +90,8 @@ def submit(
         bool,
         typer.Option(
             "--wait/--detach",
-            help="With an http:// address: follow the sweep "
-            "until it ends, or return at once with the Ray job id.",
+            help="With an http:// address: follow the sweep until it ends, or return at once "
+            "with the Ray job id.",
         ),
     ] = True,
     shared_fs: Annotated[
@@ -96,94 +104,140 @@ def submit(
     ] = False,
 ) -> None:
     """Run every run of GRID that has not finished yet, then reduce."""
-    report = api.submit(
-        grid,
-        address=address,
-        results=results,
-        num_cpus=num_cpus,
-        dry_run=dry_run,
-        force=force,
-        detach=not wait,
-        shared_fs=shared_fs,
-        echo=_echo,
-    )
-    if report.job_id is not None and not report.dry_run:
-        out.print(
-            f"sweep {report.sweep}: Ray job {report.job_id} is {report.job_state}. "
-            f"Results in {report.results}/{report.sweep}"
+    refuse(unused_options(address=address, num_cpus=num_cpus, detach=not wait, shared_fs=shared_fs))
+    with show_.SubmitProgress(err) as bar:
+        report = api.submit(
+            grid,
+            address=address,
+            results=results,
+            num_cpus=num_cpus,
+            dry_run=dry_run,
+            force=force,
+            detach=not wait,
+            shared_fs=shared_fs,
+            echo=bar.echo,
+            progress=bar.update,
         )
-        if not report.ok:
-            raise typer.Exit(1)
-        return
     if report.dry_run:
         out.print(
             f"sweep {report.sweep}: {report.n_runs} runs, {report.n_already_done} done, "
             f"{len(report.planned)} would run:"
         )
-        _print_planned(report.planned)
+        show_.print_planned(report.planned)
         return
-    assert report.status is not None
-    if report.curves is not None:
-        _print_curves(report.curves)
-    counts = ", ".join(f"{n} {s}" for s, n in report.status.counts.items() if n)
-    out.print(f"sweep {report.sweep}: {counts}. Results in {report.results}/{report.sweep}")
+    where = sweep_path(report.results, report.sweep)
+    if report.job_id is not None:
+        out.print(f"sweep {report.sweep}: Ray job {report.job_id} is {report.job_state}.")
+    else:
+        assert report.status is not None
+        if report.curves is not None:
+            show_.print_curves(report.curves)
+        counts = ", ".join(f"{n} {s}" for s, n in report.status.counts.items() if n)
+        out.print(f"sweep {report.sweep}: {counts}.")
+    out.print(f"Results in {where}. Next:", soft_wrap=True)
+    on_cluster = f" --address {address}" if address is not None else ""
+    out.print(f"  jamsweep status {where}{on_cluster}", soft_wrap=True)
+    out.print(f"  jamsweep reduce {where}", soft_wrap=True)
     if not report.ok:
-        if report.status.counts["cancelled"]:
-            err.print(f"sweep {report.sweep}: {report.status.counts['cancelled']} run(s) cancelled")
-        _print_failed(report.status.failed)
+        if report.status is not None:
+            if report.status.counts["cancelled"]:
+                n = report.status.counts["cancelled"]
+                err.print(f"sweep {report.sweep}: {n} run(s) cancelled")
+            show_.print_failed(report.status.failed)
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(
+    epilog="Examples:\n\n"
+    "jamsweep status results/demo --state failed\n\n"
+    "jamsweep status demo --run 3f2a\n\n"
+    "jamsweep status demo --watch"
+)
 def status(
-    sweep: Annotated[str | None, typer.Argument(help="Sweep name (default: every sweep).")] = None,
-    results: Results = RESULTS_DEFAULT,
+    sweep: Annotated[
+        str | None, typer.Argument(help="Sweep name or RESULTS/SWEEP (default: every sweep).")
+    ] = None,
+    results: Results = None,
     address: Address = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     watch: Annotated[
         bool,
-        typer.Option("--watch", help="Refresh every 2 s while a driver is at work on it."),
+        typer.Option("--watch", help="Redraw in place every 2 s while a driver is at work on it."),
     ] = False,
+    state: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--state",
+            help="List only the runs in this state (repeat, or comma-separate): "
+            + ", ".join(s.value for s in RunStatus)
+            + ".",
+        ),
+    ] = None,
+    run: Annotated[
+        str | None,
+        typer.Option(
+            "--run", help="Show one run (its id or a unique prefix): record, error, trace tail."
+        ),
+    ] = None,
 ) -> None:
     """What is pending / running / done / failed / cancelled / interrupted (was running when
     its driver or cluster went away; submit the grid again to resume it)."""
+    states = states_of(state)
+    refuse(unused_status_options(sweep=sweep, watch=watch, as_json=as_json, states=states, run=run))
     if sweep is None:
-        for st in api.ls(results):
-            _print_counts(st)
+        for st in api.ls(results or default_results()):
+            out.print(show_.counts_line(st), soft_wrap=True)
         return
-    while True:
-        st = api.status(sweep, results=results, address=address)
+    results, sweep = locate(sweep, results)
+    if run is not None:
+        detail = run_detail(sweep, run, results=results, address=address)
         if as_json:
-            out.print_json(json.dumps(st.to_json()))
+            out.print_json(json.dumps(detail.record.model_dump(mode="json")))
         else:
-            if watch:
-                out.clear()
-            _print_counts(st)
-            _print_runs(st)
-        if not watch or not st.alive or not any(r.state.is_active() for r in st.records):
-            return
-        time.sleep(2)
+            show_.print_run(detail)
+        return
+    st = api.status(sweep, results=results, address=address)
+    if as_json:
+        answer = st.to_json()
+        if states is not None:
+            answer["runs"] = [r for r in answer["runs"] if r["state"] in states]
+        out.print_json(json.dumps(answer))
+        return
+    name, where = sweep, results
+    if watch:
+        show_.watch(
+            lambda: api.status(name, results=where, address=address),
+            lambda s: show_.status_view(s, states),
+        )
+        return
+    out.print(show_.status_view(st, states))
 
 
-@app.command()
-def cancel(
-    sweep: Annotated[str, typer.Argument(help="Sweep name.")],
-    results: Results = RESULTS_DEFAULT,
-    address: Annotated[
-        str, typer.Option("--address", help="The cluster running the sweep.")
-    ] = "auto",
-) -> None:
-    """Stop pending and running runs of SWEEP; they are recorded as cancelled."""
-    ids = api.cancel(sweep, results=results, address=address)
+@app.command(epilog="Example: jamsweep cancel demo --address auto")
+def cancel(sweep: Sweep, results: Results = None, address: Address = None) -> None:
+    """Stop pending and running runs of SWEEP; they are recorded as cancelled. With no
+    --address: the Ray started on this machine (`ray start`, as --address auto)."""
+    results, sweep = locate(sweep, results)
+    try:
+        ids = api.cancel(sweep, results=results, address=address or "auto")
+    except JamsweepError as exc:
+        if address is not None:
+            raise
+        raise JamsweepError(
+            f"{exc}. With no --address, cancel looks for the Ray started on this machine "
+            "(`ray start`); a sweep submitted without --address runs in its own Ray inside "
+            "`jamsweep submit`: stop it with Ctrl-C there (its runs are recorded interrupted "
+            "and resume when the grid is submitted again)"
+        ) from None
     for run_id in ids:
         out.print(f"cancelled run {run_id}")
     out.print(f"sweep {sweep}: cancelled {len(ids)} run(s)")
 
 
-@app.command()
+@app.command(epilog="Example: jamsweep reduce results/demo --ensemble-over all")
 def reduce(
-    sweep: Annotated[str, typer.Argument(help="Sweep name.")],
-    results: Results = RESULTS_DEFAULT,
+    sweep: Sweep,
+    results: Results = None,
     ensemble_over: Annotated[
         str, typer.Option("--ensemble-over", help="Seeds averaged into f_bar: converged or all.")
     ] = "converged",
@@ -202,6 +256,7 @@ def reduce(
     """Write curves.parquet, ensemble.parquet, summary.json and the figures."""
     if ensemble_over not in ("converged", "all"):
         raise JamsweepError(f"--ensemble-over must be 'converged' or 'all', not {ensemble_over!r}")
+    results, sweep = locate(sweep, results)
     curves = api.reduce(
         sweep,
         results=results,
@@ -209,36 +264,35 @@ def reduce(
         max_subsets=max_subsets,
         figures=figures,
     )
-    _print_curves(curves)
-    _print_summary(api.load_summary(sweep, results=results))
+    show_.print_curves(curves)
+    show_.print_summary(api.load_summary(sweep, results=results))
 
 
-@app.command()
-def plot(
-    sweep: Annotated[str, typer.Argument(help="Sweep name (reduced).")],
-    results: Results = RESULTS_DEFAULT,
-) -> None:
+@app.command(epilog="Example: jamsweep plot results/demo")
+def plot(sweep: Sweep, results: Results = None) -> None:
     """Draw the paper's figures (figures/*.png) from the reduced tables."""
+    results, sweep = locate(sweep, results)
     for path in api.plot(sweep, results=results):
         out.print(path)
 
 
-@app.command()
+@app.command(epilog="Example: jamsweep report demo --output demo.html")
 def report(
-    sweep: Annotated[str, typer.Argument(help="Sweep name (reduced).")],
-    results: Results = RESULTS_DEFAULT,
+    sweep: Sweep,
+    results: Results = None,
     output: Annotated[
         str | None, typer.Option("--output", help="Where to write (default: SWEEP/report.html).")
     ] = None,
 ) -> None:
     """Write one self-contained HTML page: figures, curve table, fitted numbers."""
+    results, sweep = locate(sweep, results)
     out.print(api.report(sweep, results=results, output=output))
 
 
-@app.command()
+@app.command(epilog="Example: jamsweep refine results/demo --n-widths 2 --dry-run")
 def refine(
-    sweep: Annotated[str, typer.Argument(help="Sweep name.")],
-    results: Results = RESULTS_DEFAULT,
+    sweep: Sweep,
+    results: Results = None,
     address: Address = None,
     n_widths: Annotated[
         int, typer.Option("--n-widths", min=1, help="Widths to add inside the bracket of N*.")
@@ -252,130 +306,83 @@ def refine(
     arch: Annotated[
         str | None, typer.Option("--arch", help="Refine this architecture only (default: all).")
     ] = None,
-    num_cpus: Annotated[
-        int | None, typer.Option("--num-cpus", help="CPUs of the embedded Ray (default: all).")
-    ] = None,
+    num_cpus: NumCpus = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show the new runs; run nothing.")
     ] = False,
 ) -> None:
     """Add widths between the two that bracket N*, run them into SWEEP, and reduce."""
-    rep = api.refine(
-        sweep,
-        results=results,
-        n_widths=n_widths,
-        seeds=seeds,
-        arch=arch,
-        address=address,
-        num_cpus=num_cpus,
-        dry_run=dry_run,
-        echo=_echo,
-    )
+    refuse(unused_options(address=address, num_cpus=num_cpus, jobs=False))
+    results, sweep = locate(sweep, results)
+    with show_.SubmitProgress(err) as bar:
+        rep = api.refine(
+            sweep,
+            results=results,
+            n_widths=n_widths,
+            seeds=seeds,
+            arch=arch,
+            address=address,
+            num_cpus=num_cpus,
+            dry_run=dry_run,
+            echo=bar.echo,
+            progress=bar.update,
+        )
     if dry_run:
         out.print(f"sweep {sweep}: {len(rep.planned)} run(s) would be added:")
-        _print_planned(rep.planned)
+        show_.print_planned(rep.planned)
         return
     if rep.curves is not None:
-        _print_curves(rep.curves)
-        _print_summary(api.load_summary(sweep, results=results))
+        show_.print_curves(rep.curves)
+        show_.print_summary(api.load_summary(sweep, results=results))
     if rep.status is not None and rep.status.failed:
-        _print_failed(rep.status.failed)
+        show_.print_failed(rep.status.failed)
         raise typer.Exit(1)
 
 
-def _print_planned(specs: list) -> None:
-    for s in specs:
-        w = f"{api.width_symbol(s.arch.kind)}={s.width:g}"
-        out.print(f"  {s.run_id}  {s.arch.name}  {w}  seed={s.seed}  N={s.n_params}")
-
-
-def _print_failed(records: list) -> None:
-    for r in records:
-        what = f"{r.arch} width={r.width:g} seed={r.seed} ({r.run_id})"
-        err.print(f"failed: {what}: {r.error}", soft_wrap=True)
-
-
-def _print_summary(summary: dict) -> None:
-    """N* (all seeds / half the seeds) and the fitted numbers of every architecture."""
-    for arch, n_star in summary["n_star"].items():
-        half = summary.get("n_star_half", {}).get(arch)
-        half_text = f"{half:.1f}" if half is not None else "-"
-        smallest = summary.get("smallest_jammed_n", {}).get(arch)
-        smallest_text = f"; smallest jammed N = {smallest}" if smallest is not None else ""
-        out.print(
-            f"{arch}: N* = {n_star if n_star is not None else '-'} (every run, at every larger "
-            f"width too), {half_text} (half the runs){smallest_text}"
-        )
-        for name, fit in summary.get("fits", {}).get(arch, {}).items():
-            if fit.get("reason"):
-                out.print(f"  fit {name}: none ({fit['reason']})")
-                continue
-            values = ", ".join(
-                f"{k} = {v:.4g} ± {fit['errors'][k]:.2g}" for k, v in fit["params"].items()
-            )
-            out.print(f"  fit {name}: {fit['law']}: {values}")
-
-
-@app.command("ls")
-def list_sweeps(results: Results = RESULTS_DEFAULT) -> None:
+@app.command("ls", epilog="Example: JAMSWEEP_RESULTS=/data/sweeps jamsweep ls")
+def list_sweeps(results: Results = None) -> None:
     """List the sweeps under the results folder."""
-    sweeps = api.ls(results)
+    where = results or default_results()
+    sweeps = api.ls(where)
     if not sweeps:
-        out.print(f"no sweeps under {results}")
+        out.print(f"no sweeps under {where}")
     for st in sweeps:
-        _print_counts(st)
+        out.print(show_.counts_line(st), soft_wrap=True)
 
 
-def _print_counts(st: api.SweepStatus) -> None:
-    counts = "  ".join(f"{s} {n}" for s, n in st.counts.items())
-    out.print(f"{st.sweep}: {counts}  ({len(st.records)} runs, {st.source})")
+@app.command(
+    epilog="Examples:\n\n"
+    "jamsweep init mnist.yaml --dataset mnist --root ../shared/data\n\n"
+    "jamsweep submit mnist.yaml --dry-run"
+)
+def init(
+    file: Annotated[str, typer.Argument(help="The grid file to write.")] = "grid.yaml",
+    dataset: Annotated[
+        str, typer.Option("--dataset", help=f"One of {', '.join(DATASETS)}.")
+    ] = "digits",
+    root: Annotated[
+        str | None,
+        typer.Option(
+            "--root",
+            help="mnist: the folder holding MNIST/raw; cifar10: the folder holding train/ and "
+            "test/ (default: ./data, ./data/cifar10-jpeg).",
+        ),
+    ] = None,
+    sweep: Annotated[
+        str | None, typer.Option("--sweep", help="The sweep's name (default: FILE's stem).")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite FILE if it exists.")] = False,
+) -> None:
+    """Write a commented starter grid for DATASET to FILE."""
+    write_starter(file, dataset=dataset, sweep=sweep, root=root, force=force)
+    out.print(f"wrote {file}; check it with: jamsweep submit {file} --dry-run", soft_wrap=True)
 
 
-def _print_runs(st: api.SweepStatus) -> None:
-    table = Table("run_id", "arch", "width", "seed", "N", "state", "attempts", "node", "error")
-    for r in sorted(st.records, key=lambda r: (r.arch, r.width, r.seed)):
-        table.add_row(
-            r.run_id,
-            r.arch,
-            f"{r.width:g}",
-            str(r.seed),
-            str(r.n_params),
-            r.state.value,
-            str(r.attempts),
-            r.node or "",
-            (r.error or "")[:60],
-        )
-    out.print(table)
-
-
-def _print_curves(curves: pd.DataFrame) -> None:
-    if curves.empty:
-        out.print("no finished runs to reduce yet")
-        return
-    table = Table(
-        "arch",
-        "width",
-        "N",
-        "seeds",
-        "converged",
-        "test err",
-        "± std",
-        "ensemble err",
-        "train loss",
-    )
-    for r in curves.itertuples():
-        table.add_row(
-            str(r.arch),
-            f"{r.width:g}",
-            str(r.n_params),
-            str(r.n_seeds),
-            str(r.n_converged),
-            f"{r.test_error_mean:.4f}",
-            f"{r.test_error_std:.4f}",
-            f"{r.ens_test_error:.4f}",
-            f"{r.train_loss_mean:.2e}",
-        )
-    out.print(table)
+@app.command(epilog="Example: jamsweep show results/demo")
+def show(sweep: Sweep, results: Results = None) -> None:
+    """Print SWEEP's grid, run counts, N*, the fits, and where its figures and report are."""
+    results, sweep = locate(sweep, results)
+    show_.print_overview(overview(sweep, results=results))
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from orchestrator.progress import ProgressHook, RoundCounter
 from orchestrator.reports import Echo, SweepStatus, quiet, width_symbol
 from orchestrator.store import finished_run_ids
 from orchestrator.tracker import Driver, pending_record
@@ -23,6 +24,7 @@ def run_on_ray(
     address: str | None,
     num_cpus: int | None,
     echo: Echo = quiet,
+    progress: ProgressHook | None = None,
 ) -> SweepStatus:
     """Connect to Ray and drive `todo` (a subset of `specs`) to a terminal state."""
     from orchestrator.backend import RayBackend
@@ -31,7 +33,7 @@ def run_on_ray(
         backend.check_resources(todo[0].resources if todo else None)
         todo_ids = {s.run_id for s in todo}
         finished = finished_run_ids(layout, [s for s in specs if s.run_id not in todo_ids])
-        return drive(backend, layout, specs, todo, finished, echo=echo)
+        return drive(backend, layout, specs, todo, finished, echo=echo, progress=progress)
 
 
 def drive(
@@ -42,6 +44,7 @@ def drive(
     finished: set[str],
     *,
     echo: Echo = quiet,
+    progress: ProgressHook | None = None,
 ) -> SweepStatus:
     """Start `todo` on the backend and wait for every run; the tracker records everything.
     `finished` holds the ids of the runs of `specs` whose results are already there.
@@ -59,6 +62,7 @@ def drive(
         # run_id -> the task that runs it (a pack's task runs several)
         waiting = {s.run_id: h for h in backend.start(todo, layout, tracker) for s in h.specs}
         n_done = len(specs) - len(todo)
+        counter = RoundCounter(layout.sweep, len(specs), n_done, progress)
         cancelling = False
         while waiting:
             tasks = list({id(h): h for h in waiting.values()}.values())
@@ -68,9 +72,11 @@ def drive(
                 ended[run_id] = (run_id, outcome.state, outcome.error)
                 del waiting[run_id]
                 n_done += 1
+                counter.ended_one(outcome.state)
                 echo(_progress_line(n_done, len(specs), outcome))
             if outcomes:
                 tracker.finished([ended[o.spec.run_id] for o in outcomes])
+            counter.report(lambda: tracker.counts().get(RunStatus.RUNNING.value, 0))
             cancelled, now = tracker.heartbeat()
             if now != incarnation:  # a restarted tracker: repeat what it may have missed
                 incarnation = now

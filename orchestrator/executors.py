@@ -11,6 +11,7 @@ from typing import Protocol
 import pyarrow as pa
 
 from orchestrator.driver import drive
+from orchestrator.progress import ProgressHook
 from orchestrator.reduction import reduce
 from orchestrator.reports import Echo, RefineReport, SubmitReport, SweepStatus
 from orchestrator.store import (
@@ -26,7 +27,7 @@ from orchestrator.store import (
 )
 from schemas.errors import JamsweepError
 from schemas.grid import GridSpec
-from schemas.layout import RESULTS_DEFAULT, SweepLayout
+from schemas.layout import SweepLayout, default_results
 from schemas.run import RunRecord
 from workers import io
 
@@ -43,6 +44,7 @@ class Executor(Protocol):
         dry_run: bool,
         detach: bool,
         echo: Echo,
+        progress: ProgressHook | None = None,
     ) -> SubmitReport: ...
 
     def status(self, sweep: str, results: str) -> SweepStatus: ...
@@ -87,9 +89,10 @@ class LocalExecutor:
         dry_run: bool,
         detach: bool,
         echo: Echo,
+        progress: ProgressHook | None = None,
     ) -> SubmitReport:
         # absolute: Ray workers and the tracker resolve paths from their own folders
-        layout = SweepLayout(absolute(results or spec.results or RESULTS_DEFAULT), spec.sweep)
+        layout = SweepLayout(absolute(results or spec.results or default_results()), spec.sweep)
         from workers.data import check_dataset  # imports torch: only when submitting
 
         check_dataset(spec.dataset)
@@ -127,7 +130,9 @@ class LocalExecutor:
                     f"sweep {spec.sweep}: {len(specs)} runs, {report.n_already_done} already "
                     f"done, {len(todo)} to run -> {layout.root}"
                 )
-                report.status = drive(backend, layout, specs, todo, done_ids, echo=echo)
+                report.status = drive(
+                    backend, layout, specs, todo, done_ids, echo=echo, progress=progress
+                )
         if not report.status.failed and report.status.counts["cancelled"] == 0:
             report.curves = reduce(spec.sweep, results=layout.results)
         return report

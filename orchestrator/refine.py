@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 import pandas as pd
 
 from orchestrator.driver import run_on_ray
+from orchestrator.progress import ProgressHook
 from orchestrator.reduction import reduce
 from orchestrator.reports import Echo, RefineReport, quiet
 from orchestrator.store import (
@@ -112,6 +113,7 @@ def refine_here(
     num_cpus: int | None = None,
     dry_run: bool = False,
     echo: Echo = quiet,
+    progress: ProgressHook | None = None,
 ) -> RefineReport:
     """Add `n_widths` widths inside the bracket of N* of each architecture (or `arch`), with
     seeds 0..seeds-1 (default: the seeds the sweep already runs), run them into the same
@@ -153,7 +155,13 @@ def refine_here(
     refuse_second_driver(layout)
     all_specs = manifest + add_to_manifest(layout, report.planned)
     report.status = run_on_ray(
-        layout, all_specs, report.planned, address=address, num_cpus=num_cpus, echo=echo
+        layout,
+        all_specs,
+        report.planned,
+        address=address,
+        num_cpus=num_cpus,
+        echo=echo,
+        progress=progress,
     )
     if not report.status.failed:
         report.curves = reduce(sweep, results=results)

@@ -9,6 +9,7 @@ dependencies (torch, ray, pyarrow, ...) must be installed on the cluster's nodes
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import tempfile
@@ -20,11 +21,12 @@ import orchestrator
 import schemas
 import workers
 from orchestrator.backend import TERMINAL_JOB_STATES, JobsClient
+from orchestrator.progress import ProgressHook
 from orchestrator.reports import Echo, RefineReport, SubmitReport, SweepStatus
 from orchestrator.store import check_grid_change, refuse_second_driver
 from schemas.errors import JamsweepError
 from schemas.grid import GridSpec, parse_grid
-from schemas.layout import SweepLayout
+from schemas.layout import RESULTS_ENV, SweepLayout
 from schemas.run import RunRecord
 from workers import io
 
@@ -48,6 +50,7 @@ class JobsExecutor:
         dry_run: bool,
         detach: bool,
         echo: Echo,
+        progress: ProgressHook | None = None,  # a Ray job reports through `echo`
     ) -> SubmitReport:
         location = cluster_results(parse_grid(text, source=str(grid)), results, self.shared_fs)
         layout = SweepLayout(location, spec.sweep)
@@ -140,7 +143,7 @@ def cluster_results(raw: GridSpec, results: str | None, shared_fs: bool) -> str:
     cluster must mean the same on its nodes as here. `raw` is the grid as written (its
     paths not resolved against this machine's folders). Raises JamsweepError naming each
     path that would not."""
-    location = results or raw.results
+    location = results or raw.results or os.environ.get(RESULTS_ENV)
     problems = []
     if location is None:
         problems.append("no results location: the default ./results is a folder of this machine")

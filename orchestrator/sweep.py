@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orchestrator.executors import executor_for
+from orchestrator.executors import executor_for, is_jobs_address
+from orchestrator.progress import ProgressHook
 from orchestrator.reduction import load_summary, plot, reduce, report
 from orchestrator.reports import Echo, RefineReport, SubmitReport, SweepStatus, quiet, width_symbol
 from orchestrator.store import sweep_names
@@ -17,6 +18,7 @@ from schemas.layout import RESULTS_DEFAULT
 
 __all__ = [
     "RefineReport",
+    "is_jobs_address",
     "SubmitReport",
     "SweepStatus",
     "cancel",
@@ -43,6 +45,7 @@ def submit(
     detach: bool = False,
     shared_fs: bool = False,
     echo: Echo = quiet,
+    progress: ProgressHook | None = None,
 ) -> SubmitReport:
     """Run every run of the grid that has not finished yet; reduce when all are done.
 
@@ -50,12 +53,21 @@ def submit(
     resources) before anything is written. A sweep grows: runs the grid names that
     finished before are kept, new ones run. With an http(s):// address the sweep is handed
     to the cluster as a Ray job and goes on without this process; its paths must then be
-    ones every node sees (`shared_fs` declares an absolute path so).
+    ones every node sees (`shared_fs` declares an absolute path so). `progress`, if given,
+    receives the round's counts about once a second (a Ray job reports through `echo`).
     """
     spec, text = load_grid(grid)
     executor = executor_for(address, num_cpus=num_cpus, shared_fs=shared_fs)
     return executor.submit(
-        grid, spec, text, results=results, force=force, dry_run=dry_run, detach=detach, echo=echo
+        grid,
+        spec,
+        text,
+        results=results,
+        force=force,
+        dry_run=dry_run,
+        detach=detach,
+        echo=echo,
+        progress=progress,
     )
 
 
@@ -88,9 +100,17 @@ def refine(
     num_cpus: int | None = None,
     dry_run: bool = False,
     echo: Echo = quiet,
+    progress: ProgressHook | None = None,
 ) -> RefineReport:
     """Add `n_widths` widths inside the bracket of N* of each architecture (or `arch`), with
     seeds 0..seeds-1 (default: the sweep's), run them into the same sweep, and reduce."""
     return executor_for(address, num_cpus=num_cpus).refine(
-        sweep, results, echo=echo, n_widths=n_widths, seeds=seeds, arch=arch, dry_run=dry_run
+        sweep,
+        results,
+        echo=echo,
+        n_widths=n_widths,
+        seeds=seeds,
+        arch=arch,
+        dry_run=dry_run,
+        progress=progress,
     )

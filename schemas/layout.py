@@ -6,11 +6,18 @@ same layout works for a local folder and for an object-store URI (s3://bucket/pr
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import pyarrow as pa
 
 RESULTS_DEFAULT = "results"
+RESULTS_ENV = "JAMSWEEP_RESULTS"  # sets the default results location
+
+
+def default_results() -> str:
+    """Where results go when nothing names a location: $JAMSWEEP_RESULTS, else ./results."""
+    return os.environ.get(RESULTS_ENV) or RESULTS_DEFAULT
 
 
 def format_width(width: float) -> str:

@@ -1,0 +1,272 @@
+"""What the CLI prints: tables, submit's live progress bar, status's in-place view, one
+run, a sweep's overview. Rich when the output is a terminal; plain lines when it is not, so
+that CI logs stay readable."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+
+import pandas as pd
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, TaskID, TextColumn
+from rich.progress import Progress as RichProgress
+from rich.table import Table
+from rich.text import Text
+
+from orchestrator import sweep as api
+from orchestrator.overview import RunDetail, SweepOverview
+from orchestrator.progress import Progress, format_duration
+from schemas.run import RunRecord
+
+# Wide enough for the tables when output goes to a file or a pipe (rich's default is 80).
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
+err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 140)
+
+MAX_ROWS = 100  # runs listed by `status` before it says how many more there are
+
+
+# -- submit's progress -------------------------------------------------------------------
+
+
+class SubmitProgress:
+    """A live bar on a terminal (done/failed/running, rate, ETA; the per-run lines scroll
+    above it); on anything else, the per-run lines plus a plain progress line at most every
+    `plain_every_s` seconds and once at the end."""
+
+    def __init__(self, console: Console, plain_every_s: float = 10.0) -> None:
+        self.console = console
+        self.plain_every_s = plain_every_s
+        self.bar: RichProgress | None = None
+        self.task: TaskID | None = None
+        self.last: Progress | None = None
+        self.printed: tuple[float, int] | None = None  # (when, finished) of the last line
+
+    def __enter__(self) -> SubmitProgress:
+        if self.console.is_terminal:
+            self.bar = RichProgress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[counts]}"),
+                TextColumn("{task.fields[rate]}"),
+                TextColumn("ETA {task.fields[eta]}"),
+                console=self.console,
+                refresh_per_second=4,
+            )
+            self.bar.start()
+        return self
+
+    def echo(self, line: str) -> None:
+        self.console.print(line, soft_wrap=True, markup=False, highlight=False)
+
+    def update(self, p: Progress) -> None:
+        self.last = p
+        if self.bar is None:
+            self._plain(p)
+            return
+        counts = f"done {p.done}  failed {p.failed}  running {p.running}"
+        rate = f"{p.rate_per_min:.1f} runs/min" if p.rate_per_min is not None else ""
+        eta = format_duration(p.eta_s)
+        if self.task is None:
+            self.task = self.bar.add_task(
+                p.sweep, total=p.total, completed=p.finished, counts=counts, rate=rate, eta=eta
+            )
+        self.bar.update(self.task, completed=p.finished, counts=counts, rate=rate, eta=eta)
+
+    def _plain(self, p: Progress, final: bool = False) -> None:
+        now = time.monotonic()
+        if self.printed is not None:
+            when, finished = self.printed
+            if finished == p.finished and not final:
+                return
+            if now - when < self.plain_every_s and p.finished < p.total and not final:
+                return
+        self.console.print(p.line(), soft_wrap=True, markup=False)
+        self.printed = (now, p.finished)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+        elif self.last is not None and (
+            self.printed is None or self.printed[1] != self.last.finished
+        ):
+            self._plain(self.last, final=True)  # the final counts, once
+
+
+# -- status ------------------------------------------------------------------------------
+
+
+def counts_line(st: api.SweepStatus) -> str:
+    counts = "  ".join(f"{s} {n}" for s, n in st.counts.items())
+    return f"{st.sweep}: {counts}  ({len(st.records)} runs, {st.source})"
+
+
+def runs_table(records: list[RunRecord]) -> RenderableType:
+    """The runs (at most MAX_ROWS of them) and, if cut, how many more there are."""
+    table = Table("run_id", "arch", "width", "seed", "N", "state", "attempts", "node", "error")
+    ordered = sorted(records, key=lambda r: (r.arch, r.width, r.seed))
+    for r in ordered[:MAX_ROWS]:
+        table.add_row(
+            r.run_id,
+            r.arch,
+            f"{r.width:g}",
+            str(r.seed),
+            str(r.n_params),
+            r.state.value,
+            str(r.attempts),
+            r.node or "",
+            (r.error or "")[:60],
+        )
+    if len(ordered) <= MAX_ROWS:
+        return table
+    more = f"... and {len(ordered) - MAX_ROWS} more runs: filter with --state, or --json for all"
+    return Group(table, Text(more))
+
+
+def status_view(st: api.SweepStatus, states: set[str] | None) -> RenderableType:
+    records = [r for r in st.records if states is None or r.state.value in states]
+    if states is not None and not records:
+        return Group(Text(counts_line(st)), Text(f"no run is {' or '.join(sorted(states))}"))
+    return Group(Text(counts_line(st)), runs_table(records))
+
+
+def watch(fetch: Callable[[], api.SweepStatus], view: Callable[[api.SweepStatus], RenderableType],
+          every_s: float = 2.0) -> None:  # fmt: skip
+    """Redraw the status in place (rich Live) until the sweep's round ends. Not on a
+    terminal: a counts line whenever the counts change, then the whole view once."""
+    st = fetch()
+    if not out.is_terminal:
+        shown = None
+        while True:
+            if st.counts != shown:
+                out.print(counts_line(st), soft_wrap=True)
+                shown = st.counts
+            if not _going(st):
+                break
+            time.sleep(every_s)
+            st = fetch()
+        out.print(view(st))
+        return
+    with Live(view(st), console=out, auto_refresh=False) as live:
+        while _going(st):
+            time.sleep(every_s)
+            st = fetch()
+            live.update(view(st), refresh=True)
+
+
+def _going(st: api.SweepStatus) -> bool:
+    return st.alive and any(r.state.is_active() for r in st.records)
+
+
+# -- one run, a sweep ------------------------------------------------------------------------
+
+
+def print_run(d: RunDetail) -> None:
+    r = d.record
+    width = f"{r.width:g}"
+    out.print(f"run {r.run_id}: {r.arch} width={width} seed={r.seed} N={r.n_params}")
+    out.print(f"  state     {r.state.value} (attempts {r.attempts}, node {r.node or '-'})")
+    for name in ("submitted_at", "started_at", "ended_at"):
+        value = getattr(r, name)
+        if value is not None:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+            out.print(f"  {name:<13} {when}")
+    out.print(f"  error     {r.error or '-'}", soft_wrap=True)
+    if d.metrics is not None:
+        m = d.metrics
+        conv = "converged" if m.get("converged") else f"{m.get('n_unsat')} unsatisfied"
+        out.print(
+            f"  result    {m.get('steps')} steps, {conv}, train loss {m.get('train_loss'):.3g}, "
+            f"test error {m.get('test_error'):.4f}, {m.get('wall_s', 0):.1f} s on {m.get('device')}"
+        )
+    for what, path in d.files.items():
+        out.print(f"  {what:<10}{path}", soft_wrap=True)
+    if d.trace_tail is None:
+        out.print("  log       none: jamsweep keeps no per-run log file; a run's trace (loss and")
+        out.print("            N_Delta at each measurement step) is written when it ends")
+        return
+    out.print(f"  log       no per-run log file is kept; the last {len(d.trace_tail)} rows of its")
+    out.print("            trace (loss, N_Delta, ... at the measurement steps):")
+    out.print(d.trace_tail.to_string(index=False), soft_wrap=True)
+
+
+def print_overview(o: SweepOverview) -> None:
+    out.print(f"sweep {o.layout.sweep} in {o.layout.root}")
+    out.print("grid.yaml:")
+    out.print(o.grid_text.rstrip(), markup=False, soft_wrap=True)
+    out.print(counts_line(o.status))
+    if o.summary is None:
+        out.print(f"not reduced yet: jamsweep reduce {o.layout.root}", soft_wrap=True)
+    else:
+        print_summary(o.summary)
+    out.print(f"figures:  {', '.join(o.figures) if o.figures else 'none yet'}", soft_wrap=True)
+    out.print(f"report:   {o.report or f'none yet (jamsweep report {o.layout.root})'}")
+
+
+# -- tables that commands share ----------------------------------------------------------
+
+
+def print_planned(specs: list) -> None:
+    for s in specs:
+        w = f"{api.width_symbol(s.arch.kind)}={s.width:g}"
+        out.print(f"  {s.run_id}  {s.arch.name}  {w}  seed={s.seed}  N={s.n_params}")
+
+
+def print_failed(records: list) -> None:
+    for r in records:
+        what = f"{r.arch} width={r.width:g} seed={r.seed} ({r.run_id})"
+        err.print(f"failed: {what}: {r.error}", soft_wrap=True)
+
+
+def print_summary(summary: dict) -> None:
+    """N* (all seeds / half the seeds) and the fitted numbers of every architecture."""
+    for arch, n_star in summary["n_star"].items():
+        half = summary.get("n_star_half", {}).get(arch)
+        half_text = f"{half:.1f}" if half is not None else "-"
+        smallest = summary.get("smallest_jammed_n", {}).get(arch)
+        smallest_text = f"; smallest jammed N = {smallest}" if smallest is not None else ""
+        out.print(
+            f"{arch}: N* = {n_star if n_star is not None else '-'} (every run, at every larger "
+            f"width too), {half_text} (half the runs){smallest_text}"
+        )
+        for name, fit in summary.get("fits", {}).get(arch, {}).items():
+            if fit.get("reason"):
+                out.print(f"  fit {name}: none ({fit['reason']})")
+                continue
+            values = ", ".join(
+                f"{k} = {v:.4g} ± {fit['errors'][k]:.2g}" for k, v in fit["params"].items()
+            )
+            out.print(f"  fit {name}: {fit['law']}: {values}")
+
+
+def print_curves(curves: pd.DataFrame) -> None:
+    if curves.empty:
+        out.print("no finished runs to reduce yet")
+        return
+    table = Table(
+        "arch",
+        "width",
+        "N",
+        "seeds",
+        "converged",
+        "test err",
+        "± std",
+        "ensemble err",
+        "train loss",
+    )
+    for r in curves.itertuples():
+        table.add_row(
+            str(r.arch),
+            f"{r.width:g}",
+            str(r.n_params),
+            str(r.n_seeds),
+            str(r.n_converged),
+            f"{r.test_error_mean:.4f}",
+            f"{r.test_error_std:.4f}",
+            f"{r.ens_test_error:.4f}",
+            f"{r.train_loss_mean:.2e}",
+        )
+    out.print(table)

@@ -1,0 +1,119 @@
+"""Reading a sweep for people: where a sweep named on the command line lives, one run's
+whole story, and a sweep's overview (grid, counts, N*, fits, figures). Typed functions
+over the files; the CLI only prints what they return."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from orchestrator import sweep as api
+from orchestrator.store import absolute, existing
+from schemas.errors import JamsweepError
+from schemas.layout import SweepLayout, default_results
+from schemas.run import RunRecord
+from workers import io
+
+
+def locate(sweep: str, results: str | None = None) -> tuple[str, str]:
+    """(results, sweep name) of a sweep given by name or as a path RESULTS/SWEEP.
+
+    A name is looked up under `results` (default: $JAMSWEEP_RESULTS, else ./results); a
+    path (anything with a '/') names its own results location, and a `results` that names
+    another one is refused rather than silently ignored."""
+    if "/" not in sweep.rstrip("/"):
+        return (results or default_results(), sweep.rstrip("/"))
+    parent, name = sweep.rstrip("/").rsplit("/", 1)
+    parent = parent or "/"
+    if results is not None and absolute(results).rstrip("/") != absolute(parent).rstrip("/"):
+        raise JamsweepError(
+            f"the sweep is given as the path {sweep!r} (results location {parent!r}) and "
+            f"--results names another one ({results!r}): give the path alone, or the name "
+            "with --results"
+        )
+    return (parent, name)
+
+
+# -- one run --------------------------------------------------------------------------------
+
+
+@dataclass
+class RunDetail:
+    """One run: its status record, end-of-run metrics (once finished), the last rows of its
+    trace (loss, N_Delta, ... at the measurement steps; jamsweep keeps no per-run log file:
+    the trace is what a run leaves while it trains, written with its results) and its
+    checkpoint, if one is there."""
+
+    record: RunRecord
+    metrics: dict | None
+    trace_tail: pd.DataFrame | None
+    checkpoint: str | None
+    files: dict[str, str] = field(default_factory=dict)  # what -> path, for those present
+
+
+def run_detail(
+    sweep: str, run_id: str, *, results: str, address: str | None = None, tail: int = 10
+) -> RunDetail:
+    """The run of `sweep` whose id is `run_id` or starts with it (as git takes a short id)."""
+    st = api.status(sweep, results=results, address=address)
+    matches = [r for r in st.records if r.run_id.startswith(run_id)]
+    if len(matches) != 1:
+        what = "no run" if not matches else f"{len(matches)} runs"
+        raise JamsweepError(
+            f"sweep {sweep!r} has {what} whose id starts with {run_id!r}; "
+            f"`jamsweep status {sweep}` lists the run ids"
+        )
+    record = matches[0]
+    layout = existing(sweep, absolute(results) if address is None else results)
+    key = (record.arch, record.width, record.seed)
+    files = {
+        "metrics": layout.metrics(*key),
+        "logits": layout.logits(*key),
+        "trace": layout.trace(*key),
+        "checkpoint": layout.checkpoint(record.run_id),
+    }
+    present = {k: p for k, p in files.items() if io.exists(p)}
+    metrics = _first_row(present.get("metrics"))
+    trace = None
+    if "trace" in present:
+        trace = io.read_table(present["trace"]).to_pandas().sort_values("step").tail(tail)
+    return RunDetail(record, metrics, trace, present.get("checkpoint"), present)
+
+
+def _first_row(path: str | None) -> dict | None:
+    if path is None:
+        return None
+    rows = io.read_table(path).to_pylist()
+    return rows[0] if rows else None
+
+
+# -- a sweep --------------------------------------------------------------------------------
+
+
+@dataclass
+class SweepOverview:
+    layout: SweepLayout
+    grid_text: str
+    status: api.SweepStatus
+    summary: dict | None  # summary.json, once reduced
+    figures: list[str]  # figures/*.png present
+    report: str | None  # report.html, if written
+
+
+def overview(sweep: str, *, results: str) -> SweepOverview:
+    """What `jamsweep show` prints: the grid as submitted, run counts, N* and fits (once
+    reduced) and where the figures and the report are."""
+    layout = existing(sweep, absolute(results))
+    summary = None
+    if io.exists(layout.summary):
+        summary = api.load_summary(sweep, results=layout.results)
+    figures = sorted(io.list_files(layout.figures_dir, ".png"))
+    return SweepOverview(
+        layout=layout,
+        grid_text=io.read_text(layout.grid_yaml),
+        status=api.status(sweep, results=layout.results),
+        summary=summary,
+        figures=figures,
+        report=layout.report if io.exists(layout.report) else None,
+    )
