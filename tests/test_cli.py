@@ -142,7 +142,8 @@ def test_show_prints_grid_n_star_fits_and_files(sweep):
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(io.read_text(sweep.layout.summary))
     assert "grid.yaml:" in proc.stdout and "widths: [2, 4, 8, 16]" in proc.stdout
-    assert f"fc5: N* = {summary['n_star']['fc5']}" in proc.stdout
+    n_star = summary["n_star"]["fc5"]
+    assert f"fc5: N* = {'-' if n_star is None else n_star}" in proc.stdout
     assert "fit " in proc.stdout
     assert sweep.layout.figure("fig2_test_error") in proc.stdout.replace("\n", "")
     assert "report:   none yet" in proc.stdout or sweep.layout.report in proc.stdout
