@@ -72,8 +72,9 @@ def test_unreachable_cluster(tmp_path, address, monkeypatch):
     monkeypatch.setenv("RAY_CLIENT_INITIAL_CONNECTION_TIMEOUT_S", "1")  # ray:// backs off 1+2+4 s
     path = write_grid(tmp_path / "g.yaml", GOOD)
     res = str(tmp_path / "res")
+    shared = ["--shared-fs"] if address.startswith("http") else []  # refused with ray://
     proc = jamsweep(
-        "submit", str(path), "--results", res, "--address", address, "--shared-fs", timeout=180
+        "submit", str(path), "--results", res, "--address", address, *shared, timeout=180
     )
     fails_cleanly(proc, "127.0.0.1:9")
     assert "cannot reach" in proc.stderr
