@@ -120,7 +120,9 @@ class TrackerClient:
         while True:
             try:
                 remote = getattr(self.handle, method)
-                return ray.get(remote.remote(*args, **kwargs), timeout=30)
+                # each try waits at most the deadline (5 s on the way out after Ctrl-C)
+                timeout = min(30.0, self.deadline_s)
+                return ray.get(remote.remote(*args, **kwargs), timeout=timeout)
             except (RayActorError, GetTimeoutError) as exc:
                 if time.monotonic() > deadline:
                     raise JamsweepError(
