@@ -47,6 +47,19 @@ def submit(grid, results, head, *extra: str) -> subprocess.CompletedProcess:  # 
     return jamsweep("submit", str(grid), "--results", str(results), "--address", head.gcs, *extra)
 
 
+def detached_via_jobs(grid, res: str, head: RayHead) -> subprocess.CompletedProcess:  # noqa: ANN001
+    return jamsweep(
+        "submit",
+        str(grid),
+        "--address",
+        head.dashboard,
+        "--results",
+        res,
+        "--shared-fs",
+        "--detach",
+    )
+
+
 def tracker_exists(head: RayHead, layout: SweepLayout) -> bool:
     from orchestrator.backend import RayBackend
 
@@ -124,31 +137,13 @@ def test_a_second_driver_of_a_running_sweep_is_refused(tmp_path, head):
     text = grid_text(sweep="busy", widths="[1.5]", seeds=1, steps=200000)
     grid = write_grid(tmp_path / "g.yaml", text)
     res = str(tmp_path / "res")
-    first = jamsweep(
-        "submit",
-        str(grid),
-        "--address",
-        head.dashboard,
-        "--results",
-        res,
-        "--shared-fs",
-        "--detach",
-    )
+    first = detached_via_jobs(grid, res, head)
     assert first.returncode == 0, first.stderr
     job = first.stdout.split("Ray job ")[1].split()[0]
     layout = SweepLayout(res, "busy")
     try:
         wait_for(lambda: read_status(layout).state.is_alive(), 120, "the first driver")
-        via_jobs = jamsweep(
-            "submit",
-            str(grid),
-            "--address",
-            head.dashboard,
-            "--results",
-            res,
-            "--shared-fs",
-            "--detach",
-        )
+        via_jobs = detached_via_jobs(grid, res, head)
         assert via_jobs.returncode == 1 and f"Ray job {job}" in via_jobs.stderr, via_jobs.stderr
         direct = submit(grid, res, head)
         assert direct.returncode == 1 and f"being run by Ray job {job}" in direct.stderr

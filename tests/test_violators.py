@@ -35,13 +35,7 @@ def specs(widths="[6]", seeds=1, steps=3000, loss="square_hinge") -> list[RunSpe
     return parse_grid(text).expand()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """As in a Ray worker (num_cpus: 1): tiny nets on two threads of a busy machine crawl."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
