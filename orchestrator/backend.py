@@ -16,6 +16,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 # (the token comes from ~/.ray/auth_token or RAY_AUTH_TOKEN).
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 
+import contextlib  # noqa: E402
 import hashlib  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
@@ -43,6 +44,7 @@ NAMESPACE = "jamsweep"
 
 
 TRACKER_DEADLINE_S = 300.0  # how long the driver waits for a restarting tracker
+START_REPORT_WAIT_S = 120.0  # how long a task's end waits for its start to be recorded
 
 
 def tracker_name(layout: SweepLayout) -> str:
@@ -78,14 +80,19 @@ class Outcome:
 def _run_task(spec: RunSpec, layout: SweepLayout, tracker: Any) -> dict:
     """Body of one run's Ray task: tell the tracker, then train and write (workers.execute).
 
-    The tracker is told without waiting for its answer: a task blocked in ray.get gives
-    its CPU back to Ray, which would start another run on it (oversubscription). A
-    cancelled sweep needs no answer either: the driver cancels every unfinished task.
+    The tracker is told without waiting for its answer before training: a task blocked in
+    ray.get gives its CPU back to Ray, which would start another run on it
+    (oversubscription). A cancelled sweep needs no answer either: the driver cancels every
+    unfinished task. The answer is awaited at the end, so that a run's start is always
+    recorded before its end.
     """
     from workers.execute import execute
 
-    tracker.started.remote(spec.run_id, ray.get_runtime_context().get_node_id()[:12])
-    return execute(spec, layout)
+    report = tracker.started.remote(spec.run_id, ray.get_runtime_context().get_node_id()[:12])
+    try:
+        return execute(spec, layout)
+    finally:
+        _await_start_reports([report])
 
 
 def _pack_task(specs: list[RunSpec], layout: SweepLayout, tracker: Any) -> list[dict]:
@@ -94,9 +101,22 @@ def _pack_task(specs: list[RunSpec], layout: SweepLayout, tracker: Any) -> list[
     from workers.execute import execute_pack
 
     node = ray.get_runtime_context().get_node_id()[:12]
-    for spec in specs:
-        tracker.started.remote(spec.run_id, node)
-    return execute_pack(specs, layout)
+    reports = [tracker.started.remote(spec.run_id, node) for spec in specs]
+    try:
+        return execute_pack(specs, layout)
+    finally:
+        _await_start_reports(reports)
+
+
+def _await_start_reports(reports: list[Any]) -> None:
+    """Return from a task only once the tracker has its start reports. Sent while the
+    tracker restarts (its node died), a report waits for it, and a retried run resuming from
+    a checkpoint can end first: its end would then be recorded before its start, and the
+    start (the new attempt, the new node) lost when the round closes. Normally the reports
+    were answered long ago and this returns at once."""
+    # A tracker gone for good or a round already over: the result files tell what finished.
+    with contextlib.suppress(RayActorError, GetTimeoutError):
+        ray.get(reports, timeout=START_REPORT_WAIT_S)
 
 
 class TrackerClient:
