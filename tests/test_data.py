@@ -27,6 +27,18 @@ def test_pca_whitening_is_fitted_on_the_training_pool_only():
     np.testing.assert_allclose(np.abs(z), np.abs(hand), atol=1e-9)  # equal up to each sign
 
 
+def test_pca_whitening_of_raw_pixels_in_chunks_equals_the_float64_whole(monkeypatch):
+    from workers.datasets import parity
+
+    rng = np.random.default_rng(1)
+    raw = rng.integers(0, 256, size=(700, 12), dtype=np.uint8)
+    whole = pca_whiten(raw / 255.0, n_fit=500, d=4)  # one float64 matrix, one chunk
+    monkeypatch.setattr(parity, "PCA_CHUNK", 64)
+    chunked = pca_whiten(raw, n_fit=500, d=4, divisor=255.0)
+    assert chunked.shape == (700, 4)
+    np.testing.assert_array_equal(chunked, whole)
+
+
 def test_balanced_order_is_the_authors_interleaving():
     classes = torch.tensor([0, 1, 1, 0, 1, 0, 1, 1])  # 3 of class 0, 5 of class 1
     order = balanced_order(classes, data_seed=3)
@@ -101,7 +113,8 @@ def test_real_mnist_parity_pca(mnist_root):
     assert data.train.y.sum().item() == 0
     pool = mnist_pool(str(mnist_root), download=False)
     assert pool.x.shape == (70000, 784) and pool.n_fit == 60000
-    assert pool.x.min() >= 0.0 and pool.x.max() <= 1.0
+    pixels = pool.x / pool.divisor  # kept as uint8 (55 MB, not 440 MB in float64)
+    assert pool.x.dtype == np.uint8 and pixels.min() == 0.0 and pixels.max() == 1.0
     labels = pool.classes[data.test.index.numpy()]
     np.testing.assert_array_equal(data.test.y.numpy(), np.where(labels % 2 == 1, 1.0, -1.0))
     # the authors' split: manual_seed(data_seed), randperm of evens then of odds, interleaved
