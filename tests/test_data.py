@@ -55,6 +55,24 @@ def digits(**kw) -> DatasetSpec:
     return DatasetSpec(name="digits_parity_pca", train_size=kw.pop("train_size", 200), **kw)
 
 
+def test_digits_pool_is_scikit_learns_digits_read_without_importing_it():
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    from workers.data import digits_pool
+
+    pool, reference = digits_pool(), load_digits()
+    np.testing.assert_array_equal(pool.x, reference.data / 16.0)
+    np.testing.assert_array_equal(pool.classes, reference.target)
+    assert pool.n_fit == 1797
+    probe = "import sys; from workers.data import digits_pool; digits_pool(); "
+    probe += "print('sklearn' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"  # a worker does not pay scikit-learn's import
+
+
 def test_digits_sets_are_balanced_centred_and_normalised():
     from workers.data import digits_pool
 

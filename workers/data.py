@@ -9,9 +9,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from schemas.datasets import PCA_DATASETS
 from schemas.errors import JamsweepError
 from schemas.specs import DatasetSpec
-from workers.datasets.parity import digits_pool, mnist_pool, parity_pca, pca_whiten
+from workers.datasets.parity import (
+    check_parity,
+    digits_pool,
+    mnist_pool,
+    parity_pca,
+    pca_whiten,
+)
 from workers.datasets.split import Dataset, Pool, Split, balanced_order, split_indices
 
 __all__ = [
@@ -65,5 +72,7 @@ def check_dataset(spec: DatasetSpec) -> None:
         from workers.datasets.cifar10 import check_cifar10
 
         check_cifar10(spec)  # without decoding the 60k images
-        return
-    load_dataset(spec)
+    elif spec.name in PCA_DATASETS:
+        check_parity(spec)  # without the PCA
+    else:
+        load_dataset(spec)

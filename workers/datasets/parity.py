@@ -6,13 +6,16 @@ its own mean, every sample rescaled to norm sqrt(d). Cached per worker process."
 from __future__ import annotations
 
 import functools
+import gzip
+import importlib.util
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from schemas.errors import JamsweepError
 from schemas.specs import DatasetSpec
-from workers.datasets.split import Dataset, Pool, split_pool
+from workers.datasets.split import Dataset, Pool, balanced_order, split_indices, split_pool
 
 PCA_CHUNK = 8192  # rows projected at a time
 
@@ -51,11 +54,17 @@ def parity_labels(classes: np.ndarray) -> torch.Tensor:
 
 
 def digits_pool() -> Pool:
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()  # 1797 images 8x8, values 0..16, bundled with scikit-learn
-    # No official train/test split: the whole set is the training pool for the PCA.
-    return Pool(digits.data / 16.0, digits.target.astype(np.int64), len(digits.target))
+    """scikit-learn's bundled digits (1797 images 8x8, values 0..16), read from its file
+    as `sklearn.datasets.load_digits` reads it, without importing scikit-learn (1-2 s in
+    every worker). No official train/test split: the whole set is the training pool."""
+    found = importlib.util.find_spec("sklearn")
+    if found is None or found.origin is None:
+        raise JamsweepError("digits_parity_pca needs scikit-learn: pip install scikit-learn")
+    path = Path(found.origin).parent / "datasets" / "data" / "digits.csv.gz"
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        data = np.loadtxt(f, delimiter=",")
+    classes = data[:, -1].astype(np.int64)
+    return Pool(data[:, :-1] / 16.0, classes, len(classes))
 
 
 def mnist_pool(root: str, download: bool) -> Pool:
@@ -75,9 +84,8 @@ def mnist_pool(root: str, download: bool) -> Pool:
     return Pool(x.numpy(), y.numpy().astype(np.int64), len(parts[0].targets), divisor=255.0)
 
 
-@functools.lru_cache(maxsize=4)
-def parity_pca(spec_json: str) -> Dataset:
-    spec = DatasetSpec.model_validate_json(spec_json)
+def parity_pool(spec: DatasetSpec) -> Pool:
+    """The raw pool of a *_parity_pca spec, its pca_dim checked against the inputs."""
     pool = (
         digits_pool()
         if spec.name == "digits_parity_pca"
@@ -88,5 +96,19 @@ def parity_pca(spec_json: str) -> Dataset:
             f"dataset.pca_dim = {spec.pca_dim} exceeds the {pool.x.shape[1]} input dimensions "
             f"of {spec.name}; lower pca_dim"
         )
+    return pool
+
+
+def check_parity(spec: DatasetSpec) -> None:
+    """Raise JamsweepError if `spec` cannot be loaded: the files, pca_dim and the split
+    sizes are checked; the PCA (seconds, 1 GiB for MNIST) is left for the workers."""
+    pool = parity_pool(spec)
+    split_indices(balanced_order(parity_labels(pool.classes), spec.data_seed), spec)
+
+
+@functools.lru_cache(maxsize=4)
+def parity_pca(spec_json: str) -> Dataset:
+    spec = DatasetSpec.model_validate_json(spec_json)
+    pool = parity_pool(spec)
     z = pca_whiten(pool.x, pool.n_fit, spec.pca_dim, pool.divisor)
     return split_pool(Pool(z, pool.classes, pool.n_fit), spec, parity_labels(pool.classes))
