@@ -30,7 +30,7 @@ demo: install
 	$(VENV)/bin/jamsweep submit examples/demo.yaml
 
 test: install slurm-deps lint
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=15
 
 test-fast: install
 	$(PY) -m pytest -m "not ray"
