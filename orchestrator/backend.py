@@ -119,6 +119,14 @@ def _await_start_reports(reports: list[Any]) -> None:
         ray.get(reports, timeout=START_REPORT_WAIT_S)
 
 
+# Each made once. Every ray.remote() call is a new function to Ray (its own id, exported to
+# the GCS, its own scheduling class): one per task had the raylet juggle 10,000 scheduling
+# classes, and a 10,000-run sweep finished 60 runs in 9 minutes (bench/bench_scale.py).
+RUN_TASK = ray.remote(_run_task)
+PACK_TASK = ray.remote(_pack_task)
+TRACKER_ACTOR = ray.remote(Tracker)
+
+
 class TrackerClient:
     """Synchronous calls to the tracker actor, with the Tracker's method names.
 
@@ -225,7 +233,7 @@ class RayBackend:
             # come and go. Should that node die anyway, the actor restarts elsewhere from
             # status.parquet (soft affinity).
             node = node_id or ray.get_runtime_context().get_node_id()
-            actor = ray.remote(Tracker).options(
+            actor = TRACKER_ACTOR.options(
                 name=tracker_name(layout),
                 namespace=NAMESPACE,
                 lifetime="detached",
@@ -274,12 +282,12 @@ class RayBackend:
                 "retry_exceptions": [OSError],
             }
             if len(task_specs) == 1 and first.resources.pack == 1:
-                single = ray.remote(_run_task).options(name=name, **options)
+                single = RUN_TASK.options(name=name, **options)
                 handles.append(RunHandle(first, single.remote(first, layout, tracker.handle)))
             else:
                 seeds = ",".join(str(s.seed) for s in task_specs)
                 named = f"{name[: name.rfind('/')]}/s{seeds}"
-                packed = ray.remote(_pack_task).options(name=named, **options)
+                packed = PACK_TASK.options(name=named, **options)
                 ref = packed.remote(task_specs, layout, tracker.handle)
                 handles.append(RunHandle(first, ref, pack=task_specs))
         return handles
