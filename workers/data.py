@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from schemas.datasets import PCA_DATASETS
 from schemas.errors import JamsweepError
 from schemas.specs import DatasetSpec
 from workers.datasets.parity import (
@@ -52,6 +51,20 @@ LOADERS: dict[str, Callable[[DatasetSpec], Dataset]] = {
 }
 
 
+def _check_cifar10(spec: DatasetSpec) -> None:
+    from workers.datasets.cifar10 import check_cifar10  # without decoding the 60k images
+
+    check_cifar10(spec)
+
+
+# What `submit` runs before anything is written: each as strict as its loader, but cheap.
+CHECKS: dict[str, Callable[[DatasetSpec], None]] = {
+    "digits_parity_pca": check_parity,  # without the PCA
+    "mnist_parity_pca": check_parity,
+    "cifar10": _check_cifar10,
+}
+
+
 def load_dataset(spec: DatasetSpec) -> Dataset:
     """The dataset of `spec` (float64, CPU), built once per process and cached."""
     loader = LOADERS.get(spec.name)
@@ -68,11 +81,4 @@ def check_dataset(spec: DatasetSpec) -> None:
             f"dataset.root {spec.root!r} is not a readable folder; point it at the data "
             "(relative paths are taken from the grid file's folder)"
         )
-    if spec.name == "cifar10":
-        from workers.datasets.cifar10 import check_cifar10
-
-        check_cifar10(spec)  # without decoding the 60k images
-    elif spec.name in PCA_DATASETS:
-        check_parity(spec)  # without the PCA
-    else:
-        load_dataset(spec)
+    CHECKS.get(spec.name, load_dataset)(spec)  # an unknown name: load_dataset says so
