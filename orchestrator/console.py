@@ -20,6 +20,7 @@ from orchestrator import sweep as api
 from orchestrator.overview import RunDetail, SweepOverview
 from orchestrator.progress import Progress, format_duration
 from schemas.run import RunRecord
+from schemas.summary import Summary
 
 # Wide enough for the tables when output goes to a file or a pipe (rich's default is 80).
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
@@ -221,25 +222,25 @@ def print_failed(records: list) -> None:
         err.print(f"failed: {what}: {r.error}", soft_wrap=True)
 
 
-def print_summary(summary: dict) -> None:
+def print_summary(summary: Summary) -> None:
     """N* (all seeds / half the seeds) and the fitted numbers of every architecture."""
-    for arch, n_star in summary["n_star"].items():
-        half = summary.get("n_star_half", {}).get(arch)
+    for arch, n_star in summary.n_star.items():
+        half = summary.n_star_half.get(arch)
         half_text = f"{half:.1f}" if half is not None else "-"
-        smallest = summary.get("smallest_jammed_n", {}).get(arch)
+        smallest = summary.smallest_jammed_n.get(arch)
         smallest_text = f"; smallest jammed N = {smallest}" if smallest is not None else ""
         out.print(
             f"{arch}: N* = {n_star if n_star is not None else '-'} (every run, at every larger "
             f"width too), {half_text} (half the runs){smallest_text}"
         )
-        for name, fit in summary.get("fits", {}).get(arch, {}).items():
-            if fit.get("reason"):
-                out.print(f"  fit {name}: none ({fit['reason']})")
+        for name, fit in summary.fits.get(arch, {}).items():
+            if not fit.ok:
+                out.print(f"  fit {name}: none ({fit.reason})")
                 continue
             values = ", ".join(
-                f"{k} = {v:.4g} ± {fit['errors'][k]:.2g}" for k, v in fit["params"].items()
+                f"{k} = {v:.4g} ± {fit.errors[k]:.2g}" for k, v in fit.params.items()
             )
-            out.print(f"  fit {name}: {fit['law']}: {values}")
+            out.print(f"  fit {name}: {fit.law}: {values}")
 
 
 def print_curves(curves: pd.DataFrame) -> None:

@@ -13,6 +13,7 @@ from orchestrator.store import absolute, existing
 from schemas.errors import JamsweepError
 from schemas.layout import SweepLayout, default_results
 from schemas.run import RunRecord
+from schemas.summary import Summary
 from workers import io
 
 
@@ -96,7 +97,7 @@ class SweepOverview:
     layout: SweepLayout
     grid_text: str
     status: api.SweepStatus
-    summary: dict | None  # summary.json, once reduced
+    summary: Summary | None  # summary.json, once reduced
     figures: list[str]  # figures/*.png present
     report: str | None  # report.html, if written
 

@@ -28,8 +28,8 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from schemas.layout import SweepLayout  # noqa: E402
+from schemas.summary import Fit, Summary  # noqa: E402
 from workers import io  # noqa: E402
-from workers.fits import Fit, fits_from_json  # noqa: E402
 
 DPI = 110
 
@@ -55,18 +55,17 @@ def _positive(
     return x[keep], y[keep]
 
 
-def _fit(summary: dict, arch: str, name: str) -> Fit | None:
-    raw = summary.get("fits", {}).get(arch, {}).get(name)
-    fit = fits_from_json(raw) if raw else None
+def _fit(summary: Summary, arch: str, name: str) -> Fit | None:
+    fit = summary.fits.get(arch, {}).get(name)
     return fit if fit is not None and fit.ok else None
 
 
-def _n_star(summary: dict, arch: str) -> float | None:
-    value = summary.get("n_star", {}).get(arch)
+def _n_star(summary: Summary, arch: str) -> float | None:
+    value = summary.n_star.get(arch)
     return float(value) if value is not None else None
 
 
-def _mark_n_star(ax: Axes, summary: dict, arch: str, colour: str) -> None:
+def _mark_n_star(ax: Axes, summary: Summary, arch: str, colour: str) -> None:
     n_star = _n_star(summary, arch)
     if n_star is not None:
         ax.axvline(n_star, color=colour, ls=":", lw=1, label=f"N* = {n_star:g} ({arch})")
@@ -133,7 +132,7 @@ def _png(fig: Figure) -> bytes:
 # -- the figures ---------------------------------------------------------------------------
 
 
-def fig2(curves: pd.DataFrame, summary: dict) -> Figure:
+def fig2(curves: pd.DataFrame, summary: Summary) -> Figure:
     """Test error vs N with spread, ensemble, N*, the eps_inf + B0 N^-1/2 + B1 N^-3/4 fit;
     train error vs N."""
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.4, 7.2), layout="constrained", sharex=True)
@@ -198,7 +197,7 @@ def fig4(ensemble: pd.DataFrame, curves: pd.DataFrame) -> Figure:
     return fig
 
 
-def fig5(curves: pd.DataFrame, summary: dict) -> Figure:
+def fig5(curves: pd.DataFrame, summary: Summary) -> Figure:
     """Output variance ||f - f_bar||^2 vs N, with the free-exponent fit."""
     fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
     for arch, g, c in _archs(curves):
@@ -220,7 +219,7 @@ def fig5(curves: pd.DataFrame, summary: dict) -> Figure:
     return fig
 
 
-def fig6(curves: pd.DataFrame, summary: dict) -> Figure:
+def fig6(curves: pd.DataFrame, summary: Summary) -> Figure:
     """||grad f|| vs N; eps - eps_bar vs delta; eps - eps_bar vs N with the N^-1/2 fit."""
     fig, (a, b, c_ax) = plt.subplots(1, 3, figsize=(15, 4.4), layout="constrained")
     for arch, g, c in _archs(curves):
@@ -239,7 +238,7 @@ def fig6(curves: pd.DataFrame, summary: dict) -> Figure:
     return fig
 
 
-def fig7a(curves: pd.DataFrame, summary: dict) -> Figure:
+def fig7a(curves: pd.DataFrame, summary: Summary) -> Figure:
     """||f||^2 vs N, and its divergence (N/N* - 1)^-2beta fit just above N*."""
     fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
     for arch, g, c in _archs(curves):
@@ -259,7 +258,7 @@ def fig7a(curves: pd.DataFrame, summary: dict) -> Figure:
     return fig
 
 
-def fig8(curves: pd.DataFrame, summary: dict) -> Figure:
+def fig8(curves: pd.DataFrame, summary: Summary) -> Figure:
     """Multi-output (CNN) sweeps: test error and ensemble, gap, variance, train loss vs N."""
     multi = curves[curves["n_outputs"] > 1]
     fig, axes = plt.subplots(2, 2, figsize=(11, 8), layout="constrained", sharex=True)
@@ -288,7 +287,9 @@ def fig8(curves: pd.DataFrame, summary: dict) -> Figure:
     return fig
 
 
-def render_figures(curves: pd.DataFrame, ensemble: pd.DataFrame, summary: dict) -> dict[str, bytes]:
+def render_figures(
+    curves: pd.DataFrame, ensemble: pd.DataFrame, summary: Summary
+) -> dict[str, bytes]:
     """Name -> PNG bytes of every figure the sweep supports (fig8 only with multi-output)."""
     figures = {
         "fig2_test_error": lambda: fig2(curves, summary),
@@ -303,7 +304,7 @@ def render_figures(curves: pd.DataFrame, ensemble: pd.DataFrame, summary: dict) 
 
 
 def write_figures(
-    layout: SweepLayout, curves: pd.DataFrame, ensemble: pd.DataFrame, summary: dict
+    layout: SweepLayout, curves: pd.DataFrame, ensemble: pd.DataFrame, summary: Summary
 ) -> list[str]:
     """Render and store every figure (each file written atomically); return their paths."""
     paths = []
@@ -317,11 +318,10 @@ def write_figures(
 # -- the HTML report ---------------------------------------------------------------------------
 
 
-def _fit_rows(summary: dict) -> str:
+def _fit_rows(summary: Summary) -> str:
     rows = []
-    for arch, fits in summary.get("fits", {}).items():
-        for name, raw in fits.items():
-            fit = fits_from_json(raw)
+    for arch, fits in summary.fits.items():
+        for name, fit in fits.items():
             if fit.ok:
                 values = ", ".join(
                     f"{k} = {v:.4g} ± {fit.errors.get(k, float('nan')):.2g}"
@@ -342,11 +342,11 @@ def _fit_rows(summary: dict) -> str:
     return "\n".join(rows)
 
 
-def _n_star_rows(summary: dict) -> str:
+def _n_star_rows(summary: Summary) -> str:
     rows = []
-    for arch, n_star in summary.get("n_star", {}).items():
-        half = summary.get("n_star_half", {}).get(arch)
-        bracket = summary.get("n_star_bracket", {}).get(arch)
+    for arch, n_star in summary.n_star.items():
+        half = summary.n_star_half.get(arch)
+        bracket = summary.n_star_bracket.get(arch)
         rows.append(
             f"<tr><td>{html.escape(arch)}</td><td>{'—' if n_star is None else n_star}</td>"
             f"<td>{'—' if half is None else f'{half:.1f}'}</td>"
@@ -361,9 +361,9 @@ padding:3px 7px;text-align:right}th{background:#f3f3f3}td:first-child{text-align
 img{max-width:100%;display:block;margin:1em 0}"""
 
 
-def report_html(summary: dict, curves: pd.DataFrame, figures: dict[str, bytes]) -> str:
+def report_html(summary: Summary, curves: pd.DataFrame, figures: dict[str, bytes]) -> str:
     """One self-contained page: N*, fits, the figures inline (base64 PNG), the curve table."""
-    sweep = html.escape(str(summary.get("sweep", "")))
+    sweep = html.escape(summary.sweep)
     images = "\n".join(
         f'<h3>{html.escape(name)}</h3><img alt="{html.escape(name)}" '
         f'src="data:image/png;base64,{base64.b64encode(png).decode()}">'
@@ -378,9 +378,9 @@ def report_html(summary: dict, curves: pd.DataFrame, figures: dict[str, bytes]) 
 <html><head><meta charset="utf-8"><title>jamsweep report: {sweep}</title>
 <style>{STYLE}</style></head><body>
 <h1>jamsweep report: {sweep}</h1>
-<p>{summary.get("n_done", 0)} of {summary.get("n_runs", 0)} runs finished; ensembles average
-the {html.escape(str(summary.get("ensemble_over", "")))} seeds of each width; reduced at
-{html.escape(str(summary.get("reduced_at", "")))}.</p>
+<p>{summary.n_done} of {summary.n_runs} runs finished; ensembles average
+the {html.escape(summary.ensemble_over)} seeds of each width; reduced at
+{html.escape(summary.reduced_at)}.</p>
 <h2>Jamming point N*</h2>
 <table><tr><th>arch</th><th>N* (every seed at zero loss)</th><th>N* (half the seeds)</th>
 <th>bracket</th></tr>

@@ -4,7 +4,6 @@ workers.sweep_reader; the numbers come from workers.reduce and workers.fits."""
 
 from __future__ import annotations
 
-import json
 import time
 
 import pandas as pd
@@ -13,6 +12,7 @@ import pyarrow as pa
 from orchestrator.store import existing
 from schemas.errors import JamsweepError
 from schemas.layout import RESULTS_DEFAULT, SweepLayout
+from schemas.summary import Summary
 from workers import io
 from workers.reduce import EnsembleOver, jamming_points, width_curve
 from workers.sweep_reader import (
@@ -76,7 +76,7 @@ def reduce(
     )
     io.write_table(layout.curves, pa.Table.from_pandas(curves, preserve_index=False))
     io.write_table(layout.ensemble, pa.Table.from_pandas(ensemble, preserve_index=False))
-    io.write_text(layout.summary, json.dumps(summary, indent=2) + "\n")
+    io.write_text(layout.summary, summary.to_json())
     if figures and len(curves):
         from orchestrator.plots import write_figures
 
@@ -84,14 +84,14 @@ def reduce(
     return curves
 
 
-def load_summary(sweep: str, *, results: str = RESULTS_DEFAULT) -> dict:
+def load_summary(sweep: str, *, results: str = RESULTS_DEFAULT) -> Summary:
     """summary.json of a reduced sweep."""
     layout = existing(sweep, results)
     if not io.exists(layout.summary):
         raise JamsweepError(
             f"sweep {sweep!r} has not been reduced yet: run `jamsweep reduce {sweep}` first"
         )
-    return json.loads(io.read_text(layout.summary))
+    return Summary.from_json(io.read_text(layout.summary))
 
 
 def _reduced_tables(
@@ -109,8 +109,13 @@ def _reduced_tables(
 
 
 def _reduce_summary(
-    sweep: str, n_runs: int, n_done: int, curves: pd.DataFrame, ensemble_over: str, max_subsets: int
-) -> dict:
+    sweep: str,
+    n_runs: int,
+    n_done: int,
+    curves: pd.DataFrame,
+    ensemble_over: EnsembleOver,
+    max_subsets: int,
+) -> Summary:
     """summary.json: N* (every run, half the runs), the smallest jammed N where it differs
     from N*, the bracket of N*, and the fits per arch."""
     from workers.fits import fit_curves
@@ -118,29 +123,27 @@ def _reduce_summary(
 
     found = jamming(curves)
     fits = {
-        str(arch): {
-            name: fit.to_json() for name, fit in fit_curves(group, found[str(arch)].n_star).items()
-        }
+        str(arch): fit_curves(group, found[str(arch)].n_star)
         for arch, group in curves.groupby("arch")
     }
-    return {
-        "sweep": sweep,
-        "n_runs": n_runs,
-        "n_done": n_done,
-        "ensemble_over": ensemble_over,
-        "max_subsets": max_subsets,
-        "n_star": {a: j.n_star for a, j in found.items()},
-        "n_star_half": {a: j.n_star_half for a, j in found.items()},
-        "n_star_bracket": {a: list(j.bracket) if j.bracket else None for a, j in found.items()},
-        "smallest_jammed_n": {
+    return Summary(
+        sweep=sweep,
+        n_runs=n_runs,
+        n_done=n_done,
+        ensemble_over=ensemble_over,
+        max_subsets=max_subsets,
+        n_star={a: j.n_star for a, j in found.items()},
+        n_star_half={a: j.n_star_half for a, j in found.items()},
+        n_star_bracket={a: j.bracket for a, j in found.items()},
+        smallest_jammed_n={
             a: j.smallest_jammed for a, j in found.items() if j.smallest_jammed != j.n_star
         },
-        "fits": fits,
-        "reduced_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+        fits=fits,
+        reduced_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
 
 
-def _reduced(sweep: str, results: str) -> tuple[SweepLayout, pd.DataFrame, pd.DataFrame, dict]:
+def _reduced(sweep: str, results: str) -> tuple[SweepLayout, pd.DataFrame, pd.DataFrame, Summary]:
     """The reducer's outputs of a sweep: layout, curves, ensemble, summary."""
     summary = load_summary(sweep, results=results)
     layout = existing(sweep, results)

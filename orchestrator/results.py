@@ -6,7 +6,6 @@ Partition columns (arch, width, seed) come back typed (str, float, int), unlike 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import pandas as pd
@@ -14,6 +13,7 @@ import pyarrow.dataset as ds
 
 from schemas.errors import JamsweepError
 from schemas.layout import PARTITIONING, SweepLayout
+from schemas.summary import Summary
 from workers import io
 
 
@@ -61,8 +61,9 @@ class Sweep:
     def status(self) -> pd.DataFrame:
         return io.read_table(self.layout.status).to_pandas()
 
-    def summary(self) -> dict:
-        return json.loads(io.read_text(self.layout.summary))
+    def summary(self) -> Summary:
+        """summary.json: N* and the fits per architecture."""
+        return Summary.from_json(io.read_text(self.layout.summary))
 
 
 def open_sweep(path: str) -> Sweep:

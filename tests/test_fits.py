@@ -8,13 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from schemas.summary import Fit, Summary
 from workers.fits import (
     fit_curves,
     fit_divergence,
     fit_error,
     fit_gap,
     fit_variance,
-    fits_from_json,
 )
 
 N = np.geomspace(1e3, 1e6, 14)
@@ -78,7 +78,7 @@ def test_too_few_points_give_a_reason_not_numbers():
     assert not fit.ok and "2 usable point" in fit.reason and fit.params == {}
     assert np.isnan(fit.predict(N)).all()
     assert "no N*" in fit_divergence(N, N, n_star=None).reason
-    back = fits_from_json(fit.to_json())
+    back = Fit.model_validate_json(fit.model_dump_json())
     assert back == fit
 
 
@@ -108,3 +108,61 @@ def test_fit_curves_fits_every_law_above_n_star_only():
     assert fits["divergence"].params["beta"] == pytest.approx(1.0, rel=1e-6)
     assert fits["error"].params["eps_inf"] == pytest.approx(0.05, rel=1e-6)
     assert all(not f.ok for f in fit_curves(curves_frame(n_star), None).values())
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_linear_least_squares_equal_scipys_curve_fit(weighted):
+    """The closed-form fits give scipy's curve_fit values and errors (absolute_sigma=False)."""
+    from scipy.optimize import curve_fit
+
+    rng = np.random.default_rng(3)
+    truth = 0.02 + 1.5 * N**-0.5 - 3.0 * N**-0.75
+    sigma = 0.05 * truth * (1 + rng.random(len(N))) if weighted else None
+    eps = truth * (1 + 0.05 * rng.normal(size=len(N)))
+    fit = fit_error(N, eps, n_min=None, sigma=sigma)
+
+    def law(n, eps_inf, b0, b1):
+        return eps_inf + b0 * n**-0.5 + b1 * n**-0.75
+
+    values, cov = curve_fit(law, N, eps, p0=np.zeros(3), sigma=sigma, absolute_sigma=False)
+    names = ("eps_inf", "B0", "B1")
+    assert np.allclose([fit.params[k] for k in names], values, rtol=1e-6)
+    assert np.allclose([fit.errors[k] for k in names], np.sqrt(np.diag(cov)), rtol=1e-5)
+    line, line_cov = curve_fit(lambda x, a, b: a + b * x, np.log(N), np.log(eps), p0=[0, 0])
+    var = fit_variance(N, eps, n_min=None)
+    assert var.params["alpha"] == pytest.approx(-line[1], rel=1e-6)  # curve_fit iterates
+    assert var.errors["alpha"] == pytest.approx(math.sqrt(line_cov[1, 1]), rel=1e-6)
+
+
+def test_collinear_points_give_nan_errors_not_a_crash():
+    n = np.full(5, 1e4)  # one N five times: the two columns of the gap law are collinear
+    fit = fit_gap(n, np.linspace(0.01, 0.02, 5), n_min=None)
+    assert fit.ok and all(math.isnan(e) for e in fit.errors.values())
+
+
+def test_summary_json_round_trips_with_nan_and_keeps_the_file_format():
+    fit = fit_gap(N, 2.0 * N**-0.5 + 5.0 * N**-0.75, n_min=None)
+    nan_fit = fit.model_copy(update={"errors": {"E0": float("nan"), "E1": 1.0}})
+    summary = Summary(
+        sweep="s",
+        n_runs=8,
+        n_done=6,
+        ensemble_over="converged",
+        max_subsets=100,
+        n_star={"fc5": 120, "cnn": None},
+        n_star_half={"fc5": 110.5, "cnn": None},
+        n_star_bracket={"fc5": (96.0, 120.0), "cnn": None},
+        fits={"fc5": {"gap": nan_fit}},
+        reduced_at="2026-12-01T00:00:00Z",
+    )
+    text = summary.to_json()
+    raw = __import__("json").loads(text)
+    assert raw["n_star"] == {"fc5": 120, "cnn": None} and '"fc5": 120,' in text  # an int stays
+    assert raw["n_star_bracket"]["fc5"] == [96.0, 120.0]
+    assert math.isnan(raw["fits"]["fc5"]["gap"]["errors"]["E0"])  # NaN, as json.dumps writes
+    back = Summary.from_json(text)
+    assert back.fits["fc5"]["gap"].params == fit.params
+    assert math.isnan(back.fits["fc5"]["gap"].errors["E0"])
+    assert back.model_dump(exclude={"fits"}) == summary.model_dump(exclude={"fits"})
+    with pytest.raises(ValueError, match="ensemble_over"):
+        Summary.from_json(text.replace('"converged"', '"some"'))

@@ -58,7 +58,7 @@ def assert_not_blank(png: bytes) -> None:
 
 def test_every_figure_of_a_one_output_sweep_is_drawn(reduced):
     curves, ensemble, summary = tables(reduced, "fc")
-    assert summary["fits"]["fc5"]["gap"]["reason"] is None  # the fit line is drawn too
+    assert summary.fits["fc5"]["gap"].reason is None  # the fit line is drawn too
     figures = render_figures(curves, ensemble, summary)
     assert set(figures) == FIGURES  # no fig8 for one output
     for png in figures.values():
@@ -79,8 +79,8 @@ def test_report_is_one_page_with_figures_table_and_fits(reduced):
     assert page.startswith("<!doctype html>") and 'src="http' not in page
     assert f"base64,{base64.b64encode(png).decode()}" in page
     assert page.count("<tr>") >= len(curves) + 1
-    assert f"<td>{summary['n_star']['fc5']}</td>" in page
-    e0 = summary["fits"]["fc5"]["gap"]["params"]["E0"]
+    assert f"<td>{summary.n_star['fc5']}</td>" in page
+    e0 = summary.fits["fc5"]["gap"].params["E0"]
     assert f"E0 = {e0:.4g} ±" in page
 
 

@@ -131,7 +131,7 @@ def test_metrics_and_curves_agree_with_the_raw_outputs(finished):
         assert row.ens_test_error == pytest.approx(np.mean(f.label * f.f <= 0))
     summary = sw.summary()
     jammed = curves[curves.n_converged == curves.n_seeds]
-    assert summary["n_star"]["fc3"] == (int(jammed.n_params.min()) if len(jammed) else None)
+    assert summary.n_star["fc3"] == (int(jammed.n_params.min()) if len(jammed) else None)
 
 
 def test_status_json_and_ls(finished):

@@ -143,4 +143,4 @@ def test_ensemble_over_all_includes_unconverged_seeds(tmp_path):
     assert every["n_ensembled"].tolist() == [4, 4, 4, 4]
     assert math.isnan(conv["ens_test_error"].iloc[0])
     assert not math.isnan(every["ens_test_error"].iloc[0])
-    assert api.load_summary("synth", results=str(tmp_path))["ensemble_over"] == "all"
+    assert api.load_summary("synth", results=str(tmp_path)).ensemble_over == "all"

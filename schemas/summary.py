@@ -1,0 +1,95 @@
+"""summary.json: what `jamsweep reduce` found in a sweep (N* and the fitted laws), written
+and read through `Summary`; `Fit` is one fitted law, and the laws themselves are here too
+so that a Fit read back from the file can be drawn (`Fit.predict`).
+
+Written by one version and read by another, so the models are lenient (unknown keys are
+ignored). NaN errors (a fit whose covariance is undefined) are kept as NaN, as json.dumps
+writes them."""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+GAP = "eps_N - eps_bar_N = E0 N^-1/2 + E1 N^-3/4"
+ERROR = "eps_N = eps_inf + B0 N^-1/2 + B1 N^-3/4"
+VARIANCE = "||f - f_bar|| = A N^-alpha"
+DIVERGENCE = "||f|| = C (N/N* - 1)^-beta"
+
+
+def gap_law(n: np.ndarray, e0: float, e1: float) -> np.ndarray:
+    return e0 * n**-0.5 + e1 * n**-0.75
+
+
+def error_law(n: np.ndarray, eps_inf: float, b0: float, b1: float) -> np.ndarray:
+    return eps_inf + b0 * n**-0.5 + b1 * n**-0.75
+
+
+class Fit(BaseModel):
+    """One fitted law: parameter values and one-sigma errors by name, and where it holds."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    law: str
+    params: dict[str, float] = {}
+    errors: dict[str, float] = {}
+    n_points: int = 0
+    n_range: tuple[float, float] | None = None  # the smallest and largest N fitted
+    reason: str | None = None  # why there are no numbers
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None
+
+    def predict(self, n: np.ndarray, n_star: float | None = None) -> np.ndarray:
+        """The fitted curve at N (NaN when the fit failed)."""
+        if not self.ok:
+            return np.full(np.shape(n), np.nan)
+        p = self.params
+        n = np.asarray(n, dtype=float)
+        if self.law == GAP:
+            return gap_law(n, p["E0"], p["E1"])
+        if self.law == ERROR:
+            return error_law(n, p["eps_inf"], p["B0"], p["B1"])
+        if self.law == VARIANCE:
+            return p["A"] * n ** (-p["alpha"])
+        if n_star is None:
+            raise ValueError(f"the law {self.law!r} needs n_star")
+        return p["C"] * (n / n_star - 1.0) ** (-p["beta"])
+
+
+class Summary(BaseModel):
+    """summary.json of a reduced sweep. Maps are keyed by architecture name."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    sweep: str
+    n_runs: int = Field(description="runs in the manifest")
+    n_done: int = Field(description="finished runs that were reduced")
+    ensemble_over: Literal["converged", "all"]
+    max_subsets: int = Field(description="seed subsets averaged per n in ensemble.parquet")
+    n_star: dict[str, int | None] = Field(
+        description="smallest N from which every width has all its runs at zero loss"
+    )
+    n_star_half: dict[str, float | None] = Field(description="N where half the runs are")
+    n_star_bracket: dict[str, tuple[float, float] | None] = Field(
+        description="the widths (just below N*, at N*)"
+    )
+    smallest_jammed_n: dict[str, int | None] = Field(
+        default={}, description="only where it differs from N*"
+    )
+    fits: dict[str, dict[str, Fit]] = Field(
+        default={}, description="arch -> gap, error, variance, divergence -> Fit"
+    )
+    reduced_at: str = Field(description="UTC, ISO 8601")
+
+    def to_json(self) -> str:
+        """The file's text: json.dumps of the plain data (NaN stays NaN), indented."""
+        return json.dumps(self.model_dump(mode="python"), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> Summary:
+        return cls.model_validate(json.loads(text))
