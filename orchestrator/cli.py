@@ -19,6 +19,7 @@ from orchestrator import console as show_
 from orchestrator import sweep as api
 from orchestrator.cli_options import (
     Address,
+    EnsembleOver,
     NumCpus,
     Results,
     Sweep,
@@ -30,7 +31,7 @@ from orchestrator.cli_options import (
 )
 from orchestrator.console import err, out
 from orchestrator.overview import locate, overview, run_detail
-from orchestrator.starter import DATASETS, write_starter
+from orchestrator.starter import StarterDataset, write_starter
 from schemas.errors import JamsweepError
 from schemas.layout import default_results
 from schemas.run import RunStatus
@@ -239,8 +240,8 @@ def reduce(
     sweep: Sweep,
     results: Results = None,
     ensemble_over: Annotated[
-        str, typer.Option("--ensemble-over", help="Seeds averaged into f_bar: converged or all.")
-    ] = "converged",
+        EnsembleOver, typer.Option("--ensemble-over", help="Seeds averaged into f_bar.")
+    ] = EnsembleOver.CONVERGED,
     max_subsets: Annotated[
         int,
         typer.Option(
@@ -254,13 +255,11 @@ def reduce(
     ] = True,
 ) -> None:
     """Write curves.parquet, ensemble.parquet, summary.json and the figures."""
-    if ensemble_over not in ("converged", "all"):
-        raise JamsweepError(f"--ensemble-over must be 'converged' or 'all', not {ensemble_over!r}")
     results, sweep = locate(sweep, results)
     curves = api.reduce(
         sweep,
         results=results,
-        ensemble_over=ensemble_over,  # type: ignore[arg-type]
+        ensemble_over=ensemble_over.value,
         max_subsets=max_subsets,
         figures=figures,
     )
@@ -358,8 +357,8 @@ def list_sweeps(results: Results = None) -> None:
 def init(
     file: Annotated[str, typer.Argument(help="The grid file to write.")] = "grid.yaml",
     dataset: Annotated[
-        str, typer.Option("--dataset", help=f"One of {', '.join(DATASETS)}.")
-    ] = "digits",
+        StarterDataset, typer.Option("--dataset", help="The dataset of the starter grid.")
+    ] = StarterDataset.DIGITS,
     root: Annotated[
         str | None,
         typer.Option(
@@ -374,7 +373,7 @@ def init(
     force: Annotated[bool, typer.Option("--force", help="Overwrite FILE if it exists.")] = False,
 ) -> None:
     """Write a commented starter grid for DATASET to FILE."""
-    write_starter(file, dataset=dataset, sweep=sweep, root=root, force=force)
+    write_starter(file, dataset=dataset.value, sweep=sweep, root=root, force=force)
     out.print(f"wrote {file}; check it with: jamsweep submit {file} --dry-run", soft_wrap=True)
 
 

@@ -3,6 +3,7 @@ location and a cluster are named, and which options a command refuses."""
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 from typing import Annotated
 
@@ -33,6 +34,13 @@ NumCpus = Annotated[
 ]
 
 
+class EnsembleOver(str, enum.Enum):
+    """--ensemble-over: which seeds of a width are averaged into f_bar."""
+
+    CONVERGED = "converged"
+    ALL = "all"
+
+
 def refuse(problems: list[str]) -> None:
     if problems:
         raise JamsweepError("; ".join(problems))
@@ -50,6 +58,7 @@ def sweep_path(results: str, sweep: str) -> str:
 
 
 def states_of(given: list[str] | None) -> set[str] | None:
+    """--state's names (a typer enum would not take "failed,done")."""
     if not given:
         return None
     names = {n.strip() for g in given for n in g.split(",") if n.strip()}

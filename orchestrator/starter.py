@@ -3,13 +3,23 @@ with every field a new user is likely to change explained where it stands."""
 
 from __future__ import annotations
 
+import enum
 import os
 from pathlib import Path
 
 from schemas.errors import JamsweepError
 from schemas.grid import parse_grid
 
-DATASETS = ("mnist", "digits", "cifar10")
+
+class StarterDataset(str, enum.Enum):
+    """The starter grids `jamsweep init --dataset` writes."""
+
+    MNIST = "mnist"
+    DIGITS = "digits"
+    CIFAR10 = "cifar10"
+
+
+DATASETS = tuple(d.value for d in StarterDataset)
 
 _HEADER = """\
 # A jamsweep grid: one training per (architecture, width, seed). Run it with
