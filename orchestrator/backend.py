@@ -376,6 +376,22 @@ class JobsClient:
     def logs(self, job_id: str) -> str:
         return self.client.get_job_logs(job_id)
 
+    def tail(self, job_id: str, echo: Callable[[str], None]) -> None:
+        """Echo the job's log line by line as its driver writes it (Ray's websocket stream,
+        `tail_job_logs`), until the job ends. Raises RuntimeError if the stream breaks."""
+        import asyncio
+
+        async def pump() -> None:
+            partial = ""  # a chunk may end inside a line
+            async for chunk in self.client.tail_job_logs(job_id):
+                *lines, partial = (partial + chunk).split("\n")
+                for line in lines:
+                    echo(line)
+            if partial:
+                echo(partial)
+
+        asyncio.run(pump())
+
     def stop(self, job_id: str) -> None:
         self.client.stop_job(job_id)
 

@@ -177,18 +177,15 @@ def _path_problem(what: str, path: str, shared_fs: bool) -> list[str]:
     return []
 
 
-def follow(client: JobsClient, job_id: str, echo, poll_s: float = 1.0) -> str:  # noqa: ANN001
+def follow(client: JobsClient, job_id: str, echo: Echo, poll_s: float = 0.5) -> str:
     """Print the job's log as it grows until the job ends; return its final state."""
-    shown = 0
-    while True:
-        state = client.status(job_id)
-        text = client.logs(job_id)
-        for line in text[shown:].splitlines():
-            echo(line)
-        shown = len(text)
-        if state in TERMINAL_JOB_STATES:
-            return state
-        time.sleep(poll_s)
+    try:
+        client.tail(job_id, echo)
+    except RuntimeError as exc:  # the stream broke (e.g. the head restarted); the job may not
+        echo(f"(the job's log stream broke: {exc}; waiting for the job to end)")
+    while (state := client.status(job_id)) not in TERMINAL_JOB_STATES:
+        time.sleep(poll_s)  # the stream ends as the driver exits, a moment before the state
+    return state
 
 
 def _checks_that_can_run_here(spec: GridSpec, layout: SweepLayout, force: bool) -> None:

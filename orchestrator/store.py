@@ -118,13 +118,18 @@ def add_to_manifest(layout: SweepLayout, specs: list[RunSpec]) -> list[RunSpec]:
 
 def finished_run_ids(layout: SweepLayout, specs: list[RunSpec]) -> set[str]:
     """Runs whose metrics file (written last, atomically) is there and names this run."""
-    present = set(io.list_files(layout.metrics_dir))
-    done = set()
-    for s in specs:
-        path = layout.metrics(*s.key)
-        if path in present and _metrics_run_id(path) == s.run_id:
-            done.add(s.run_id)
-    return done
+    named = _run_id_by_metrics_file(layout)
+    return {s.run_id for s in specs if named.get(layout.metrics(*s.key)) == s.run_id}
+
+
+def _run_id_by_metrics_file(layout: SweepLayout) -> dict[str, object]:
+    """Metrics file -> the run it names: one dataset scan; if a file cannot be read (torn by
+    hand, a foreign file), file by file, leaving out what cannot be read."""
+    try:
+        return io.column_by_file(layout.metrics_dir, "run_id")
+    except (OSError, pa.ArrowException):
+        files = io.list_files(layout.metrics_dir)
+        return {path: run_id for path in files if (run_id := _metrics_run_id(path)) is not None}
 
 
 def _metrics_run_id(path: str) -> str | None:

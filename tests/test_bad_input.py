@@ -131,6 +131,27 @@ def test_corrupt_or_partial_result_files_are_not_results(tmp_path):
     assert finished_run_ids(layout, runs) == {good.run_id}
 
 
+def test_finished_runs_come_from_one_scan_that_skips_temporaries_and_other_runs(tmp_path):
+    runs = parse_grid(GOOD).expand()
+    layout = SweepLayout(str(tmp_path), "scan")
+    a, b, hidden, foreign = runs[0], runs[1], runs[2], runs[3]
+    for run in (a, b):
+        io.write_table(layout.metrics(*run.key), pa.table({"run_id": [run.run_id]}))
+    tmp = Path(layout.metrics(*hidden.key)).parent / ".part-0.parquet.tmp-abcd"
+    tmp.parent.mkdir(parents=True)
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"run_id": [hidden.run_id]}), tmp)  # whole, but not yet renamed
+    io.write_table(layout.metrics(*foreign.key), pa.table({"run_id": ["another-grid-s-run"]}))
+    by_file = io.column_by_file(layout.metrics_dir, "run_id")  # no file is torn: one scan
+    assert by_file == {
+        layout.metrics(*a.key): a.run_id,
+        layout.metrics(*b.key): b.run_id,
+        layout.metrics(*foreign.key): "another-grid-s-run",
+    }
+    assert finished_run_ids(layout, runs) == {a.run_id, b.run_id}
+
+
 @pytest.mark.ray
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU to give")
 def test_gpu_fraction_beyond_the_cluster_is_refused_before_writing(tmp_path):

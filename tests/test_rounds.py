@@ -5,6 +5,7 @@ grow and shrink, Ctrl-C, and one driver per sweep."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 
@@ -152,3 +153,17 @@ def test_a_second_driver_of_a_running_sweep_is_refused(tmp_path, head):
         jamsweep("cancel", "busy", "--address", head.gcs, "--results", res)
     wait_for(lambda: not read_status(layout).state.live, 60, "the first round to end")
     assert {r.state for r in read_records(layout)} == {RunStatus.CANCELLED}
+
+
+def test_a_followed_jobs_submission_streams_the_drivers_log_until_the_job_ends(tmp_path, head):
+    grid = write_grid(tmp_path / "g.yaml", grid_text(sweep="followed"))
+    res = str(tmp_path / "res")
+    proc = jamsweep(
+        "submit", str(grid), "--address", head.dashboard, "--results", res, "--shared-fs"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"Ray job jamsweep-followed-\w+ is SUCCEEDED\.", proc.stdout), proc.stdout
+    # the job's own driver printed these on the cluster; they came back through the stream
+    assert "sweep followed: 2 done." in proc.stderr, proc.stderr
+    assert proc.stderr.count("sweep followed: 2 done.") == 1  # each line once
+    assert len(read_records(SweepLayout(res, "followed"))) == 2

@@ -109,6 +109,24 @@ def list_files(folder: str, suffix: str = ".parquet") -> list[str]:
     return sorted(prefix + p[len(path.rstrip("/")) :] for p in found)
 
 
+def column_by_file(folder: str, column: str) -> dict[str, object]:
+    """File -> the first value of `column` in it, for every Parquet file under `folder`
+    (hidden temporaries excluded), in one pyarrow dataset scan (threads, no Python loop
+    over files). Raises OSError / ArrowException if any file cannot be read."""
+    import pyarrow.dataset as ds
+
+    fs, path = resolve(folder)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return {}
+    dataset = ds.dataset(path, filesystem=fs, format="parquet", exclude_invalid_files=False)
+    table = dataset.to_table(columns=[column, "__filename"])  # __filename: pyarrow's own
+    prefix, root = folder.rstrip("/"), path.rstrip("/")
+    found: dict[str, object] = {}
+    for file, value in zip(table["__filename"].to_pylist(), table[column].to_pylist(), strict=True):
+        found.setdefault(prefix + file[len(root) :], value)
+    return found
+
+
 def list_dirs(folder: str) -> list[str]:
     """Names of the sub-folders of `folder` (none if it does not exist)."""
     fs, path = resolve(folder)
