@@ -216,7 +216,6 @@ def measure(variant: str, results: str, max_subsets: int) -> dict:
     # rise measures data, not code.
     import pandas  # noqa: F401
     import pyarrow.dataset  # noqa: F401
-    import scipy.optimize  # noqa: F401
 
     import orchestrator.plots  # noqa: F401  (matplotlib)
     import orchestrator.sweep  # noqa: F401  (torch, pyarrow, numpy)
