@@ -378,8 +378,17 @@ class JobsClient:
 
     def tail(self, job_id: str, echo: Callable[[str], None]) -> None:
         """Echo the job's log line by line as its driver writes it (Ray's websocket stream,
-        `tail_job_logs`), until the job ends. Raises RuntimeError if the stream breaks."""
+        `tail_job_logs`), until the job ends. Raises RuntimeError if there is no stream
+        (inside a running event loop, e.g. a notebook's) or it breaks; the lines echoed
+        until then are whole lines of the log."""
         import asyncio
+
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass  # none: asyncio.run below may start one
+        else:
+            raise RuntimeError("an event loop is running in this thread")
 
         async def pump() -> None:
             partial = ""  # a chunk may end inside a line
@@ -390,7 +399,10 @@ class JobsClient:
             if partial:
                 echo(partial)
 
-        asyncio.run(pump())
+        try:
+            asyncio.run(pump())
+        except Exception as exc:  # aiohttp's handshake and connection errors, Ray's own
+            raise RuntimeError(f"{type(exc).__name__}: {exc}") from exc
 
     def stop(self, job_id: str) -> None:
         self.client.stop_job(job_id)

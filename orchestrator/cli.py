@@ -19,7 +19,6 @@ from orchestrator import console as show_
 from orchestrator import sweep as api
 from orchestrator.cli_options import (
     Address,
-    EnsembleOver,
     NumCpus,
     Results,
     Sweep,
@@ -35,6 +34,7 @@ from orchestrator.starter import StarterDataset, write_starter
 from schemas.errors import JamsweepError
 from schemas.layout import default_results
 from schemas.run import RunStatus
+from schemas.summary import EnsembleOver
 
 
 class JamsweepGroup(TyperGroup):
@@ -259,7 +259,7 @@ def reduce(
     curves = api.reduce(
         sweep,
         results=results,
-        ensemble_over=ensemble_over.value,
+        ensemble_over=ensemble_over,
         max_subsets=max_subsets,
         figures=figures,
     )

@@ -3,7 +3,6 @@ location and a cluster are named, and which options a command refuses."""
 
 from __future__ import annotations
 
-import enum
 from pathlib import Path
 from typing import Annotated
 
@@ -32,13 +31,6 @@ NumCpus = Annotated[
     int | None,
     typer.Option("--num-cpus", min=1, help="CPUs of this machine's Ray (no --address only)."),
 ]
-
-
-class EnsembleOver(str, enum.Enum):
-    """--ensemble-over: which seeds of a width are averaged into f_bar."""
-
-    CONVERGED = "converged"
-    ALL = "all"
 
 
 def refuse(problems: list[str]) -> None:

@@ -12,9 +12,9 @@ import pyarrow as pa
 from orchestrator.store import existing
 from schemas.errors import JamsweepError
 from schemas.layout import RESULTS_DEFAULT, SweepLayout
-from schemas.summary import Summary
+from schemas.summary import EnsembleOver, Summary
 from workers import io
-from workers.reduce import EnsembleOver, jamming_points, width_curve
+from workers.reduce import jamming_points, width_curve
 from workers.sweep_reader import (
     by_width,
     final_test_outputs,
@@ -29,7 +29,7 @@ def reduce(
     sweep: str,
     *,
     results: str = RESULTS_DEFAULT,
-    ensemble_over: EnsembleOver = "converged",
+    ensemble_over: EnsembleOver | str = EnsembleOver.CONVERGED,
     max_subsets: int | None = None,
     figures: bool = True,
 ) -> pd.DataFrame:
@@ -43,6 +43,9 @@ def reduce(
     """
     from workers.reduce import MAX_SUBSETS, ensemble_curve, ensemble_members
 
+    if ensemble_over not in tuple(EnsembleOver):
+        raise JamsweepError(f"ensemble_over must be 'converged' or 'all', not {ensemble_over!r}")
+    ensemble_over = EnsembleOver(ensemble_over)
     layout = existing(sweep, results)
     runs = manifest_runs(layout)
     present = set(io.list_files(layout.metrics_dir))
@@ -91,7 +94,7 @@ def load_summary(sweep: str, *, results: str = RESULTS_DEFAULT) -> Summary:
         raise JamsweepError(
             f"sweep {sweep!r} has not been reduced yet: run `jamsweep reduce {sweep}` first"
         )
-    return Summary.from_json(io.read_text(layout.summary))
+    return Summary.from_json(io.read_text(layout.summary), source=layout.summary)
 
 
 def _reduced_tables(

@@ -8,6 +8,7 @@ dependencies (torch, ray, pyarrow, ...) must be installed on the cluster's nodes
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -177,15 +178,29 @@ def _path_problem(what: str, path: str, shared_fs: bool) -> list[str]:
     return []
 
 
-def follow(client: JobsClient, job_id: str, echo: Echo, poll_s: float = 0.5) -> str:
-    """Print the job's log as it grows until the job ends; return its final state."""
-    try:
-        client.tail(job_id, echo)
-    except RuntimeError as exc:  # the stream broke (e.g. the head restarted); the job may not
-        echo(f"(the job's log stream broke: {exc}; waiting for the job to end)")
-    while (state := client.status(job_id)) not in TERMINAL_JOB_STATES:
-        time.sleep(poll_s)  # the stream ends as the driver exits, a moment before the state
-    return state
+def follow(client: JobsClient, job_id: str, echo: Echo, poll_s: float = 1.0) -> str:
+    """Print the job's log as it grows until the job ends; return its final state.
+
+    The log streams (`JobsClient.tail`); where it cannot, or the stream breaks, the rest
+    of the log is polled every `poll_s` and printed from where the stream stopped."""
+    shown = 0  # characters of the log printed
+
+    def echo_line(line: str) -> None:
+        nonlocal shown
+        shown += len(line) + 1
+        echo(line)
+
+    with contextlib.suppress(RuntimeError):  # no stream: poll below
+        client.tail(job_id, echo_line)
+    while True:
+        state = client.status(job_id)
+        text = client.logs(job_id)  # read after the state: a final state has its whole log
+        for line in text[shown:].splitlines():
+            echo_line(line)
+        shown = max(shown, len(text))
+        if state in TERMINAL_JOB_STATES:
+            return state
+        time.sleep(poll_s)
 
 
 def _checks_that_can_run_here(spec: GridSpec, layout: SweepLayout, force: bool) -> None:

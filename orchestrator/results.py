@@ -63,7 +63,7 @@ class Sweep:
 
     def summary(self) -> Summary:
         """summary.json: N* and the fits per architecture."""
-        return Summary.from_json(io.read_text(self.layout.summary))
+        return Summary.from_json(io.read_text(self.layout.summary), source=self.layout.summary)
 
 
 def open_sweep(path: str) -> Sweep:

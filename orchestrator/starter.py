@@ -105,7 +105,7 @@ resources:
 def starter_grid(dataset: str, *, sweep: str, file: str, root: str | None) -> str:
     """The commented starter grid for `dataset` (mnist | digits | cifar10)."""
     if dataset not in DATASETS:
-        raise JamsweepError(f"--dataset must be one of {', '.join(DATASETS)}, not {dataset!r}")
+        raise JamsweepError(f"no starter grid for {dataset!r}; there are: {', '.join(DATASETS)}")
     if dataset == "digits" and root is not None:
         raise JamsweepError("--root does not apply to digits: scikit-learn ships that dataset")
     default_root = {"mnist": "data", "cifar10": "data/cifar10-jpeg"}.get(dataset)

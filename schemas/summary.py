@@ -8,11 +8,13 @@ writes them."""
 
 from __future__ import annotations
 
+import enum
 import json
-from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.errors import JamsweepError
 
 GAP = "eps_N - eps_bar_N = E0 N^-1/2 + E1 N^-3/4"
 ERROR = "eps_N = eps_inf + B0 N^-1/2 + B1 N^-3/4"
@@ -26,6 +28,13 @@ def gap_law(n: np.ndarray, e0: float, e1: float) -> np.ndarray:
 
 def error_law(n: np.ndarray, eps_inf: float, b0: float, b1: float) -> np.ndarray:
     return eps_inf + b0 * n**-0.5 + b1 * n**-0.75
+
+
+class EnsembleOver(str, enum.Enum):
+    """Which seeds of a width are averaged into f_bar."""
+
+    CONVERGED = "converged"  # those that reached zero training loss (the paper's choice)
+    ALL = "all"
 
 
 class Fit(BaseModel):
@@ -62,21 +71,22 @@ class Fit(BaseModel):
 
 
 class Summary(BaseModel):
-    """summary.json of a reduced sweep. Maps are keyed by architecture name."""
+    """summary.json of a reduced sweep. Maps are keyed by architecture name. Every field but
+    the sweep has a default, so that a file from an earlier version still reads."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", use_enum_values=True)
 
     sweep: str
-    n_runs: int = Field(description="runs in the manifest")
-    n_done: int = Field(description="finished runs that were reduced")
-    ensemble_over: Literal["converged", "all"]
-    max_subsets: int = Field(description="seed subsets averaged per n in ensemble.parquet")
+    n_runs: int = Field(default=0, description="runs in the manifest")
+    n_done: int = Field(default=0, description="finished runs that were reduced")
+    ensemble_over: EnsembleOver = EnsembleOver.CONVERGED
+    max_subsets: int = Field(default=0, description="seed subsets averaged per n in ensemble")
     n_star: dict[str, int | None] = Field(
-        description="smallest N from which every width has all its runs at zero loss"
+        default={}, description="smallest N from which every width has all its runs at zero loss"
     )
-    n_star_half: dict[str, float | None] = Field(description="N where half the runs are")
+    n_star_half: dict[str, float | None] = Field(default={}, description="N of half the runs")
     n_star_bracket: dict[str, tuple[float, float] | None] = Field(
-        description="the widths (just below N*, at N*)"
+        default={}, description="the widths (just below N*, at N*)"
     )
     smallest_jammed_n: dict[str, int | None] = Field(
         default={}, description="only where it differs from N*"
@@ -84,12 +94,19 @@ class Summary(BaseModel):
     fits: dict[str, dict[str, Fit]] = Field(
         default={}, description="arch -> gap, error, variance, divergence -> Fit"
     )
-    reduced_at: str = Field(description="UTC, ISO 8601")
+    reduced_at: str = Field(default="", description="UTC, ISO 8601")
 
     def to_json(self) -> str:
         """The file's text: json.dumps of the plain data (NaN stays NaN), indented."""
         return json.dumps(self.model_dump(mode="python"), indent=2) + "\n"
 
     @classmethod
-    def from_json(cls, text: str) -> Summary:
-        return cls.model_validate(json.loads(text))
+    def from_json(cls, text: str, *, source: str = "summary.json") -> Summary:
+        try:
+            return cls.model_validate(json.loads(text))
+        except ValueError as exc:  # not JSON, or not a summary (pydantic's ValidationError)
+            first = str(exc).strip().splitlines()
+            raise JamsweepError(
+                f"{source} cannot be read ({' '.join(first[:3])}); write it again with "
+                "`jamsweep reduce SWEEP`"
+            ) from None

@@ -143,6 +143,7 @@ def test_finished_runs_come_from_one_scan_that_skips_temporaries_and_other_runs(
 
     pq.write_table(pa.table({"run_id": [hidden.run_id]}), tmp)  # whole, but not yet renamed
     io.write_table(layout.metrics(*foreign.key), pa.table({"run_id": ["another-grid-s-run"]}))
+    (Path(layout.metrics_dir) / "notes.txt").write_text("not a table")  # a stray file
     by_file = io.column_by_file(layout.metrics_dir, "run_id")  # no file is torn: one scan
     assert by_file == {
         layout.metrics(*a.key): a.run_id,

@@ -15,8 +15,10 @@ from rich.console import Console
 
 from orchestrator.console import SubmitProgress
 from orchestrator.progress import Progress
+from orchestrator.starter import write_starter
 from orchestrator.sweep import reduce
 from orchestrator.tracker import Driver, RoundState, records_table
+from schemas.errors import JamsweepError
 from schemas.run import RunRecord, RunStatus
 from tests.conftest import ROOT, SHARED_DATA, jamsweep
 from tests.sweepfiles import write_sweep
@@ -262,6 +264,9 @@ def test_init_root_relative_to_here_is_written_relative_to_the_grid(tmp_path):
     usage = jamsweep("init", str(tmp_path / "d.yaml"), "--dataset", "imagenet")
     assert usage.returncode == 2 and "Traceback" not in usage.stderr  # a usage error
     assert "'imagenet' is not one of" in usage.stderr and not (tmp_path / "d.yaml").exists()
+    with pytest.raises(JamsweepError, match="no starter grid for 'imagenet'; there are: mnist"):
+        write_starter(str(tmp_path / "d.yaml"), dataset="imagenet", force=False)  # the API
+    assert not (tmp_path / "d.yaml").exists()
 
 
 @pytest.mark.parametrize(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from schemas.errors import JamsweepError
 from schemas.summary import Fit, Summary
 from workers.fits import (
     fit_curves,
@@ -134,10 +136,12 @@ def test_linear_least_squares_equal_scipys_curve_fit(weighted):
     assert var.errors["alpha"] == pytest.approx(math.sqrt(line_cov[1, 1]), rel=1e-6)
 
 
-def test_collinear_points_give_nan_errors_not_a_crash():
+def test_points_that_do_not_fix_the_parameters_give_a_reason_not_numbers():
     n = np.full(5, 1e4)  # one N five times: the two columns of the gap law are collinear
     fit = fit_gap(n, np.linspace(0.01, 0.02, 5), n_min=None)
-    assert fit.ok and all(math.isnan(e) for e in fit.errors.values())
+    assert not fit.ok and "do not fix" in fit.reason and fit.params == {}
+    assert not fit_variance(n, np.linspace(1, 2, 5), n_min=None).ok
+    assert fit_gap(np.array([1e4, 1e4, 4e4]), np.array([0.1, 0.2, 0.05]), n_min=None).ok
 
 
 def test_summary_json_round_trips_with_nan_and_keeps_the_file_format():
@@ -156,13 +160,28 @@ def test_summary_json_round_trips_with_nan_and_keeps_the_file_format():
         reduced_at="2026-12-01T00:00:00Z",
     )
     text = summary.to_json()
-    raw = __import__("json").loads(text)
+    raw = json.loads(text)
+    assert list(raw) == [  # the file's keys, in the order the reducer has always written
+        "sweep", "n_runs", "n_done", "ensemble_over", "max_subsets", "n_star", "n_star_half",
+        "n_star_bracket", "smallest_jammed_n", "fits", "reduced_at",
+    ]  # fmt: skip
+    gap = raw["fits"]["fc5"]["gap"]
+    assert list(gap) == ["law", "params", "errors", "n_points", "n_range", "reason"]
+    assert raw["ensemble_over"] == "converged" and text.startswith('{\n  "sweep": "s",\n')
     assert raw["n_star"] == {"fc5": 120, "cnn": None} and '"fc5": 120,' in text  # an int stays
     assert raw["n_star_bracket"]["fc5"] == [96.0, 120.0]
-    assert math.isnan(raw["fits"]["fc5"]["gap"]["errors"]["E0"])  # NaN, as json.dumps writes
+    assert math.isnan(gap["errors"]["E0"]) and "NaN" in text  # as json.dumps writes it
     back = Summary.from_json(text)
     assert back.fits["fc5"]["gap"].params == fit.params
     assert math.isnan(back.fits["fc5"]["gap"].errors["E0"])
     assert back.model_dump(exclude={"fits"}) == summary.model_dump(exclude={"fits"})
-    with pytest.raises(ValueError, match="ensemble_over"):
-        Summary.from_json(text.replace('"converged"', '"some"'))
+
+
+def test_an_older_summary_reads_and_a_broken_one_says_what_to_do():
+    older = {"sweep": "s", "n_runs": 4, "n_done": 4, "n_star": {"fc5": 100}, "fits": {}}
+    back = Summary.from_json(json.dumps(older))  # before n_star_bracket and the others
+    assert back.n_star == {"fc5": 100} and back.n_star_bracket == {}
+    assert back.ensemble_over == "converged"
+    for broken in ('{"sweep": "s", "ensemble_over": "some"}', "{not json"):
+        with pytest.raises(JamsweepError, match=r"x/summary.json cannot be read .*jamsweep reduce"):
+            Summary.from_json(broken, source="x/summary.json")

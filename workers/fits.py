@@ -11,8 +11,8 @@ count as much as the large ones near N*). The last two are straight lines in log
 fitted there. All four are linear least squares. Uncertainties are the square roots of the
 diagonal of the covariance scaled by the residuals (as scipy's curve_fit with
 absolute_sigma=False): they say how well the points fix the parameters, not whether the law
-is right. A fit with fewer points than parameters + 1
-is reported with its reason instead of numbers.
+is right. A fit with fewer points than parameters + 1, or with points that do not fix the
+parameters, is reported with its reason instead of numbers.
 """
 
 from __future__ import annotations
@@ -29,30 +29,38 @@ DIVERGENCE_WINDOW = 4.0  # "just above N*": N <= 4 N*
 
 def _least_squares(
     columns: list[np.ndarray], y: np.ndarray, sigma: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Values and one-sigma errors of y ~ sum_k p_k columns[k], weighted by 1/sigma.
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Values and one-sigma errors of y ~ sum_k p_k columns[k], weighted by 1/sigma; None
+    when the points do not fix the parameters (the columns are collinear on them).
 
-    The laws are linear in their parameters, so this is linear least squares (numpy's
-    lstsq on the weighted design matrix), not an iterative fit. The covariance is that of
-    scipy's curve_fit with absolute_sigma=False: (A^T W A)^-1 times the reduced chi^2 of
-    the residuals; NaN where A is rank-deficient."""
+    The laws are linear in their parameters, so this is linear least squares through one
+    SVD of the weighted design matrix A_w = U S V^T, not an iterative fit: values
+    V S^-1 U^T y_w. The covariance is that of scipy's curve_fit with absolute_sigma=False:
+    (A_w^T A_w)^-1 = V S^-2 V^T times the reduced chi^2 of the residuals."""
     a = np.column_stack(columns)  # (points, parameters)
     w = np.ones(len(y)) if sigma is None else 1.0 / sigma
     a_w, y_w = a * w[:, None], y * w
-    values, _, rank, singular = np.linalg.lstsq(a_w, y_w, rcond=None)
-    n_params = a.shape[1]
-    if rank < n_params:
-        return values, np.full(n_params, np.nan)
+    u, singular, vt = np.linalg.svd(a_w, full_matrices=False)
+    if singular[-1] <= singular[0] * max(a.shape) * np.finfo(float).eps:  # lstsq's rank rule
+        return None
+    values = vt.T @ ((u.T @ y_w) / singular)
     residual = y_w - a_w @ values
-    reduced_chi2 = float(residual @ residual) / (len(y) - n_params)
-    _, _, vt = np.linalg.svd(a_w, full_matrices=False)
-    cov = (vt.T / singular**2) @ vt * reduced_chi2  # (A_w^T A_w)^-1 = V S^-2 V^T
+    reduced_chi2 = float(residual @ residual) / (len(y) - a.shape[1])
+    cov = (vt.T / singular**2) @ vt * reduced_chi2
     return values, np.sqrt(np.diag(cov))
 
 
-def _line_fit(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _line_fit(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """(intercept, slope) and their errors of y = intercept + slope x, unweighted."""
     return _least_squares([np.ones_like(x), x], y, None)
+
+
+def _unfixed(law: str, x: np.ndarray) -> Fit:
+    return Fit(
+        law=law,
+        n_points=len(x),
+        reason=f"{len(x)} points that do not fix the parameters (too few distinct N)",
+    )
 
 
 def _select(
@@ -92,7 +100,10 @@ def fit_gap(
     x, y, failed = _select(n, gap, keep, GAP, 2)
     if failed:
         return failed
-    values, errors = _least_squares([x**-0.5, x**-0.75], y, _weights(sigma, keep))
+    solved = _least_squares([x**-0.5, x**-0.75], y, _weights(sigma, keep))
+    if solved is None:
+        return _unfixed(GAP, x)
+    values, errors = solved
     names = ("E0", "E1")
     return _result(GAP, _named(names, values), _named(names, errors), x)
 
@@ -106,7 +117,10 @@ def fit_error(
     x, y, failed = _select(n, error, keep, ERROR, 3)
     if failed:
         return failed
-    values, errors = _least_squares([np.ones_like(x), x**-0.5, x**-0.75], y, _weights(sigma, keep))
+    solved = _least_squares([np.ones_like(x), x**-0.5, x**-0.75], y, _weights(sigma, keep))
+    if solved is None:
+        return _unfixed(ERROR, x)
+    values, errors = solved
     names = ("eps_inf", "B0", "B1")
     return _result(ERROR, _named(names, values), _named(names, errors), x)
 
@@ -118,7 +132,10 @@ def fit_variance(n: np.ndarray, distance: np.ndarray, *, n_min: float | None) ->
     x, y, failed = _select(n, distance, keep, VARIANCE, 2)
     if failed:
         return failed
-    (log_a, slope), (log_a_err, slope_err) = _line_fit(np.log(x), np.log(y))
+    solved = _line_fit(np.log(x), np.log(y))
+    if solved is None:
+        return _unfixed(VARIANCE, x)
+    (log_a, slope), (log_a_err, slope_err) = solved
     values = {"A": math.exp(log_a), "alpha": -slope}
     return _result(VARIANCE, values, {"A": values["A"] * log_a_err, "alpha": slope_err}, x)
 
@@ -135,12 +152,15 @@ def fit_divergence(
     if failed:
         failed.reason = f"{failed.reason} in N* < N <= {window:g} N*"
         return failed
-    (log_c, slope), (log_c_err, slope_err) = _line_fit(np.log(x / n_star - 1.0), np.log(y))
+    solved = _line_fit(np.log(x / n_star - 1.0), np.log(y))
+    if solved is None:
+        return _unfixed(DIVERGENCE, x)
+    (log_c, slope), (log_c_err, slope_err) = solved
     values = {"C": math.exp(log_c), "beta": -slope}
     return _result(DIVERGENCE, values, {"C": values["C"] * log_c_err, "beta": slope_err}, x)
 
 
-def _result(law: str, values: dict, errors: dict, x: np.ndarray) -> Fit:
+def _result(law: str, values: dict[str, float], errors: dict[str, float], x: np.ndarray) -> Fit:
     return Fit(
         law=law,
         params={k: float(v) for k, v in values.items()},

@@ -110,20 +110,24 @@ def list_files(folder: str, suffix: str = ".parquet") -> list[str]:
 
 
 def column_by_file(folder: str, column: str) -> dict[str, object]:
-    """File -> the first value of `column` in it, for every Parquet file under `folder`
-    (hidden temporaries excluded), in one pyarrow dataset scan (threads, no Python loop
-    over files). Raises OSError / ArrowException if any file cannot be read."""
+    """File -> the first value of `column` in it, for the files `list_files` finds under
+    `folder`, in one pyarrow dataset scan (threads, no Python loop over files). Raises
+    OSError / ArrowException if any of them cannot be read."""
     import pyarrow.dataset as ds
 
-    fs, path = resolve(folder)
-    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+    files = list_files(folder)
+    if not files:
         return {}
-    dataset = ds.dataset(path, filesystem=fs, format="parquet", exclude_invalid_files=False)
-    table = dataset.to_table(columns=[column, "__filename"])  # __filename: pyarrow's own
-    prefix, root = folder.rstrip("/"), path.rstrip("/")
+    fs, root = resolve(folder)
+    prefix = folder.rstrip("/")
+    paths = [root.rstrip("/") + f[len(prefix) :] for f in files]  # list_files, undone
+    table = ds.dataset(paths, filesystem=fs, format="parquet").to_table(
+        columns=[column, "__filename"]  # __filename: pyarrow's name for each row's file
+    )
+    location = dict(zip(paths, files, strict=True))
     found: dict[str, object] = {}
-    for file, value in zip(table["__filename"].to_pylist(), table[column].to_pylist(), strict=True):
-        found.setdefault(prefix + file[len(root) :], value)
+    for path, value in zip(table["__filename"].to_pylist(), table[column].to_pylist(), strict=True):
+        found.setdefault(location[path], value)
     return found
 
 

@@ -21,14 +21,13 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import pandas as pd
 
 from schemas.errors import JamsweepError
+from schemas.summary import EnsembleOver
 
-EnsembleOver = Literal["converged", "all"]
 MAX_SUBSETS = 64  # subsets of n seeds per n in ensemble.parquet (all of them when fewer)
 
 CURVE_COLUMNS = [  # curves.parquet, one row per (arch, width)
@@ -223,7 +222,10 @@ def distances_to(outputs: WidthOutputs, center: np.ndarray, runs: np.ndarray) ->
 
 
 def width_curve(
-    metrics: pd.DataFrame, outputs: WidthOutputs, *, ensemble_over: EnsembleOver = "converged"
+    metrics: pd.DataFrame,
+    outputs: WidthOutputs,
+    *,
+    ensemble_over: EnsembleOver = EnsembleOver.CONVERGED,
 ) -> dict:
     """One row of curves.parquet (without arch, width, n_over_nstar) from a width's metrics rows
     (one per run: run_id, n_params, converged, train_error, train_loss) and test outputs."""
