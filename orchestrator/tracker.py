@@ -18,6 +18,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pyarrow as pa
 
@@ -46,7 +47,8 @@ class Driver:
         return f"Ray job {self.job} ({where})" if self.job else where
 
     def is_gone(self) -> bool:
-        """True only when we can tell: the driver ran on this host and its process is gone."""
+        """True only when we can tell: the driver ran on this host and its process is gone,
+        or is a zombie (killed, not yet reaped by its parent: it will never beat again)."""
         if self.host != socket.gethostname():
             return False
         try:
@@ -55,7 +57,16 @@ class Driver:
             return True
         except PermissionError:
             return False
+        return _is_zombie(self.pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    """The process has exited and waits to be reaped (Linux /proc; False where unknown)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return False
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")  # after "(comm)": the state
 
 
 @dataclass

@@ -6,6 +6,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -133,12 +134,24 @@ class RayHead:
         """SIGKILL every process of this head (and of the jobs and workers it started)."""
         import signal
 
-        for pid in _descendants(self.proc.pid):
+        killed = _descendants(self.proc.pid)
+        for pid in killed:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):  # what left the tree but not the group
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=30)
+        deadline = time.monotonic() + 30  # dead means exited (a zombie at most), not dying
+        while any(_running(pid) for pid in killed) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def _running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
 def _descendants(pid: int) -> set[int]:

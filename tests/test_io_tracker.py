@@ -145,3 +145,28 @@ def test_a_restarted_tracker_resumes_from_its_file_and_takes_the_driver_s_replay
         "r1": RunStatus.DONE,
         "r2": RunStatus.PENDING,
     }  # a report it cannot place changes nothing
+
+
+def test_a_driver_is_gone_once_its_process_exited_even_before_it_is_reaped():
+    import socket
+    import subprocess
+    import time
+
+    from orchestrator.tracker import Driver
+
+    here = socket.gethostname()
+    alive = subprocess.Popen(["sleep", "30"])
+    exited = subprocess.Popen(["true"])
+    try:
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{exited.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline, "`true` did not exit"
+            time.sleep(0.01)
+        assert Driver(here, exited.pid).is_gone()  # a zombie: killed, not reaped yet
+        assert not Driver(here, alive.pid).is_gone()
+        assert not Driver("another-host", exited.pid).is_gone()  # cannot tell: not gone
+    finally:
+        alive.kill()
+        alive.wait()
+        exited.wait()
+    assert Driver(here, exited.pid).is_gone()  # reaped: no such process
