@@ -308,10 +308,7 @@ class RayBackend:
         if not handles:
             return []
         by_ref = {h.ref: h for h in handles}
-        # Wait in Python, then look without blocking: a SIGINT that came while ray.wait
-        # blocked was once held until a task ended, 2 minutes later (CI of 2026-12-01).
-        time.sleep(timeout_s)
-        ready, _ = ray.wait(list(by_ref), num_returns=len(by_ref), timeout=0)
+        ready, _ = ray.wait(list(by_ref), num_returns=len(by_ref), timeout=timeout_s)
         return [outcome for ref in ready for outcome in self._outcomes(by_ref[ref])]
 
     def cancel(self, handles: list[RunHandle]) -> None:
