@@ -122,6 +122,9 @@ def test_ctrl_c_records_running_runs_interrupted_at_once(tmp_path, head):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        # as on a terminal: a suite started in the background of a non-interactive shell
+        # hands SIG_IGN for SIGINT down to its children, and Python then ignores Ctrl-C
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     wait_for(lambda: any(r.state is RunStatus.RUNNING for r in read_records(layout)), 120, "a run")
     driver.send_signal(signal.SIGINT)
