@@ -26,7 +26,8 @@ import torch
 
 from schemas.grid import parse_grid
 from workers.data import Dataset, load_dataset
-from workers.pack import Member, Pack, auto_pack_size, outputs, pack_step, stack_runs
+from workers.pack import Member, Pack, outputs, pack_step, stack_runs
+from workers.pack_plan import auto_pack_size
 from workers.train import DENSE_FRACTION, build_model, hinge_step_loss, make_optimizer
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

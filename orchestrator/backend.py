@@ -38,7 +38,7 @@ from schemas.errors import JamsweepError  # noqa: E402
 from schemas.grid import ResourceSpec  # noqa: E402
 from schemas.layout import SweepLayout  # noqa: E402
 from schemas.run import RunSpec, RunStatus  # noqa: E402
-from workers.pack import plan_tasks  # noqa: E402
+from workers.pack_plan import plan_tasks  # noqa: E402
 
 NAMESPACE = "jamsweep"
 

@@ -10,7 +10,8 @@ import torch
 from schemas.grid import parse_grid
 from schemas.run import RunSpec
 from workers.data import load_dataset
-from workers.pack import auto_pack_size, pack_key, packable, train_pack
+from workers.pack import pack_key, packable, train_pack
+from workers.pack_plan import auto_pack_size, plan_tasks
 from workers.train import RunResult, TrainState, measurement_steps, train
 
 GRID = """
@@ -69,9 +70,21 @@ def assert_states_close(a: TrainState, b: TrainState) -> None:
             torch.testing.assert_close(sa[i][moment], sb[i][moment], rtol=1e-8, atol=1e-15)
 
 
-@pytest.mark.parametrize("extra", ["optimizer: adam", "optimizer: sgd, lr_max: 0.05"])
-def test_packed_weights_and_outputs_equal_alone_over_a_few_hundred_steps(data, extra):
-    runs = specs(widths="[3]", seeds=3, steps=300, extra=extra)
+# widths [2, 3, 5] share one pack, zero-padded to width 5, each with its own lr (0.05 h^-1.5)
+MIXED = "lr0: 0.05, lr_exponent: -1.5, lr_max: 1.0"
+
+
+@pytest.mark.parametrize(
+    ("widths", "extra"),
+    [
+        ("[3]", "optimizer: adam"),
+        ("[3]", "optimizer: sgd, lr_max: 0.05"),
+        ("[2, 3, 5]", f"optimizer: adam, {MIXED}"),
+        ("[2, 3, 5]", "optimizer: sgd, lr0: 0.5, lr_exponent: -1.5, lr_max: 1.0"),
+    ],
+)
+def test_packed_weights_and_outputs_equal_alone_over_a_few_hundred_steps(data, widths, extra):
+    runs = specs(widths=widths, seeds=3 if widths == "[3]" else 2, steps=300, extra=extra)
     results, states = packed(runs, data)
     for spec in runs:
         want, want_states = alone(spec, data)
@@ -91,9 +104,7 @@ def test_packed_weights_and_outputs_equal_alone_over_a_few_hundred_steps(data, e
 def test_whole_runs_stop_when_alone_with_the_same_errors(data):
     runs = specs(widths="[4, 8]", seeds=3, steps=3000, every=1000)
     checks = sorted(measurement_steps(3000))
-    results = {}
-    for width in (4.0, 8.0):
-        results |= packed([s for s in runs if s.width == width], data)[0]
+    results = packed(runs, data)[0]  # both widths in one pack, the 4s zero-padded to 8
     stops = set()
     for spec in runs:
         got, want = results[spec.run_id].metrics, train(spec, data).metrics
@@ -120,6 +131,31 @@ def test_a_stopped_run_is_frozen_while_the_rest_of_its_pack_goes_on(data):
         )
 
 
+def test_a_narrow_runs_padding_stays_exactly_zero_and_leaves_with_the_widest_run(data):
+    from workers.pack import Member, outputs, pack_step, stack_runs
+
+    narrow, wide = specs(widths="[2, 6]", seeds=1, extra=MIXED)
+    pack = stack_runs([Member(narrow), Member(wide)], [None, None], data)
+    assert [p.shape[1:] for p in pack.params] == pack.members[1].shapes  # the wide run's
+    assert pack.members[0].shapes[:2] == [(2, 10), (2,)]
+    mine = [(0, *(slice(0, n) for n in shape)) for shape in pack.members[0].shapes]
+    dense = True
+    for _ in range(200):
+        f = None if dense else outputs(pack, data.train.x)
+        dense = pack_step(pack, data.train, f) > 0.5
+    for tensors in (pack.params, pack.exp_avg, pack.exp_avg_sq):
+        for t, block in zip(tensors, mine, strict=True):
+            outside = t[0].detach().clone()
+            outside[block[1:]] = 0
+            assert torch.count_nonzero(outside) == 0
+            assert torch.count_nonzero(t[block]) > 0
+    assert pack.lr.tolist() == [0.05 * 2**-1.5, 0.05 * 6**-1.5]
+    before = [p[0][block[1:]].detach().clone() for p, block in zip(pack.params, mine, strict=True)]
+    pack.keep([0])  # the wide run stopped: the pack shrinks to the narrow run's shapes
+    assert [p.shape[1:] for p in pack.params] == pack.members[0].shapes
+    assert all(torch.equal(p[0], b) for p, b in zip(pack.params, before, strict=True))
+
+
 def _roundtrip(state: TrainState) -> TrainState:
     buffer = io.BytesIO()
     torch.save(state.to_dict(), buffer)
@@ -127,7 +163,7 @@ def _roundtrip(state: TrainState) -> TrainState:
 
 
 def test_a_packs_checkpoints_resume_alone_and_in_a_pack(data):
-    runs = specs(widths="[3]", seeds=2, steps=300)
+    runs = specs(widths="[3, 5]", seeds=1, steps=300)  # widths 3 and 5 in one pack
     whole, states = packed(runs, data)
     at_100 = [_roundtrip(states[s.run_id][0]) for s in runs]
     assert all(s.step == 100 for s in at_100)
@@ -171,7 +207,8 @@ def test_a_diverging_run_fails_alone_and_the_others_finish(data):
 def test_what_may_share_a_pack():
     fc = specs(widths="[3, 4]", seeds=2)
     assert all(packable(s) for s in fc)
-    assert len({pack_key(s) for s in fc}) == 2  # one per width, seeds aside
+    assert len({pack_key(s) for s in fc}) == 1  # widths and seeds aside, they are one arch
+    assert pack_key(specs(extra="margin: 0.5")[0]) != pack_key(fc[0])
     assert not packable(specs(extra="batch_size: 30")[0])
     assert not packable(specs(extra="subtract_init: true")[0])
 
@@ -185,8 +222,6 @@ def test_auto_pack_size_packs_small_nets_and_leaves_wide_ones_alone():
 
 
 def test_plan_tasks_groups_seeds_of_a_width_as_the_grid_says():
-    from workers.pack import plan_tasks
-
     def grid(pack: str, seeds: int = 4) -> list[RunSpec]:
         return specs(widths="[3, 4]", seeds=seeds, pack=pack)
 
@@ -195,9 +230,17 @@ def test_plan_tasks_groups_seeds_of_a_width_as_the_grid_says():
     assert [len(t) for t in two] == [2, 2, 2, 2]
     assert all(len({s.width for s in t}) == 1 for t in two)
     assert sorted(s.run_id for t in two for s in t) == sorted(s.run_id for s in grid("2"))
-    # auto: all the seeds of a width in one pack, as long as the 2 slots stay busy
-    assert [len(t) for t in plan_tasks(grid("auto"), slots=2)] == [4, 4]
+    # auto: runs of both widths in packs, as large as keeps the 2 slots busy, every task
+    # holding both widths (dealt in turn), so the tasks end together
+    auto = plan_tasks(grid("auto"), slots=2)
+    assert [len(t) for t in auto] == [4, 4]
+    assert all(sorted(s.width for s in t) == [3, 3, 4, 4] for t in auto)
+    assert sorted(s.run_id for t in auto for s in t) == sorted(s.run_id for s in grid("auto"))
     assert [len(t) for t in plan_tasks(grid("auto"), slots=4)] == [2, 2, 2, 2]
+    # widths more than twice apart do not share a pack (a narrow run would pay the padding)
+    bands = plan_tasks(specs(widths="[3, 6, 7, 20]", seeds=2, pack="auto"), slots=1)
+    assert [sorted({s.width for s in t}) for t in bands] == [[3, 6], [7], [20]]
+    assert [len(t) for t in bands] == [4, 2, 2]
     assert [len(t) for t in plan_tasks(grid("3", seeds=4), slots=1)] == [2, 2, 2, 2]  # even
     mini = specs(extra="batch_size: 30", pack="4")
     assert [len(t) for t in plan_tasks(mini, slots=1)] == [1, 1, 1]  # trained alone

@@ -1,11 +1,14 @@
-"""Train a pack: several runs of one FC (arch, width) as one batched model. No files.
+"""Train a pack: several runs of one FC arch as one batched model. No files.
 
 Small nets waste the machine: a step of a width-8 net is a few dozen tiny kernels. A pack
-stacks the weights of R runs (the seeds of one width) along a leading run dimension and
-steps them together with batched matmuls, so one kernel does the work of R. Everything a
+stacks the weights of R runs (seeds, and widths of one arch) along a leading run dimension
+and steps them together with batched matmuls, so one kernel does the work of R. A narrower
+run sits zero-padded in the widest one's shapes: a padded unit's weights and bias are 0, so
+its ReLU is 0, its gradient is exactly 0 and Adam leaves it at 0 (m = v = 0). Everything a
 run owns stays its own:
   - its init (each run's net is built by `build_model`, exactly as when trained alone),
-  - its Adam state (moments and step count per run, Adam's math vectorised over runs),
+  - its Adam state and learning rate (moments, step count and lr per run, Adam's math
+    vectorised over runs),
   - its stop: a run that meets the stop rule leaves the batch (the batch is compacted), so
     its weights and Adam moments never change again; Adam would otherwise keep moving a net
     whose gradient is zero,
@@ -20,7 +23,6 @@ Packs are for FC nets trained full batch (`packable`); CNNs and mini-batch runs 
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -58,8 +60,8 @@ def packable(spec: RunSpec) -> bool:
 
 
 def pack_key(spec: RunSpec) -> str:
-    """Runs with the same key may share a pack: they differ by their seed only."""
-    return spec.model_dump_json(exclude={"seed"})
+    """Runs with the same key may share a pack: they differ by their width and seed only."""
+    return spec.model_dump_json(exclude={"seed", "width"})
 
 
 @dataclass
@@ -67,6 +69,7 @@ class Member:
     """One run of the pack and the bookkeeping that is its own."""
 
     spec: RunSpec
+    shapes: list[torch.Size] = field(default_factory=list)  # its own params' shapes
     step: int = 0
     trace: list[dict[str, float]] = field(default_factory=list)
     snapshots: list[dict[str, Any]] = field(default_factory=list)
@@ -78,7 +81,8 @@ class Member:
 
 class Pack:
     """The stacked state of the runs still training: params [W0, b0, W1, b1, ...] with
-    W_l (R, out, in) and b_l (R, out), Adam moments of the same shapes, steps t (R,)."""
+    W_l (R, out, in) and b_l (R, out) in the widest run's shapes (narrower runs
+    zero-padded), Adam moments of the same shapes, steps t (R,) and learning rates (R,)."""
 
     def __init__(self, members: list[Member], params: list[torch.Tensor], adam: dict) -> None:
         self.members = members
@@ -86,6 +90,9 @@ class Pack:
         self.exp_avg: list[torch.Tensor] = adam["exp_avg"]
         self.exp_avg_sq: list[torch.Tensor] = adam["exp_avg_sq"]
         self.adam_steps: torch.Tensor = adam["step"]  # (R,) float64, Adam's t per run
+        self.lr = torch.tensor(
+            [m.spec.training.learning_rate(m.spec.width) for m in members], dtype=torch.float64
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """f of every run (R, n): x (n, d) shared by the runs, or (R, n, d) per run."""
@@ -99,13 +106,36 @@ class Pack:
         return h[..., 0]  # one output
 
     def keep(self, rows: list[int]) -> None:
-        """Compact the batch to the runs at `rows` (the others have stopped)."""
+        """Compact the batch to the runs at `rows` (the others have stopped), in the shapes
+        of the widest run left (what is cut off is padding: zeros)."""
         self.members = [self.members[i] for i in rows]
+        if not self.members:
+            self.params, self.exp_avg, self.exp_avg_sq = [], [], []
+            return
         index = torch.tensor(rows, dtype=torch.long, device=self.params[0].device)
-        self.params = [p.detach()[index].requires_grad_(True) for p in self.params]
-        self.exp_avg = [m[index] for m in self.exp_avg]
-        self.exp_avg_sq = [v[index] for v in self.exp_avg_sq]
+        cuts = [(slice(None), *_block(shape)) for shape in _widest(self.members)]
+
+        def kept(stacked: list[torch.Tensor]) -> list[torch.Tensor]:
+            return [t[index][cut].contiguous() for t, cut in zip(stacked, cuts, strict=True)]
+
+        self.params = [p.requires_grad_(True) for p in kept([p.detach() for p in self.params])]
+        self.exp_avg = kept(self.exp_avg)
+        self.exp_avg_sq = kept(self.exp_avg_sq)
         self.adam_steps = self.adam_steps[index.cpu()]
+        self.lr = self.lr[index.cpu()]
+
+
+def _block(shape: torch.Size) -> tuple[slice, ...]:
+    """The slices of a padded tensor that hold a tensor of `shape` (its top-left block)."""
+    return tuple(slice(0, n) for n in shape)
+
+
+def _widest(members: list[Member]) -> list[torch.Size]:
+    """Per param, the shape that holds every member's (the elementwise largest)."""
+    return [
+        torch.Size(max(sizes) for sizes in zip(*shapes, strict=True))
+        for shapes in zip(*(m.shapes for m in members), strict=True)
+    ]
 
 
 def stack_runs(members: list[Member], resumes: list[TrainState | None], data: Dataset) -> Pack:
@@ -120,6 +150,7 @@ def stack_runs(members: list[Member], resumes: list[TrainState | None], data: Da
             model.load_state_dict(resume.model)
             optimizer.load_state_dict(resume.optimizer)
         run_params = list(model.parameters())
+        member.shapes = [p.shape for p in run_params]
         params.append([p.detach() for p in run_params])
         state = [optimizer.state.get(p, {}) for p in run_params]  # {} before a first step
         exp_avg.append(
@@ -133,8 +164,17 @@ def stack_runs(members: list[Member], resumes: list[TrainState | None], data: Da
         )
         steps.append(float(state[0]["step"]) if "step" in state[0] else 0.0)
 
+    shapes = _widest(members)
+
     def stacked(per_run: list[list[torch.Tensor]]) -> list[torch.Tensor]:
-        return [torch.stack(tensors) for tensors in zip(*per_run, strict=True)]
+        """Per param, the runs' tensors in one (R, *widest) tensor, zero-padded."""
+        out = []
+        for shape, tensors in zip(shapes, zip(*per_run, strict=True), strict=True):
+            big = tensors[0].new_zeros((len(tensors), *shape))
+            for row, tensor in enumerate(tensors):
+                big[(row, *_block(tensor.shape))] = tensor
+            out.append(big)
+        return out
 
     adam = {
         "exp_avg": stacked(exp_avg),
@@ -152,7 +192,7 @@ def run_model(pack: Pack, row: int, d_in: int) -> FC:
     model = model.to(device=pack.params[0].device, dtype=pack.params[0].dtype)
     with torch.no_grad():
         for mine, stacked in zip(model.parameters(), pack.params, strict=True):
-            mine.copy_(stacked[row])
+            mine.copy_(stacked[row][_block(mine.shape)])
     return model
 
 
@@ -168,8 +208,8 @@ def run_state(pack: Pack, row: int, d_in: int, wall_s: float) -> TrainState:
                 "step": torch.tensor(
                     float(pack.adam_steps[row]), dtype=torch.float32, device=p.device
                 ),
-                "exp_avg": pack.exp_avg[i][row].clone(),
-                "exp_avg_sq": pack.exp_avg_sq[i][row].clone(),
+                "exp_avg": pack.exp_avg[i][row][_block(p.shape)].clone(),
+                "exp_avg_sq": pack.exp_avg_sq[i][row][_block(p.shape)].clone(),
             }
     return TrainState(
         member.step,
@@ -223,17 +263,16 @@ def _max_fraction(violated: torch.Tensor) -> float:
 
 def optimizer_step(pack: Pack) -> None:
     """One step of every run's optimizer, vectorised over runs: torch.optim.Adam's math
-    (single-tensor form) with each run's own step count, or plain SGD."""
+    (single-tensor form) with each run's own step count and learning rate, or plain SGD."""
     t = pack.members[0].spec.training
-    lr = t.learning_rate(pack.members[0].spec.width)
     with torch.no_grad():
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in pack.params]
         if t.optimizer == "sgd":
             for p, g in zip(pack.params, grads, strict=True):
-                p.add_(g, alpha=-lr)
+                p.sub_(g * pack.lr.to(p).view((-1,) + (1,) * (p.ndim - 1)))
             return
         pack.adam_steps += 1
-        step_size = lr / (1 - BETA1**pack.adam_steps)  # (R,) float64
+        step_size = pack.lr / (1 - BETA1**pack.adam_steps)  # (R,) float64
         bias2_sqrt = (1 - BETA2**pack.adam_steps).sqrt()
         for p, g, m, v in zip(pack.params, grads, pack.exp_avg, pack.exp_avg_sq, strict=True):
             shape = (-1,) + (1,) * (p.ndim - 1)
@@ -339,43 +378,3 @@ def _member(spec: RunSpec, resume: TrainState | None) -> Member:
         wall_before=resume.wall_s,
         resumed_from=resume.step,
     )
-
-
-def auto_pack_size(width: float, depth: int, train_size: int, gpu: bool) -> int:
-    """The pack size `resources.pack: auto` gives one (arch, width).
-
-    CPU (bench/bench_throughput.py, 1 thread): a step pays a fixed cost per kernel, so a
-    pack wins while P * h is small (P = 1000, h = 8: a pack of 20 takes 0.55 ms per run-step,
-    one run alone 2.3 ms); from P * h of about 50,000 on the work per element dominates and
-    batched matmuls are no faster than one run's (P = 10,000, h = 16: slower), so those runs
-    train alone. GPU (not measured here: no GPU was available): kernel-launch bound, so
-    pack up to 20 runs. Either way a pack's activations (about 3 (R, P, h) float64 tensors
-    per layer, kept for the backward) stay under 512 MiB."""
-    if not gpu and train_size * width > 50_000:
-        return 1
-    per_run = 3 * train_size * width * depth * 8
-    return max(1, min(20, int(512 * 2**20 // max(per_run, 1))))
-
-
-def plan_tasks(specs: list[RunSpec], slots: int) -> list[list[RunSpec]]:
-    """Split `specs` into tasks: packs of runs sharing a pack_key as `resources.pack` says,
-    every other run alone. `slots`: how many tasks the cluster runs at once; an 'auto' pack
-    is made no larger than keeps its width's share of those slots busy (4 seeds on 2 cores
-    give 2 packs of 2, not 1 of 4). Runs are split evenly: 22 runs by 20 give 11 + 11."""
-    groups: dict[str, list[RunSpec]] = {}
-    for spec in specs:
-        alone = spec.resources.pack == 1 or not packable(spec)
-        groups.setdefault(spec.run_id if alone else pack_key(spec), []).append(spec)
-    tasks = []
-    for group in groups.values():
-        first = group[0]
-        size = first.resources.pack if first.resources.pack != "auto" else 1
-        if first.resources.pack == "auto":
-            gpu = first.resources.num_gpus > 0
-            train_size = first.dataset.train_size
-            size = auto_pack_size(first.width, first.arch.depth, train_size, gpu)
-            share = math.ceil(max(1, slots) * len(group) / len(specs))  # tasks for this group
-            size = min(size, math.ceil(len(group) / share))
-        n_tasks = math.ceil(len(group) / size)
-        tasks += [group[i::n_tasks] for i in range(n_tasks)]
-    return tasks

@@ -1,0 +1,82 @@
+"""Which runs share a Ray task: `resources.pack` turned into a list of tasks. No torch work.
+
+Packs are trained by `workers.pack`; this module only decides who goes together, from
+the grid's `pack` value, the runs' widths and how many tasks the cluster runs at once.
+"""
+
+from __future__ import annotations
+
+import math
+
+from schemas.run import RunSpec
+from workers.pack import pack_key, packable
+
+
+def auto_pack_size(width: float, depth: int, train_size: int, gpu: bool) -> int:
+    """The pack size `resources.pack: auto` gives one (arch, width).
+
+    CPU (bench/bench_throughput.py, 1 thread): a step pays a fixed cost per kernel, so a
+    pack wins while P * h is small (P = 1000, h = 8: a pack of 20 takes 0.55 ms per run-step,
+    one run alone 2.3 ms); from P * h of about 50,000 on the work per element dominates and
+    batched matmuls are no faster than one run's (P = 10,000, h = 16: slower), so those runs
+    train alone. GPU (not measured here: no GPU was available): kernel-launch bound, so
+    pack up to 20 runs. Either way a pack's activations (about 3 (R, P, h) float64 tensors
+    per layer, kept for the backward) stay under 512 MiB."""
+    if not gpu and train_size * width > 50_000:
+        return 1
+    per_run = 3 * train_size * width * depth * 8
+    return max(1, min(20, int(512 * 2**20 // max(per_run, 1))))
+
+
+WIDTH_BAND = 2.0  # `auto` packs widths up to twice the narrowest of their band
+
+
+def plan_tasks(specs: list[RunSpec], slots: int) -> list[list[RunSpec]]:
+    """Split `specs` into tasks; runs that are not packed train alone.
+
+    `pack: k` packs the seeds of a width, at most k per task, split evenly (22 runs by 20
+    give 11 + 11). `pack: auto` packs the runs of one arch across its widths, in bands
+    whose widest is at most WIDTH_BAND times the narrowest (the padding a narrow run pays
+    stays small), each task at most `auto_pack_size` of the band's widest and no larger
+    than keeps the band's share of the cluster's `slots` busy (4 runs on 2 cores: 2 packs
+    of 2). A band's runs are dealt to its tasks in turn, by width, so every task holds a
+    spread of widths and the tasks end together."""
+    groups: dict[str, list[RunSpec]] = {}
+    for spec in specs:
+        pack = spec.resources.pack
+        if pack == 1 or not packable(spec) or (pack == "auto" and _auto_size(spec) == 1):
+            key = spec.run_id
+        else:
+            key = pack_key(spec) + ("" if pack == "auto" else f" width {spec.width}")
+        groups.setdefault(key, []).append(spec)
+    tasks = []
+    for group in groups.values():
+        pack = group[0].resources.pack
+        if pack != "auto":
+            tasks += _deal(group, math.ceil(len(group) / pack))
+            continue
+        for band in _bands(sorted(group, key=lambda s: (s.width, s.seed))):
+            share = math.ceil(max(1, slots) * len(band) / len(specs))  # tasks for this band
+            size = min(_auto_size(band[-1]), math.ceil(len(band) / share))
+            tasks += _deal(band, math.ceil(len(band) / size))
+    return tasks
+
+
+def _auto_size(spec: RunSpec) -> int:
+    gpu = spec.resources.num_gpus > 0
+    return auto_pack_size(spec.width, spec.arch.depth, spec.dataset.train_size, gpu)
+
+
+def _bands(runs: list[RunSpec]) -> list[list[RunSpec]]:
+    """`runs` (sorted by width) cut where a width passes WIDTH_BAND times its band's first."""
+    bands: list[list[RunSpec]] = []
+    for spec in runs:
+        if bands and spec.width <= WIDTH_BAND * bands[-1][0].width:
+            bands[-1].append(spec)
+        else:
+            bands.append([spec])
+    return bands
+
+
+def _deal(runs: list[RunSpec], n_tasks: int) -> list[list[RunSpec]]:
+    return [runs[i::n_tasks] for i in range(n_tasks)]
