@@ -2,7 +2,7 @@
 training on digits parity (P = 1000), three ways in the same run:
   - jamsweep: `submit` of the grid through its embedded Ray, the whole sweep (Ray's start,
     the runs, the reduce, the figures): with `pack: 1` (one run per task, the default, as
-    Tune runs them) and with `pack: auto` (the seeds of a width as one batched model);
+    Tune runs them) and with `pack: auto` (runs of nearby widths as one batched model);
   - Ray Tune: a `Tuner` with `grid_search` over width x seed on an embedded Ray of the same
     CPUs, each trial calling the training function jamsweep's tasks call
     (workers.execute.execute: train, write logits, trace and metrics);
