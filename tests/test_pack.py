@@ -241,6 +241,14 @@ def test_plan_tasks_groups_seeds_of_a_width_as_the_grid_says():
     bands = plan_tasks(specs(widths="[3, 6, 7, 20]", seeds=2, pack="auto"), slots=1)
     assert [sorted({s.width for s in t}) for t in bands] == [[3, 6], [7], [20]]
     assert [len(t) for t in bands] == [4, 2, 2]
+    # every band gets a multiple of the slots: no core waits while one pack ends a band
+    split = plan_tasks(specs(widths="[3, 4, 5, 20]", seeds=3, pack="auto"), slots=2)
+    assert [sorted(s.width for s in t) for t in split] == [
+        [3, 3, 4, 5, 5],
+        [3, 4, 4, 5],
+        [20] * 2,
+        [20],
+    ]
     assert [len(t) for t in plan_tasks(grid("3", seeds=4), slots=1)] == [2, 2, 2, 2]  # even
     mini = specs(extra="batch_size: 30", pack="4")
     assert [len(t) for t in plan_tasks(mini, slots=1)] == [1, 1, 1]  # trained alone

@@ -37,10 +37,11 @@ def plan_tasks(specs: list[RunSpec], slots: int) -> list[list[RunSpec]]:
     `pack: k` packs the seeds of a width, at most k per task, split evenly (22 runs by 20
     give 11 + 11). `pack: auto` packs the runs of one arch across its widths, in bands
     whose widest is at most WIDTH_BAND times the narrowest (the padding a narrow run pays
-    stays small), each task at most `auto_pack_size` of the band's widest and no larger
-    than keeps the band's share of the cluster's `slots` busy (4 runs on 2 cores: 2 packs
-    of 2). A band's runs are dealt to its tasks in turn, by width, so every task holds a
-    spread of widths and the tasks end together."""
+    stays small), each task at most `auto_pack_size` of the band's widest. A band has a
+    multiple of the cluster's `slots` tasks (4 runs on 2 cores: 2 packs of 2; 20 runs on
+    2 cores: 2 packs of 10, not 1 of 20 that leaves a core idle), and its runs are dealt
+    to them in turn, by width, so every task holds a spread of widths and they end
+    together."""
     groups: dict[str, list[RunSpec]] = {}
     for spec in specs:
         pack = spec.resources.pack
@@ -56,9 +57,9 @@ def plan_tasks(specs: list[RunSpec], slots: int) -> list[list[RunSpec]]:
             tasks += _deal(group, math.ceil(len(group) / pack))
             continue
         for band in _bands(sorted(group, key=lambda s: (s.width, s.seed))):
-            share = math.ceil(max(1, slots) * len(band) / len(specs))  # tasks for this band
-            size = min(_auto_size(band[-1]), math.ceil(len(band) / share))
-            tasks += _deal(band, math.ceil(len(band) / size))
+            n_tasks = math.ceil(len(band) / _auto_size(band[-1]))
+            per_slot = max(1, slots)  # a multiple of the slots: every slot gets its part
+            tasks += _deal(band, min(len(band), per_slot * math.ceil(n_tasks / per_slot)))
     return tasks
 
 
