@@ -57,16 +57,19 @@ class Driver:
             return True
         except PermissionError:
             return False
-        return _is_zombie(self.pid)
+        return process_state(self.pid) in EXITED
 
 
-def _is_zombie(pid: int) -> bool:
-    """The process has exited and waits to be reaped (Linux /proc; False where unknown)."""
+EXITED = ("Z", "X")  # process states of one that has exited (a zombie: not yet reaped)
+
+
+def process_state(pid: int) -> str | None:
+    """The process's state letter from Linux /proc (R, S, Z, ...); None where unknown."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")  # after "(comm)": the state
+        return None
+    return stat.rsplit(")", 1)[1].split()[0]  # after "(comm)": the state
 
 
 @dataclass

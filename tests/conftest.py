@@ -147,11 +147,9 @@ class RayHead:
 
 
 def _running(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    from orchestrator.tracker import EXITED, process_state
+
+    return process_state(pid) not in (None, *EXITED)
 
 
 def _descendants(pid: int) -> set[int]:

@@ -152,14 +152,14 @@ def test_a_driver_is_gone_once_its_process_exited_even_before_it_is_reaped():
     import subprocess
     import time
 
-    from orchestrator.tracker import Driver
+    from orchestrator.tracker import Driver, process_state
 
     here = socket.gethostname()
     alive = subprocess.Popen(["sleep", "30"])
     exited = subprocess.Popen(["true"])
     try:
         deadline = time.monotonic() + 10
-        while Path(f"/proc/{exited.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        while process_state(exited.pid) != "Z":
             assert time.monotonic() < deadline, "`true` did not exit"
             time.sleep(0.01)
         assert Driver(here, exited.pid).is_gone()  # a zombie: killed, not reaped yet

@@ -269,17 +269,21 @@ def optimizer_step(pack: Pack) -> None:
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in pack.params]
         if t.optimizer == "sgd":
             for p, g in zip(pack.params, grads, strict=True):
-                p.sub_(g * pack.lr.to(p).view((-1,) + (1,) * (p.ndim - 1)))
+                p.sub_(g * _per_run(pack.lr, p))
             return
         pack.adam_steps += 1
         step_size = pack.lr / (1 - BETA1**pack.adam_steps)  # (R,) float64
         bias2_sqrt = (1 - BETA2**pack.adam_steps).sqrt()
         for p, g, m, v in zip(pack.params, grads, pack.exp_avg, pack.exp_avg_sq, strict=True):
-            shape = (-1,) + (1,) * (p.ndim - 1)
             m.lerp_(g, 1 - BETA1)
             v.mul_(BETA2).addcmul_(g, g, value=1 - BETA2)
-            denom = (v.sqrt() / bias2_sqrt.to(p).view(shape)).add_(t.adam_eps)
-            p.sub_(step_size.to(p).view(shape) * (m / denom))
+            denom = (v.sqrt() / _per_run(bias2_sqrt, p)).add_(t.adam_eps)
+            p.sub_(_per_run(step_size, p) * (m / denom))
+
+
+def _per_run(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """values (R,) as `like`'s dtype and device, shaped to broadcast over its run rows."""
+    return values.to(like).view((-1,) + (1,) * (like.ndim - 1))
 
 
 def pack_step(pack: Pack, data: Split, f: torch.Tensor | None) -> float:
