@@ -217,7 +217,7 @@ def measure(variant: str, results: str, max_subsets: int) -> dict:
     import pandas  # noqa: F401
     import pyarrow.dataset  # noqa: F401
 
-    import orchestrator.plots  # noqa: F401  (matplotlib)
+    import orchestrator.results.plots  # noqa: F401  (matplotlib)
     import orchestrator.sweep  # noqa: F401  (torch, pyarrow, numpy)
     import workers.fits  # noqa: F401
 

@@ -28,7 +28,7 @@ training: {{max_steps: 1}}
 
 
 def bare_ray(n: int, cpus: int) -> float:
-    from orchestrator import backend  # sets Ray's environment before ray is imported
+    from orchestrator.cluster import backend  # sets Ray's environment before ray is imported
 
     ray = backend.ray
 
@@ -43,8 +43,8 @@ def bare_ray(n: int, cpus: int) -> float:
 
 
 def jamsweep_drive(root: str, specs: list, cpus: int) -> float:
-    from orchestrator.driver import run_on_ray
-    from orchestrator.store import manifest_table
+    from orchestrator.cluster.driver import run_on_ray
+    from orchestrator.results.store import manifest_table
     from schemas.layout import SweepLayout
     from workers import io
 

@@ -19,9 +19,9 @@ import time
 
 import pyarrow as pa
 
-from orchestrator.store import manifest_table
+from orchestrator.cluster.tracker import pending_record, records_table
+from orchestrator.results.store import manifest_table
 from orchestrator.sweep import status
-from orchestrator.tracker import pending_record, records_table
 from schemas.grid import parse_grid
 from schemas.layout import METRICS_FILE_SCHEMA, SweepLayout
 from schemas.run import RunStatus
@@ -92,8 +92,8 @@ def main() -> None:
 
 
 def live_snapshot(layout: SweepLayout) -> float:
-    from orchestrator.backend import RayBackend
-    from orchestrator.tracker import read_records
+    from orchestrator.cluster.backend import RayBackend
+    from orchestrator.cluster.tracker import read_records
 
     with RayBackend(None, num_cpus=1) as backend:
         tracker = backend.tracker(layout)

@@ -47,7 +47,7 @@ def jamsweep(grid_path: Path, results: Path, cpus: int) -> float:
 def ray_tune(specs: list, results: Path, cpus: int) -> float:
     from ray import tune
 
-    from orchestrator.backend import RayBackend
+    from orchestrator.cluster.backend import RayBackend
 
     layout = SweepLayout(str(results), specs[0].sweep)
     by_key = {(s.width, s.seed): s for s in specs}

@@ -1,18 +1,18 @@
 """The typed API the CLI calls and a notebook user can call directly: submit, status,
 cancel, ls, refine, reduce, plot, report. Each picks its executor once from the address
-(orchestrator.executors); reduce, plot and report only read and write files. No ray here:
-the cluster is behind `orchestrator.backend`.
+(orchestrator.cluster.executors); reduce, plot and report only read and write files. No ray here:
+the cluster is behind `orchestrator.cluster.backend`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from orchestrator.executors import executor_for, is_jobs_address
-from orchestrator.progress import ProgressHook
-from orchestrator.reduction import load_summary, plot, reduce, report
+from orchestrator.cluster.executors import executor_for, is_jobs_address
+from orchestrator.cluster.progress import ProgressHook
 from orchestrator.reports import Echo, RefineReport, SubmitReport, SweepStatus, quiet, width_symbol
-from orchestrator.store import sweep_names
+from orchestrator.results.reduction import load_summary, plot, reduce, report
+from orchestrator.results.store import sweep_names
 from schemas.grid import load_grid
 from schemas.layout import RESULTS_DEFAULT
 

@@ -59,7 +59,7 @@ def tracker_alive(layout) -> bool:  # noqa: ANN001  (a SweepLayout)
     """Whether the sweep's tracker actor exists, on the Ray this process is connected to."""
     import ray
 
-    from orchestrator.backend import NAMESPACE, tracker_name
+    from orchestrator.cluster.backend import NAMESPACE, tracker_name
 
     try:
         ray.get_actor(tracker_name(layout), namespace=NAMESPACE)
@@ -147,7 +147,7 @@ class RayHead:
 
 
 def _running(pid: int) -> bool:
-    from orchestrator.tracker import EXITED, process_state
+    from orchestrator.cluster.tracker import EXITED, process_state
 
     return process_state(pid) not in (None, *EXITED)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from orchestrator.store import manifest_table
+from orchestrator.results.store import manifest_table
 from schemas.grid import parse_grid
 from schemas.layout import METRICS_FILE_SCHEMA, SweepLayout, logits_schema
 from schemas.run import RunSpec

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from orchestrator.store import finished_run_ids
+from orchestrator.results.store import finished_run_ids
 from schemas.grid import parse_grid
 from schemas.layout import SweepLayout
 from tests.conftest import jamsweep, write_grid

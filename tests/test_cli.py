@@ -13,11 +13,11 @@ import pyarrow as pa
 import pytest
 from rich.console import Console
 
-from orchestrator.console import SubmitProgress
-from orchestrator.progress import Progress
-from orchestrator.starter import write_starter
+from orchestrator.cli.console import SubmitProgress
+from orchestrator.cli.starter import write_starter
+from orchestrator.cluster.progress import Progress
+from orchestrator.cluster.tracker import Driver, RoundState, records_table
 from orchestrator.sweep import reduce
-from orchestrator.tracker import Driver, RoundState, records_table
 from schemas.errors import JamsweepError
 from schemas.run import RunRecord, RunStatus
 from tests.conftest import ROOT, SHARED_DATA, jamsweep

@@ -14,11 +14,11 @@ import pandas as pd
 import pytest
 import torch
 
-from orchestrator.backend import RayBackend
-from orchestrator.driver import run_on_ray
+from orchestrator.cluster.backend import RayBackend
+from orchestrator.cluster.driver import run_on_ray
+from orchestrator.cluster.tracker import read_records, read_status
 from orchestrator.results import open_sweep
-from orchestrator.store import manifest_table
-from orchestrator.tracker import read_records, read_status
+from orchestrator.results.store import manifest_table
 from schemas.grid import parse_grid
 from schemas.layout import SweepLayout
 from schemas.run import RunStatus

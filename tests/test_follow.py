@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import enum
 
-from orchestrator.backend import JobsClient
-from orchestrator.remote import follow
+from orchestrator.cluster.backend import JobsClient
+from orchestrator.cluster.remote import follow
 
 LOG = "sweep s: 4 runs\nrun a done\nrun b done\nsweep s: 4 done.\n"
 

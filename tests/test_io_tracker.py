@@ -6,7 +6,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from orchestrator.tracker import Tracker, read_records
+from orchestrator.cluster.tracker import Tracker, read_records
 from schemas.errors import JamsweepError
 from schemas.layout import SweepLayout, format_width
 from schemas.run import InvalidTransition, RunRecord, RunStatus
@@ -152,7 +152,7 @@ def test_a_driver_is_gone_once_its_process_exited_even_before_it_is_reaped():
     import subprocess
     import time
 
-    from orchestrator.tracker import Driver, process_state
+    from orchestrator.cluster.tracker import Driver, process_state
 
     here = socket.gethostname()
     alive = subprocess.Popen(["sleep", "30"])

@@ -13,8 +13,7 @@ import pyarrow as pa
 import pytest
 
 from orchestrator import sweep as api
-from orchestrator.store import manifest_table, refuse_second_driver
-from orchestrator.tracker import (
+from orchestrator.cluster.tracker import (
     HEARTBEAT_STALE_S,
     Driver,
     RoundState,
@@ -23,6 +22,7 @@ from orchestrator.tracker import (
     read_status,
     records_table,
 )
+from orchestrator.results.store import manifest_table, refuse_second_driver
 from schemas.errors import JamsweepError
 from schemas.grid import parse_grid
 from schemas.layout import SweepLayout
@@ -207,11 +207,11 @@ def test_changing_what_decides_results_is_refused_naming_the_fields(tmp_path, ch
 
 
 def test_refined_runs_stay_when_the_grid_is_submitted_again_but_not_removed_ones(tmp_path):
-    from orchestrator.store import add_to_manifest, planned_runs
+    from orchestrator.results.store import add_to_manifest, planned_runs
 
     files = write_sweep(str(tmp_path), seeds=2, widths=[2, 4])
     grid = parse_grid(io.read_text(files.layout.grid_yaml))
-    from orchestrator.refine import refined_specs
+    from orchestrator.cluster.refine import refined_specs
 
     extra = refined_specs(files.specs[0], [3.0], [0, 1])
     assert add_to_manifest(files.layout, extra) == extra
@@ -226,7 +226,7 @@ def test_refined_runs_stay_when_the_grid_is_submitted_again_but_not_removed_ones
 
 
 def test_an_old_manifest_without_origin_keeps_its_extra_runs(tmp_path):
-    from orchestrator.store import planned_runs
+    from orchestrator.results.store import planned_runs
 
     files = write_sweep(str(tmp_path), seeds=1, widths=[2, 4])
     table = io.read_table(files.layout.manifest).drop_columns(["origin"])
@@ -272,7 +272,7 @@ def test_a_jobs_submission_with_paths_of_this_machine_is_refused(
 
 
 def test_object_store_results_and_shared_absolute_paths_pass_the_path_check(tmp_path):
-    from orchestrator.remote import cluster_results
+    from orchestrator.cluster.remote import cluster_results
 
     raw = parse_grid(GRID)
     assert cluster_results(raw, "s3://bucket/prefix", False) == "s3://bucket/prefix"
@@ -284,7 +284,7 @@ def test_object_store_results_and_shared_absolute_paths_pass_the_path_check(tmp_
 
 
 def test_one_tracker_per_results_location_and_sweep():
-    from orchestrator.backend import tracker_name
+    from orchestrator.cluster.backend import tracker_name
 
     a = tracker_name(SweepLayout("/data/a", "demo"))
     assert a == tracker_name(SweepLayout("/data/a", "demo"))

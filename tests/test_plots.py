@@ -12,11 +12,11 @@ import pytest
 from sweepfiles import write_sweep
 from typer.testing import CliRunner
 
-from orchestrator import plots
 from orchestrator import sweep as api
-from orchestrator.cli import app
-from orchestrator.plots import render_figures, report_html
-from orchestrator.reduction import _reduced
+from orchestrator.cli.app import app
+from orchestrator.results import plots
+from orchestrator.results.plots import render_figures, report_html
+from orchestrator.results.reduction import _reduced
 
 FIGURES = {
     "fig2_test_error",

@@ -204,7 +204,7 @@ def test_a_diverging_run_fails_at_once_without_retries_and_is_named(tmp_path):
 
 
 def test_embedded_ray_listens_on_loopback_only():
-    from orchestrator.backend import RayBackend
+    from orchestrator.cluster.backend import RayBackend
 
     with RayBackend(None, num_cpus=1):
         ours = _descendants(os.getpid())

@@ -7,8 +7,8 @@ from sweepfiles import default_converged, write_sweep
 from typer.testing import CliRunner
 
 from orchestrator import sweep as api
-from orchestrator.cli import app
-from orchestrator.refine import candidate_widths, propose_widths, refined_specs, width_step
+from orchestrator.cli.app import app
+from orchestrator.cluster.refine import candidate_widths, propose_widths, refined_specs, width_step
 from schemas.errors import JamsweepError
 from schemas.grid import FCArch
 
@@ -121,7 +121,7 @@ def test_refine_appends_the_new_runs_runs_them_and_reduces(tmp_path, monkeypatch
             write_run(layout, spec, f, labels, 50, 77, converged=True)
         return api.status("synth", results=str(tmp_path))
 
-    from orchestrator import refine as refine_module
+    from orchestrator.cluster import refine as refine_module
 
     monkeypatch.setattr(refine_module, "run_on_ray", fake_run_on_ray)
     report = api.refine("synth", results=str(tmp_path), n_widths=1)

@@ -12,7 +12,7 @@ import subprocess
 import pandas as pd
 import pytest
 
-from orchestrator.tracker import read_records, read_status
+from orchestrator.cluster.tracker import read_records, read_status
 from schemas.grid import parse_grid
 from schemas.layout import SweepLayout
 from schemas.run import RunStatus
@@ -62,7 +62,7 @@ def detached_via_jobs(grid, res: str, head: RayHead) -> subprocess.CompletedProc
 
 
 def tracker_exists(head: RayHead, layout: SweepLayout) -> bool:
-    from orchestrator.backend import RayBackend
+    from orchestrator.cluster.backend import RayBackend
 
     with RayBackend(head.gcs):
         return tracker_alive(layout)

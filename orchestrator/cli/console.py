@@ -17,8 +17,8 @@ from rich.table import Table
 from rich.text import Text
 
 from orchestrator import sweep as api
-from orchestrator.overview import RunDetail, SweepOverview
-from orchestrator.progress import Progress, format_duration
+from orchestrator.cli.overview import RunDetail, SweepOverview
+from orchestrator.cluster.progress import Progress, format_duration
 from schemas.run import RunRecord
 from schemas.summary import Summary
 

@@ -21,10 +21,10 @@ from pathlib import Path
 import orchestrator
 import schemas
 import workers
-from orchestrator.backend import TERMINAL_JOB_STATES, JobsClient
-from orchestrator.progress import ProgressHook
+from orchestrator.cluster.backend import TERMINAL_JOB_STATES, JobsClient
+from orchestrator.cluster.progress import ProgressHook
 from orchestrator.reports import Echo, RefineReport, SubmitReport, SweepStatus
-from orchestrator.store import check_grid_change, refuse_second_driver
+from orchestrator.results.store import check_grid_change, refuse_second_driver
 from schemas.errors import JamsweepError
 from schemas.grid import GridSpec, parse_grid
 from schemas.layout import RESULTS_ENV, SweepLayout

@@ -1,5 +1,5 @@
 """The `jamsweep` command: parses, calls the typed API (orchestrator.sweep, .overview,
-.starter), prints through orchestrator.console. JamsweepError is caught once (in
+.starter), prints through orchestrator.cli.console. JamsweepError is caught once (in
 JamsweepGroup) and printed as one message, exit code 1, no traceback.
 
 Every command that names a sweep takes it by name (looked up under --results, default
@@ -15,9 +15,10 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from orchestrator import console as show_
 from orchestrator import sweep as api
-from orchestrator.cli_options import (
+from orchestrator.cli import console as show_
+from orchestrator.cli.console import err, out
+from orchestrator.cli.options import (
     Address,
     NumCpus,
     Results,
@@ -28,9 +29,8 @@ from orchestrator.cli_options import (
     unused_options,
     unused_status_options,
 )
-from orchestrator.console import err, out
-from orchestrator.overview import locate, overview, run_detail
-from orchestrator.starter import StarterDataset, write_starter
+from orchestrator.cli.overview import locate, overview, run_detail
+from orchestrator.cli.starter import StarterDataset, write_starter
 from schemas.errors import JamsweepError
 from schemas.layout import default_results
 from schemas.run import RunStatus

@@ -33,7 +33,7 @@ from ray.exceptions import (  # noqa: E402
 )
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: E402
 
-from orchestrator.tracker import Tracker  # noqa: E402
+from orchestrator.cluster.tracker import Tracker  # noqa: E402
 from schemas.errors import JamsweepError  # noqa: E402
 from schemas.grid import ResourceSpec  # noqa: E402
 from schemas.layout import SweepLayout  # noqa: E402

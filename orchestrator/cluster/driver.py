@@ -1,19 +1,19 @@
 """A round: one driver starting a sweep's runs on Ray and waiting for every one of them,
-with the tracker recording what happens. No ray here (see orchestrator.backend)."""
+with the tracker recording what happens. No ray here (see orchestrator.cluster.backend)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from orchestrator.progress import ProgressHook, RoundCounter
+from orchestrator.cluster.progress import ProgressHook, RoundCounter
+from orchestrator.cluster.tracker import Driver, pending_record
 from orchestrator.reports import Echo, SweepStatus, quiet, width_symbol
-from orchestrator.store import finished_run_ids
-from orchestrator.tracker import Driver, pending_record
+from orchestrator.results.store import finished_run_ids
 from schemas.layout import SweepLayout
 from schemas.run import RunRecord, RunSpec, RunStatus
 
 if TYPE_CHECKING:  # the backend imports ray: only when a sweep runs
-    from orchestrator.backend import RayBackend
+    from orchestrator.cluster.backend import RayBackend
 
 
 def run_on_ray(
@@ -27,7 +27,7 @@ def run_on_ray(
     progress: ProgressHook | None = None,
 ) -> SweepStatus:
     """Connect to Ray and drive `todo` (a subset of `specs`) to a terminal state."""
-    from orchestrator.backend import RayBackend
+    from orchestrator.cluster.backend import RayBackend
 
     with RayBackend(address, num_cpus=num_cpus) as backend:
         backend.check_resources(todo[0].resources if todo else None)

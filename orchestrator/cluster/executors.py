@@ -1,6 +1,6 @@
 """Where a sweep's driver runs, chosen once from the address: `LocalExecutor` drives the
 runs from this process (an embedded Ray when no address is given, else `auto`, `ray://...`
-or HOST:PORT), `JobsExecutor` (orchestrator.remote) hands them to a cluster's Jobs API
+or HOST:PORT), `JobsExecutor` (orchestrator.cluster.remote) hands them to a cluster's Jobs API
 (`http://HOST:8265`). Both offer submit, status, cancel and refine."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from typing import Protocol
 
 import pyarrow as pa
 
-from orchestrator.driver import drive
-from orchestrator.progress import ProgressHook
-from orchestrator.reduction import reduce
+from orchestrator.cluster.driver import drive
+from orchestrator.cluster.progress import ProgressHook
 from orchestrator.reports import Echo, RefineReport, SubmitReport, SweepStatus
-from orchestrator.store import (
+from orchestrator.results.reduction import reduce
+from orchestrator.results.store import (
     ORIGIN_REFINE,
     absolute,
     check_grid_change,
@@ -65,7 +65,7 @@ def executor_for(
 ) -> Executor:
     """The executor of `address` (None: this machine, an embedded Ray)."""
     if is_jobs_address(address):
-        from orchestrator.remote import JobsExecutor  # the Jobs client imports ray
+        from orchestrator.cluster.remote import JobsExecutor  # the Jobs client imports ray
 
         return JobsExecutor(address or "", shared_fs=shared_fs)
     return LocalExecutor(address, num_cpus=num_cpus)
@@ -121,7 +121,7 @@ class LocalExecutor:
             echo(f"sweep {spec.sweep}: all {len(specs)} runs already done -> {layout.root}")
             report.status = status_from_files(layout)
         else:
-            from orchestrator.backend import RayBackend
+            from orchestrator.cluster.backend import RayBackend
 
             with RayBackend(self.address, num_cpus=self.num_cpus) as backend:
                 backend.check_resources(spec.resources)
@@ -148,7 +148,7 @@ class LocalExecutor:
         return status_from_files(layout)
 
     def _live_records(self, layout: SweepLayout) -> list[RunRecord] | None:
-        from orchestrator.backend import RayBackend
+        from orchestrator.cluster.backend import RayBackend
 
         try:
             with RayBackend(self.address) as backend:
@@ -159,7 +159,7 @@ class LocalExecutor:
 
     def cancel(self, sweep: str, results: str) -> list[str]:
         """Ask the live tracker to cancel every unfinished run; returns their ids."""
-        from orchestrator.backend import RayBackend
+        from orchestrator.cluster.backend import RayBackend
 
         layout = existing(sweep, absolute(results))
         with RayBackend(self.address) as backend:
@@ -171,7 +171,7 @@ class LocalExecutor:
             return tracker.cancel()
 
     def refine(self, sweep: str, results: str, *, echo: Echo, **options: object) -> RefineReport:
-        from orchestrator.refine import refine_here
+        from orchestrator.cluster.refine import refine_here
 
         return refine_here(
             sweep,

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from orchestrator import sweep as api
-from orchestrator.store import absolute, existing
+from orchestrator.results.store import absolute, existing
 from schemas.errors import JamsweepError
 from schemas.layout import SweepLayout, default_results
 from schemas.run import RunRecord

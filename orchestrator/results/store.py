@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from orchestrator.reports import SweepStatus
-from orchestrator.tracker import read_status, shown_records
+from orchestrator.cluster.tracker import read_status, shown_records
 from schemas.errors import JamsweepError
 from schemas.grid import GridSpec, parse_grid
 from schemas.layout import MANIFEST_SCHEMA, SweepLayout

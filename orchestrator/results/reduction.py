@@ -9,7 +9,7 @@ import time
 import pandas as pd
 import pyarrow as pa
 
-from orchestrator.store import existing
+from orchestrator.results.store import existing
 from schemas.errors import JamsweepError
 from schemas.layout import RESULTS_DEFAULT, SweepLayout
 from schemas.summary import EnsembleOver, Summary
@@ -81,7 +81,7 @@ def reduce(
     io.write_table(layout.ensemble, pa.Table.from_pandas(ensemble, preserve_index=False))
     io.write_text(layout.summary, summary.to_json())
     if figures and len(curves):
-        from orchestrator.plots import write_figures
+        from orchestrator.results.plots import write_figures
 
         write_figures(layout, curves, ensemble, summary)
     return curves
@@ -159,7 +159,7 @@ def _reduced(sweep: str, results: str) -> tuple[SweepLayout, pd.DataFrame, pd.Da
 
 def plot(sweep: str, *, results: str = RESULTS_DEFAULT) -> list[str]:
     """Draw the paper's figures from the reduced tables into figures/; return their paths."""
-    from orchestrator.plots import write_figures
+    from orchestrator.results.plots import write_figures
 
     layout, curves, ensemble, summary = _reduced(sweep, results)
     if curves.empty:
@@ -169,7 +169,7 @@ def plot(sweep: str, *, results: str = RESULTS_DEFAULT) -> list[str]:
 
 def report(sweep: str, *, results: str = RESULTS_DEFAULT, output: str | None = None) -> str:
     """Write one self-contained HTML page (figures, curve table, fits); return its path."""
-    from orchestrator.plots import render_figures, report_html
+    from orchestrator.results.plots import render_figures, report_html
 
     layout, curves, ensemble, summary = _reduced(sweep, results)
     figures = render_figures(curves, ensemble, summary) if len(curves) else {}

@@ -16,11 +16,11 @@ from collections.abc import Callable, Iterable
 
 import pandas as pd
 
-from orchestrator.driver import run_on_ray
-from orchestrator.progress import ProgressHook
-from orchestrator.reduction import reduce
+from orchestrator.cluster.driver import run_on_ray
+from orchestrator.cluster.progress import ProgressHook
 from orchestrator.reports import Echo, RefineReport, quiet
-from orchestrator.store import (
+from orchestrator.results.reduction import reduce
+from orchestrator.results.store import (
     absolute,
     add_to_manifest,
     existing,

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from orchestrator.executors import is_jobs_address
+from orchestrator.cluster.executors import is_jobs_address
 from schemas.errors import JamsweepError
 from schemas.run import RunStatus
 
