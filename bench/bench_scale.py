@@ -44,6 +44,7 @@ def bare_ray(n: int, cpus: int) -> float:
 
 def jamsweep_drive(root: str, specs: list, cpus: int) -> float:
     from orchestrator.cluster.driver import run_on_ray
+    from orchestrator.cluster.lease import Holder, acquire
     from orchestrator.results.store import manifest_table
     from schemas.layout import SweepLayout
     from workers import io
@@ -52,7 +53,8 @@ def jamsweep_drive(root: str, specs: list, cpus: int) -> float:
     io.write_text(layout.grid_yaml, GRID)
     io.write_table(layout.manifest, manifest_table(specs))
     start = time.perf_counter()
-    st = run_on_ray(layout, specs, specs, address=None, num_cpus=cpus)
+    with acquire(layout, Holder.this_process(None)) as held:
+        st = run_on_ray(layout, specs, specs, held, address=None, num_cpus=cpus)
     seconds = time.perf_counter() - start
     assert st.counts["done"] == len(specs), st.counts
     return seconds

@@ -54,6 +54,7 @@ class SubmitReport:
     curves: pd.DataFrame | None = None
     dry_run: bool = False
     planned: list[RunSpec] = field(default_factory=list)
+    dropped: list[RunSpec] = field(default_factory=list)  # runs the grid no longer names
     job_id: str | None = None  # set when the sweep went to a cluster as a Ray job
     job_state: str | None = None
 

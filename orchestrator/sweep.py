@@ -13,8 +13,10 @@ from orchestrator.cluster.progress import ProgressHook
 from orchestrator.reports import Echo, RefineReport, SubmitReport, SweepStatus, quiet, width_symbol
 from orchestrator.results.reduction import load_summary, plot, reduce, report
 from orchestrator.results.store import sweep_names
+from schemas.errors import JamsweepError
 from schemas.grid import load_grid
 from schemas.layout import RESULTS_DEFAULT
+from workers import io
 
 __all__ = [
     "RefineReport",
@@ -85,7 +87,13 @@ def cancel(sweep: str, *, results: str = RESULTS_DEFAULT, address: str = "auto")
 
 
 def ls(results: str = RESULTS_DEFAULT) -> list[SweepStatus]:
-    """Every sweep under `results`, with its persisted status."""
+    """Every sweep under `results`, with its persisted status. A location that does not
+    exist is an error (a mistyped --results is not an empty one)."""
+    if not io.exists(results):
+        raise JamsweepError(
+            f"results location {results!r} does not exist; give the folder (or URI) that "
+            "holds the sweeps with --results, or set $JAMSWEEP_RESULTS"
+        )
     return [status(name, results=results) for name in sweep_names(results)]
 
 

@@ -18,3 +18,13 @@ class GridError(JamsweepError):
             f"{source}: {len(problems)} problem(s) in the grid:\n{lines}\n"
             "Fix the grid file and submit again (see examples/demo.yaml)."
         )
+
+
+def cause_line(exc: BaseException) -> str:
+    """The cause of a failure in one line, without a framework's traceback framing (Ray
+    wraps a task's exception: its `cause` is the task's own)."""
+    cause = getattr(exc, "cause", None)
+    if cause is not None:
+        return f"{type(cause).__name__}: {cause}"[:2000]
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return (lines[-1] if lines else type(exc).__name__)[:2000]

@@ -42,6 +42,12 @@ class SweepLayout:
         return _join(self.results, self.sweep)
 
     @property
+    def lease_dir(self) -> str:
+        """The sweep's lease (orchestrator.cluster.lease): beside the sweep's folder, not in
+        it, so that moving the folder aside (--force) keeps the lease where it is."""
+        return _join(self.results, ".leases", self.sweep)
+
+    @property
     def grid_yaml(self) -> str:
         return _join(self.root, "grid.yaml")
 

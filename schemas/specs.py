@@ -62,6 +62,11 @@ class DatasetSpec(Strict):
     )
     data_seed: int = Field(default=0, ge=0, description="Seed of the train/test split.")
 
+    def location(self) -> dict[str, object]:
+        """Where the data is read from: fields that may change without changing a run's
+        result (not part of run ids, refreshed from the grid on every submission)."""
+        return {"root": self.root, "download": self.download}
+
     @model_validator(mode="after")
     def _root_when_needed(self) -> DatasetSpec:
         if self.name in DATASETS_WITH_ROOT and self.root is None:

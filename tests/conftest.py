@@ -146,9 +146,19 @@ class RayHead:
             time.sleep(0.05)
 
 
-def _running(pid: int) -> bool:
-    from orchestrator.cluster.tracker import EXITED, process_state
+EXITED = ("Z", "X")  # process states of one that has exited (a zombie: not yet reaped)
 
+
+def process_state(pid: int) -> str | None:
+    """The process's state letter from Linux /proc (R, S, Z, ...); None where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[0]  # after "(comm)": the state
+
+
+def _running(pid: int) -> bool:
     return process_state(pid) not in (None, *EXITED)
 
 
@@ -168,3 +178,37 @@ def _descendants(pid: int) -> set[int]:
         found.update(kids)
         frontier.extend(kids)
     return found
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A moto S3 server on 127.0.0.1 (its own free port, bound once: no race for it) with
+    one bucket, "sweeps"; the AWS_* variables point every process started from here (the
+    CLI, Ray's workers) at it."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        client = boto3.client("s3", endpoint_url=endpoint)
+        client.create_bucket(Bucket="sweeps")
+        yield client
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -6,7 +6,6 @@ tests/sweepfiles.py (no Ray); the CLI runs in a fresh process, or on a pseudo-te
 from __future__ import annotations
 
 import json
-import time
 from io import StringIO
 
 import pyarrow as pa
@@ -15,8 +14,9 @@ from rich.console import Console
 
 from orchestrator.cli.console import SubmitProgress
 from orchestrator.cli.starter import write_starter
+from orchestrator.cluster.lease import Holder, acquire
 from orchestrator.cluster.progress import Progress
-from orchestrator.cluster.tracker import Driver, RoundState, records_table
+from orchestrator.cluster.tracker import records_table
 from orchestrator.sweep import reduce
 from schemas.errors import JamsweepError
 from schemas.run import RunRecord, RunStatus
@@ -71,7 +71,7 @@ def sweep(tmp_path_factory):
         )
     for spec in files.specs[1::3]:  # failed runs leave no metrics file
         io.delete(files.layout.metrics(*spec.key))
-    io.write_table(files.layout.status, records_table(records, RoundState()))
+    io.write_table(files.layout.status, records_table(records))
     traced = files.specs[0]
     trace = [{"run_id": traced.run_id, "step": s, "loss": 1.0 / (s + 1), "n_unsat": 40 - s // 10}
              for s in range(0, 400, 10)]  # fmt: skip
@@ -160,16 +160,17 @@ def test_watch_redraws_in_place_until_the_round_ends(sweep, tmp_path):
                   n_params=s.n_params, state=RunStatus.RUNNING, node="node-a")
         for s in sweep.specs
     ]  # fmt: skip
-    live = RoundState(live=True, beat_at=time.time(), driver=Driver.this_process())
-    io.write_table(layout.status, records_table(records, live))
+    held = acquire(layout, Holder.this_process(None))  # a driver at work on the sweep
+    io.write_table(layout.status, records_table(records, held.token, live=True))
 
     ended = []
 
     def end_the_round_once_seen_running(screen: bytes) -> None:
-        if not ended and b"running 8" in screen:
-            time.sleep(2.5)  # at least one redraw while still running
+        # end the round once the table was drawn twice while running: a redraw, seen
+        if not ended and screen.count(b"running 8") >= 2:
             done = [r.model_copy(update={"state": RunStatus.DONE}) for r in records]
-            io.write_table(layout.status, records_table(done, RoundState()))
+            io.write_table(layout.status, records_table(done, held.token))
+            held.release()
             ended.append(True)
 
     rc, screen = jamsweep_on_a_terminal(

@@ -16,6 +16,7 @@ import torch
 
 from orchestrator.cluster.backend import RayBackend
 from orchestrator.cluster.driver import run_on_ray
+from orchestrator.cluster.lease import Holder, acquire, is_held
 from orchestrator.cluster.tracker import read_records, read_status
 from orchestrator.results import open_sweep
 from orchestrator.results.store import manifest_table
@@ -84,9 +85,12 @@ def test_a_killed_worker_node_s_runs_resume_elsewhere_and_finish_once(tmp_path):
                 wait_for(lambda: not tracker_alive(layout), 30, "the old tracker to go")
             assert tracker.call("pid") in _descendants(doomed_raylet)
         outcome: dict = {}
+        held = acquire(layout, Holder.this_process(cluster.address))
         driver = threading.Thread(
             target=lambda: outcome.update(
-                status=run_on_ray(layout, specs, specs, address=cluster.address, num_cpus=None)
+                status=run_on_ray(
+                    layout, specs, specs, held, address=cluster.address, num_cpus=None
+                )
             )
         )
         driver.start()
@@ -106,6 +110,7 @@ def test_a_killed_worker_node_s_runs_resume_elsewhere_and_finish_once(tmp_path):
         cluster.remove_node(doomed, allow_graceful=False)  # kills its raylet and workers
         driver.join(timeout=300)
         assert not driver.is_alive()
+        held.release()
     finally:
         cluster.shutdown()
 
@@ -113,7 +118,7 @@ def test_a_killed_worker_node_s_runs_resume_elsewhere_and_finish_once(tmp_path):
     assert all(r.state is RunStatus.DONE for r in records.values()), records
     persisted = read_status(layout)  # the restarted tracker was told what it missed
     assert {r.state for r in persisted.records} == {RunStatus.DONE}
-    assert not persisted.state.live
+    assert not persisted.live and not is_held(layout)
     moved = records[victim.run_id]
     assert moved.attempts == 2 and survivor.node_id.startswith(moved.node)
     sweep = open_sweep(layout.root)
@@ -194,7 +199,7 @@ def test_killing_the_submitting_client_does_not_stop_the_sweep(tmp_path, head):
     assert during["source"] == "live" and during["alive"] is True
     assert during["counts"]["done"] < len(specs)
     wait_for(lambda: len(done_ids(layout, specs)) == len(specs), 240, "every run to finish", poll=1)
-    wait_for(lambda: not read_status(layout).state.live, 60, "the round to end")
+    wait_for(lambda: not is_held(layout), 60, "the round to end")
     proc = jamsweep(
         "status", "client", "--results", str(tmp_path / "res"), "--address", head.gcs, "--json"
     )

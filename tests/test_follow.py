@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import enum
 
-from orchestrator.cluster.backend import JobsClient
-from orchestrator.cluster.remote import follow
+from orchestrator.jobs.backend import JobsClient
+from orchestrator.jobs.executor import follow
 
 LOG = "sweep s: 4 runs\nrun a done\nrun b done\nsweep s: 4 done.\n"
 
@@ -42,7 +42,7 @@ class FakeJobSubmission:
 
 def client(fake: FakeJobSubmission) -> JobsClient:
     jobs = JobsClient.__new__(JobsClient)  # no dashboard to connect to
-    jobs.client = fake
+    jobs.client, jobs.address, jobs.retry_s = fake, "http://fake:8265", 0.0
     return jobs
 
 

@@ -5,24 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 
 import pyarrow as pa
 import pytest
 
 from orchestrator import sweep as api
-from orchestrator.cluster.tracker import (
-    HEARTBEAT_STALE_S,
-    Driver,
-    RoundState,
-    Tracker,
-    read_records,
-    read_status,
-    records_table,
-)
-from orchestrator.results.store import manifest_table, refuse_second_driver
+from orchestrator.cluster.lease import Holder, LeaseRecord, acquire
+from orchestrator.cluster.tracker import Tracker, read_records, read_status, records_table
+from orchestrator.results.store import manifest_table
 from schemas.errors import JamsweepError
 from schemas.grid import parse_grid
 from schemas.layout import SweepLayout
@@ -45,12 +36,6 @@ def record(run_id: str, state: RunStatus = RunStatus.PENDING) -> RunRecord:
     return RunRecord(run_id=run_id, arch="a", width=2.0, seed=0, n_params=10, state=state)
 
 
-def dead_pid() -> int:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
-
-
 # -- rounds and heartbeats ------------------------------------------------------------------
 
 
@@ -64,19 +49,17 @@ def test_a_round_s_records_replace_the_previous_round_s(tmp_path):
     assert [r.run_id for r in read_records(lay)] == ["new-1"]
 
 
-def test_status_persists_with_the_driver_s_heartbeat_and_ends_not_live(tmp_path):
+def test_status_is_persisted_when_a_round_starts_and_ends_with_its_lease_token(tmp_path):
     lay = SweepLayout(str(tmp_path), "sw")
     tracker = Tracker(lay, persist_every_s=3600)
-    me = Driver.this_process()
-    tracker.register([record("r1"), record("r2")], driver=me)
-    state = read_status(lay).state
-    assert state.live and state.driver == me and state.is_alive()
-    assert time.time() - (state.beat_at or 0) < 5
+    tracker.register([record("r1"), record("r2")], token="round-1")
+    persisted = read_status(lay)
+    assert persisted.live and persisted.round_token == "round-1"
     tracker.finished([("r1", RunStatus.DONE, None)])
     assert read_records(lay)[0].state is RunStatus.PENDING  # throttled: not at every event
     tracker.close()
     persisted = read_status(lay)
-    assert not persisted.state.live and not persisted.state.is_alive()
+    assert not persisted.live and persisted.round_token == "round-1"
     assert {r.run_id: r.state for r in persisted.records}["r1"] is RunStatus.DONE
 
 
@@ -95,40 +78,52 @@ def test_outcomes_are_recorded_once_and_repeating_them_changes_nothing(tmp_path)
 def test_a_restarted_tracker_is_a_new_incarnation_and_keeps_a_cancellation(tmp_path):
     lay = SweepLayout(str(tmp_path), "sw")
     first = Tracker(lay)
-    incarnation = first.register([record("r1"), record("r2")], driver=Driver.this_process())
+    incarnation = first.register([record("r1"), record("r2")], token="round-1")
     first.cancel()
     again = Tracker(lay)  # its node died; Ray made it again
     cancelled, now = again.heartbeat()
     assert cancelled and now != incarnation
-    assert again.round_state().is_alive()  # the driver still beats
+    assert again.round() == ("round-1", True)  # the same round, still going
+
+
+def lease_record(**changes: object) -> LeaseRecord:
+    now = time.time()
+    fields = {
+        "generation": 1,
+        "token": "round-1",
+        "holder": Holder("somehost", 4321),
+        "acquired_at": now,
+        "renewed_at": now,
+        "duration_s": 30.0,
+    }
+    return LeaseRecord(**{**fields, **changes})  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
-    ("beat_age", "driver_pid", "live", "shown"),
+    ("lease", "shown"),
     [
-        (0, os.getpid(), True, RunStatus.RUNNING),  # a driver at work
-        (HEARTBEAT_STALE_S + 5, os.getpid(), True, RunStatus.INTERRUPTED),  # stopped beating
-        (0, "dead", True, RunStatus.INTERRUPTED),  # its process is gone (this host)
-        (0, os.getpid(), False, RunStatus.INTERRUPTED),  # the round ended early
+        (lambda: lease_record(), RunStatus.RUNNING),  # a driver at work: renewed just now
+        (lambda: lease_record(renewed_at=time.time() - 60), RunStatus.INTERRUPTED),  # expired
+        (lambda: lease_record(released=True), RunStatus.INTERRUPTED),  # the round ended early
+        (lambda: None, RunStatus.INTERRUPTED),  # no lease at all (a sweep of an older version)
     ],
+    ids=["held", "expired", "released", "none"],
 )
-def test_running_runs_of_a_round_that_is_over_are_interrupted(
-    tmp_path, beat_age, driver_pid, live, shown
-):
+def test_running_runs_of_a_round_whose_lease_is_not_held_are_interrupted(tmp_path, lease, shown):
     write_grid(tmp_path / "g.yaml", GRID)
     lay = SweepLayout(str(tmp_path / "res"), "life")
     specs = parse_grid(GRID).expand()
     io.write_text(lay.grid_yaml, GRID)
     io.write_table(lay.manifest, manifest_table(specs))
-    pid = dead_pid() if driver_pid == "dead" else driver_pid
-    driver = Driver(Driver.this_process().host, pid)
     running = [
         RunRecord(run_id=s.run_id, arch="fc3", width=s.width, seed=s.seed, n_params=s.n_params)
         for s in specs
     ]
     running[0] = running[0].model_copy(update={"state": RunStatus.RUNNING, "attempts": 1})
-    state = RoundState(live=live, beat_at=time.time() - beat_age, driver=driver)
-    io.write_table(lay.status, records_table(running, state))
+    io.write_table(lay.status, records_table(running, "round-1", live=True))
+    record = lease()
+    if record is not None:
+        io.write_bytes(f"{lay.lease_dir}/gen-000000000001.json", record.to_json())
     proc = jamsweep("status", "life", "--results", str(tmp_path / "res"), "--json")
     assert proc.returncode == 0, proc.stderr
     answer = json.loads(proc.stdout)
@@ -141,29 +136,19 @@ def test_running_runs_of_a_round_that_is_over_are_interrupted(
         assert watch.returncode == 0 and "interrupted 1" in watch.stdout
 
 
-def test_a_second_driver_is_refused_while_the_first_beats(tmp_path):
-    lay = SweepLayout(str(tmp_path), "sw")
-    tracker = Tracker(lay)
-    tracker.register([record("r1")], driver=Driver("somehost", 4321, "jamsweep-sw-1234abcd"))
-    with pytest.raises(JamsweepError, match="being run by Ray job jamsweep-sw-1234abcd"):
-        refuse_second_driver(lay)
-    tracker.close(interrupted=True)  # the first driver stopped (Ctrl-C)
-    refuse_second_driver(lay)
-    gone = Tracker(lay)
-    gone.register([record("r1")], driver=Driver(Driver.this_process().host, dead_pid()))
-    refuse_second_driver(lay)  # its process is gone: no need to wait for the heartbeat
-
-
 def test_a_second_submit_through_the_cli_names_the_running_driver(tmp_path):
     grid = write_grid(tmp_path / "g.yaml", GRID)
     lay = SweepLayout(str(tmp_path / "res"), "life")
     io.write_text(lay.grid_yaml, GRID)
-    Tracker(lay).register([record("r1")], driver=Driver.this_process())
-    before = sorted(p.name for p in (tmp_path / "res" / "life").iterdir())
-    proc = jamsweep("submit", str(grid), "--results", str(tmp_path / "res"))
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert f"being run by pid {os.getpid()}" in proc.stderr
-    assert sorted(p.name for p in (tmp_path / "res" / "life").iterdir()) == before
+    with acquire(lay, Holder.this_process(None)):
+        before = sorted(p.name for p in (tmp_path / "res" / "life").iterdir())
+        proc = jamsweep("submit", str(grid), "--results", str(tmp_path / "res"))
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr
+        assert f"being run by the driver pid {os.getpid()}" in proc.stderr
+        # an embedded driver stops with Ctrl-C or kill, not `jamsweep cancel`
+        assert "Ctrl-C" in proc.stderr and f"kill {os.getpid()}" in proc.stderr
+        assert "jamsweep cancel" not in proc.stderr
+        assert sorted(p.name for p in (tmp_path / "res" / "life").iterdir()) == before
 
 
 # -- growth -----------------------------------------------------------------------------
@@ -272,7 +257,7 @@ def test_a_jobs_submission_with_paths_of_this_machine_is_refused(
 
 
 def test_object_store_results_and_shared_absolute_paths_pass_the_path_check(tmp_path):
-    from orchestrator.cluster.remote import cluster_results
+    from orchestrator.jobs.executor import cluster_results
 
     raw = parse_grid(GRID)
     assert cluster_results(raw, "s3://bucket/prefix", False) == "s3://bucket/prefix"

@@ -113,7 +113,7 @@ def test_refine_appends_the_new_runs_runs_them_and_reduces(tmp_path, monkeypatch
     before = pq.read_table(files.layout.manifest)
     ran = {}
 
-    def fake_run_on_ray(layout, specs, todo, *, address, num_cpus, echo, progress=None):
+    def fake_run_on_ray(layout, specs, todo, held, *, address, num_cpus, echo, progress=None):
         ran.update(specs=specs, todo=todo)
         labels = np.where(np.arange(350) % 2 == 0, 1, -1)
         for spec in todo:

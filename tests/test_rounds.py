@@ -12,6 +12,7 @@ import subprocess
 import pandas as pd
 import pytest
 
+from orchestrator.cluster.lease import is_held
 from orchestrator.cluster.tracker import read_records, read_status
 from schemas.grid import parse_grid
 from schemas.layout import SweepLayout
@@ -88,7 +89,7 @@ def test_each_round_has_its_own_records_and_its_tracker_goes_away(tmp_path, head
     assert forced.returncode == 0, forced.stderr
     assert "previous grid's results were moved to" in forced.stderr
     assert sorted(r.run_id for r in read_records(layout_a)) == sorted(s.run_id for s in specs)
-    assert not read_status(layout_a).state.live
+    assert not read_status(layout_a).live and not is_held(layout_a)
 
 
 def test_a_sweep_grows_and_shrinks_keeping_finished_runs(tmp_path, head):
@@ -146,7 +147,7 @@ def test_a_second_driver_of_a_running_sweep_is_refused(tmp_path, head):
     job = first.stdout.split("Ray job ")[1].split()[0]
     layout = SweepLayout(res, "busy")
     try:
-        wait_for(lambda: read_status(layout).state.is_alive(), 120, "the first driver")
+        wait_for(lambda: is_held(layout), 120, "the first driver")
         via_jobs = detached_via_jobs(grid, res, head)
         assert via_jobs.returncode == 1 and f"Ray job {job}" in via_jobs.stderr, via_jobs.stderr
         direct = submit(grid, res, head)
@@ -154,7 +155,7 @@ def test_a_second_driver_of_a_running_sweep_is_refused(tmp_path, head):
         assert "Traceback" not in via_jobs.stderr + direct.stderr
     finally:
         jamsweep("cancel", "busy", "--address", head.gcs, "--results", res)
-    wait_for(lambda: not read_status(layout).state.live, 60, "the first round to end")
+    wait_for(lambda: not is_held(layout), 60, "the first round to end")
     assert {r.state for r in read_records(layout)} == {RunStatus.CANCELLED}
 
 

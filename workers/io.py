@@ -61,6 +61,56 @@ def write_bytes(location: str, data: bytes) -> None:
             os.unlink(tmp)
 
 
+def create_exclusive(location: str, data: bytes) -> bool:
+    """Create the file `location` holding `data` if no file is there, atomically: True if
+    this call created it, False if it existed (someone else's). Readers see it whole.
+
+    Local folders (NFS included): the bytes go to a hidden temporary file that is then
+    hard-linked to the target, which fails if the target exists (link is atomic, unlike a
+    check followed by a write). S3: a PUT with `If-None-Match: *` (boto3; S3 and
+    compatible stores answer 412 when the object exists). Other object stores have no
+    conditional write through pyarrow: there it is a check, then a write (not atomic)."""
+    fs, path = resolve(location)
+    parent = path.rsplit("/", 1)[0]
+    fs.create_dir(parent, recursive=True)
+    if isinstance(fs, pafs.LocalFileSystem):
+        tmp = os.path.join(parent, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}")
+        try:
+            with open(tmp, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return True
+    if location.startswith("s3://"):
+        return _s3_put_if_absent(location, data)
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        return False
+    write_bytes(location, data)
+    return True
+
+
+def _s3_put_if_absent(location: str, data: bytes) -> bool:
+    import boto3  # only for s3:// (pyarrow has no conditional write)
+    from botocore.exceptions import ClientError
+
+    bucket, _, key = location.removeprefix("s3://").partition("/")
+    try:
+        boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
+            return False
+        raise OSError(f"cannot write {location}: {exc}") from None
+    return True
+
+
 def read_bytes(location: str) -> bytes:
     fs, path = resolve(location)
     with fs.open_input_stream(path) as src:
@@ -173,6 +223,32 @@ def load_checkpoint(location: str) -> dict[str, Any] | None:
         return torch.load(io.BytesIO(read_bytes(location)), weights_only=True, map_location="cpu")
     except Exception:  # a torn or foreign file is no checkpoint: start over
         return None
+
+
+def check_creatable(location: str) -> None:
+    """Raise JamsweepError unless `location` could be written to, leaving nothing behind
+    (for a dry run): a local folder's nearest existing parent must be a folder in which a
+    folder can be made (tried, and removed at once); an object store must answer."""
+    if not is_local(location):
+        fs, path = resolve(location)
+        try:
+            fs.get_file_info(path)
+        except OSError as exc:
+            raise JamsweepError(f"cannot reach results location {location!r}: {exc}") from None
+        return
+    target = Path(location.removeprefix("file://")).absolute()
+    parent = next(p for p in (target, *target.parents) if p.exists())
+    probe = parent / f".jamsweep-probe-{uuid.uuid4().hex[:8]}"
+    try:
+        if not parent.is_dir():
+            raise NotADirectoryError(f"{parent} is a file")
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as exc:
+        raise JamsweepError(
+            f"cannot write results under {location!r} ({exc.strerror or exc}); choose a folder "
+            "you can write to with --results"
+        ) from None
 
 
 def check_writable(location: str) -> None:

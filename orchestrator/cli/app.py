@@ -10,6 +10,7 @@ asked are refused, not ignored."""
 from __future__ import annotations
 
 import json
+import signal
 from typing import Annotated, Any
 
 import typer
@@ -39,6 +40,9 @@ from schemas.summary import EnsembleOver
 
 class JamsweepGroup(TyperGroup):
     def invoke(self, ctx: Any) -> Any:  # typer's own (vendored) click.Context
+        # SIGTERM (`ray job stop`, `kill`, a scheduler's end of job) ends a driver as Ctrl-C
+        # does: its running runs are recorded interrupted, its tracker and lease released.
+        signal.signal(signal.SIGTERM, _interrupt)
         try:
             return super().invoke(ctx)
         except JamsweepError as exc:
@@ -47,6 +51,10 @@ class JamsweepGroup(TyperGroup):
         except KeyboardInterrupt:
             err.print("interrupted")
             raise typer.Exit(130) from None
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 app = typer.Typer(
@@ -120,11 +128,7 @@ def submit(
             progress=bar.update,
         )
     if report.dry_run:
-        out.print(
-            f"sweep {report.sweep}: {report.n_runs} runs, {report.n_already_done} done, "
-            f"{len(report.planned)} would run:"
-        )
-        show_.print_planned(report.planned)
+        show_.print_dry_run(report, sweep_path(report.results, report.sweep))
         return
     where = sweep_path(report.results, report.sweep)
     if report.job_id is not None:

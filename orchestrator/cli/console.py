@@ -216,6 +216,25 @@ def print_planned(specs: list) -> None:
         out.print(f"  {s.run_id}  {s.arch.name}  {w}  seed={s.seed}  N={s.n_params}")
 
 
+def print_dry_run(report: api.SubmitReport, where: str) -> None:
+    """What a submission would do: how many runs, where they go, which would run, and the
+    finished runs that a grid which no longer names them drops from the curves."""
+    n = len(report.planned)
+    out.print(
+        f"sweep {report.sweep}: {report.n_runs} runs, {report.n_already_done} done, "
+        f"{n} would run" + (":" if n else "."),
+        soft_wrap=True,
+    )
+    print_planned(report.planned)
+    if report.dropped:
+        out.print(
+            f"{len(report.dropped)} run(s) of the sweep that this grid no longer names would "
+            "leave the manifest and the curves (their files stay):"
+        )
+        print_planned(report.dropped)
+    out.print(f"Results would go to {where}.", soft_wrap=True)
+
+
 def print_failed(records: list) -> None:
     for r in records:
         what = f"{r.arch} width={r.width:g} seed={r.seed} ({r.run_id})"

@@ -45,7 +45,7 @@ def sweep_path(results: str, sweep: str) -> str:
         return root
     try:
         return str(Path(root).absolute().relative_to(Path.cwd()))
-    except ValueError:
+    except (ValueError, OSError):  # elsewhere, or no current folder (it was removed)
         return root
 
 

@@ -18,7 +18,9 @@ os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 import contextlib  # noqa: E402
 import hashlib  # noqa: E402
+import threading  # noqa: E402
 import time  # noqa: E402
+import uuid  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from typing import Any  # noqa: E402
@@ -33,11 +35,15 @@ from ray.exceptions import (  # noqa: E402
 )
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: E402
 
+from orchestrator.cluster import lease  # noqa: E402
+from orchestrator.cluster.capacity import NodeType, refusal  # noqa: E402
+from orchestrator.cluster.security import protect_token  # noqa: E402
 from orchestrator.cluster.tracker import Tracker  # noqa: E402
-from schemas.errors import JamsweepError  # noqa: E402
+from schemas.errors import JamsweepError, cause_line  # noqa: E402
 from schemas.grid import ResourceSpec  # noqa: E402
 from schemas.layout import SweepLayout  # noqa: E402
 from schemas.run import RunSpec, RunStatus  # noqa: E402
+from workers import io  # noqa: E402
 from workers.pack_plan import plan_tasks  # noqa: E402
 
 NAMESPACE = "jamsweep"
@@ -77,7 +83,7 @@ class Outcome:
     error: str | None = None
 
 
-def _run_task(spec: RunSpec, layout: SweepLayout, tracker: Any) -> dict:
+def _run_task(spec: RunSpec, layout: SweepLayout, tracker: str) -> dict:
     """Body of one run's Ray task: tell the tracker, then train and write (workers.execute).
 
     The tracker is told without waiting for its answer before training: a task blocked in
@@ -88,35 +94,107 @@ def _run_task(spec: RunSpec, layout: SweepLayout, tracker: Any) -> dict:
     """
     from workers.execute import execute
 
-    report = tracker.started.remote(spec.run_id, ray.get_runtime_context().get_node_id()[:12])
+    reports = _StartReports(tracker, [spec.run_id])
     try:
         return execute(spec, layout)
     finally:
-        _await_start_reports([report])
+        reports.wait()
 
 
-def _pack_task(specs: list[RunSpec], layout: SweepLayout, tracker: Any) -> list[dict]:
+def _pack_task(specs: list[RunSpec], layout: SweepLayout, tracker: str) -> list[dict]:
     """Body of a pack's Ray task: tell the tracker each run started, then train them as
     one pack (workers.execute.execute_pack): one row per run, its metrics or its error."""
     from workers.execute import execute_pack
 
-    node = ray.get_runtime_context().get_node_id()[:12]
-    reports = [tracker.started.remote(spec.run_id, node) for spec in specs]
+    reports = _StartReports(tracker, [spec.run_id for spec in specs])
     try:
         return execute_pack(specs, layout)
     finally:
-        _await_start_reports(reports)
+        reports.wait()
 
 
-def _await_start_reports(reports: list[Any]) -> None:
-    """Return from a task only once the tracker has its start reports. Sent while the
-    tracker restarts (its node died), a report waits for it, and a retried run resuming from
-    a checkpoint can end first: its end would then be recorded before its start, and the
-    start (the new attempt, the new node) lost when the round closes. Normally the reports
-    were answered long ago and this returns at once."""
-    # A tracker gone for good or a round already over: the result files tell what finished.
-    with contextlib.suppress(RayActorError, GetTimeoutError):
-        ray.get(reports, timeout=START_REPORT_WAIT_S)
+class _StartReports:
+    """A task's reports to the tracker that its runs started, sent at once, awaited at the
+    task's end. The tracker is found by its name, not by a handle the driver passed: a
+    tracker gone for good is made again under the same name (TrackerClient.revive), and a
+    handle to the old one would lose the reports."""
+
+    def __init__(self, tracker: str, run_ids: list[str]) -> None:
+        self.tracker, self.run_ids = tracker, run_ids
+        self.node = ray.get_runtime_context().get_node_id()[:12]
+        self.refs = self._send()
+
+    def _send(self) -> list[Any]:
+        try:
+            handle = ray.get_actor(self.tracker, namespace=NAMESPACE)
+        except ValueError:  # no tracker (a round already over): the result files tell
+            return []
+        return [handle.started.remote(run_id, self.node) for run_id in self.run_ids]
+
+    def wait(self) -> None:
+        """Return once the tracker has the reports. Sent while the tracker restarts (its
+        node died), a report waits for it, and a retried run resuming from a checkpoint can
+        end first: its end would then be recorded before its start, and the start (the new
+        attempt, the new node) lost when the round closes. Normally the reports were
+        answered long ago and this returns at once."""
+        for attempt in range(2):
+            try:
+                ray.get(self.refs, timeout=START_REPORT_WAIT_S)
+                return
+            except ActorDiedError:
+                if attempt == 0:
+                    self.refs = self._send()  # a revived tracker, under the same name
+            except (RayActorError, GetTimeoutError):
+                return  # gone for good, or a round already over: the result files tell
+
+
+def _sees(path: str) -> bool:
+    """Body of the probe task of check_results_shared: whether this node sees `path`."""
+    return io.exists(path)
+
+
+class _TrackerActor(Tracker):
+    """The tracker as Ray runs it (a detached actor, which outlives its driver): it also
+    removes itself once its round is over and nobody closed it (the driver was killed with
+    SIGKILL, or its node died with it): when the sweep's lease is no longer the round's.
+    Every LEASE_S / 3 it looks; before its first round it waits."""
+
+    def __init__(self, layout: SweepLayout, persist_every_s: float = 2.0) -> None:
+        super().__init__(layout, persist_every_s)
+        threading.Thread(target=self._watch_lease, name="jamsweep-orphan", daemon=True).start()
+
+    def _watch_lease(self) -> None:
+        while True:
+            time.sleep(lease.lease_seconds() / 3)
+            if self.round_token is None:
+                continue
+            try:
+                held = lease.current(self.layout)
+            except OSError:
+                continue  # storage unreachable: look again later
+            if held is None or held.expired() or held.token != self.round_token:
+                if self.live:
+                    self.close(interrupted=True)
+                ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+                return
+
+
+def _launchable_node_types() -> list[NodeType]:
+    """The node types the cluster's autoscaler can launch (what it reports to the GCS as
+    its cluster config; none without an autoscaler)."""
+    try:
+        from ray._private.state import state
+
+        config = state.get_cluster_config()
+    except Exception:  # no such record, or an older GCS: judge by the alive nodes only
+        return []
+    if config is None:
+        return []
+    return [
+        NodeType(g.name, {k: float(v) for k, v in g.resources.items()}, launchable=True)
+        for g in config.node_group_configs
+        if g.max_count != 0
+    ]
 
 
 # Each made once. Every ray.remote() call is a new function to Ray (its own id, exported to
@@ -124,7 +202,8 @@ def _await_start_reports(reports: list[Any]) -> None:
 # classes, and a 10,000-run sweep finished 60 runs in 9 minutes (bench/bench_scale.py).
 RUN_TASK = ray.remote(_run_task)
 PACK_TASK = ray.remote(_pack_task)
-TRACKER_ACTOR = ray.remote(Tracker)
+TRACKER_ACTOR = ray.remote(_TrackerActor)
+SEES_TASK = ray.remote(num_cpus=0)(_sees)
 
 
 class TrackerClient:
@@ -134,8 +213,9 @@ class TrackerClient:
     Each call is retried with backoff until TRACKER_DEADLINE_S; an actor gone for good is
     made again by `revive` (it starts from status.parquet, like a restarted one)."""
 
-    def __init__(self, handle: Any, revive: Callable[[], Any] | None = None) -> None:
+    def __init__(self, handle: Any, name: str, revive: Callable[[], Any] | None = None) -> None:
         self.handle = handle
+        self.name = name  # what the tasks look it up by
         self.revive = revive
         self.deadline_s = TRACKER_DEADLINE_S
 
@@ -155,7 +235,7 @@ class TrackerClient:
                 if time.monotonic() > deadline:
                     raise JamsweepError(
                         f"the sweep's tracker has not answered for {self.deadline_s:.0f} s "
-                        f"({_last_line(exc)}); check the cluster (ray status), then submit "
+                        f"({cause_line(exc)}); check the cluster (ray status), then submit "
                         "the grid again: finished runs are kept"
                     ) from None
                 if isinstance(exc, ActorDiedError) and self.revive is not None:
@@ -181,6 +261,8 @@ class RayBackend:
         }
         try:
             if self.embedded:
+                with contextlib.suppress(FileExistsError):  # another process made it just now
+                    protect_token()
                 ray.init(
                     address="local",  # a new Ray, even if another runs on this machine
                     num_cpus=self.num_cpus,
@@ -200,27 +282,41 @@ class RayBackend:
     def __exit__(self, *exc: object) -> None:
         ray.shutdown()
 
-    def check_resources(self, resources: ResourceSpec | None) -> None:
-        """Refuse runs that no node of the cluster could ever hold (they would wait forever)."""
-        if resources is None:
+    def check_resources(self, demands: list[ResourceSpec]) -> None:
+        """Refuse runs that no node of the cluster could ever hold (they would wait forever):
+        judged against the nodes alive now and, where an autoscaler runs, the node types it
+        can launch (as it reports them to the GCS)."""
+        alive = [NodeType(n["NodeID"][:12], n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+        problem = refusal(demands, alive + _launchable_node_types())
+        if problem is not None:
+            raise JamsweepError(problem)
+
+    def check_results_shared(self, layout: SweepLayout) -> None:
+        """Refuse a local results folder that some node of the cluster does not see (files
+        would be scattered over the nodes' disks). Proved, not guessed: a probe file is
+        written here and looked for from a task on every alive node. A node that joins later
+        is checked by each run (workers.execute: the sweep's grid.yaml must be there)."""
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        if not io.is_local(layout.results) or len(nodes) < 2:
             return
-        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-        most_cpus = max((n.get("CPU", 0) for n in nodes), default=0)
-        most_gpus = max((n.get("GPU", 0) for n in nodes), default=0)
-        problems = []
-        if resources.num_cpus > most_cpus:
-            problems.append(
-                f"resources.num_cpus = {resources.num_cpus:g} but the largest node has "
-                f"{most_cpus:g} CPUs"
-            )
-        if resources.num_gpus > most_gpus:
-            problems.append(
-                f"resources.num_gpus = {resources.num_gpus:g} but the largest node has "
-                f"{most_gpus:g} GPUs"
-            )
-        if problems:
+        probe = f"{layout.results.rstrip('/')}/.jamsweep-shared-{uuid.uuid4().hex[:8]}"
+        io.write_bytes(probe, b"")
+        try:
+            looks = {
+                n["NodeManagerAddress"]: SEES_TASK.options(
+                    scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+                ).remote(probe)
+                for n in nodes
+            }
+            blind = [ip for ip, ref in looks.items() if not ray.get(ref, timeout=120)]
+        finally:
+            io.delete(probe)
+        if blind:
             raise JamsweepError(
-                "; ".join(problems) + ": lower them in the grid, or add larger nodes"
+                f"the results folder {layout.results} is not visible from every node of the "
+                f"cluster (not from {', '.join(sorted(blind))}): each node would write its "
+                "runs to its own disk. Use a folder on a filesystem every node mounts at the "
+                "same path, or an object store (--results s3://BUCKET/PREFIX)"
             )
 
     # -- tracker ---------------------------------------------------------------------
@@ -245,17 +341,19 @@ class RayBackend:
             )
             return actor.remote(layout)
 
-        return TrackerClient(create(), revive=create)
+        return TrackerClient(create(), tracker_name(layout), revive=create)
 
     def existing_tracker(self, layout: SweepLayout) -> TrackerClient | None:
-        """The live tracker of the sweep, or None. A tracker whose round is over (its driver
-        stopped beating or is gone) is removed here: nothing will ask it again."""
+        """The live tracker of the sweep, or None. A tracker whose round is over (the
+        sweep's lease is not held by that round) is removed here: nothing will ask it again."""
         try:
             handle = ray.get_actor(tracker_name(layout), namespace=NAMESPACE)
         except ValueError:
             return None
-        tracker = TrackerClient(handle)
-        if not tracker.round_state().is_alive():
+        tracker = TrackerClient(handle, tracker_name(layout))
+        token, live = tracker.round()
+        held = lease.current(layout)
+        if not live or held is None or held.expired() or held.token != token:
             self.release_tracker(tracker)
             return None
         return tracker
@@ -283,12 +381,12 @@ class RayBackend:
             }
             if len(task_specs) == 1 and first.resources.pack == 1:
                 single = RUN_TASK.options(name=name, **options)
-                handles.append(RunHandle(first, single.remote(first, layout, tracker.handle)))
+                handles.append(RunHandle(first, single.remote(first, layout, tracker.name)))
             else:
                 seeds = ",".join(str(s.seed) for s in task_specs)
                 named = f"{name[: name.rfind('/')]}/s{seeds}"
                 packed = PACK_TASK.options(name=named, **options)
-                ref = packed.remote(task_specs, layout, tracker.handle)
+                ref = packed.remote(task_specs, layout, tracker.name)
                 handles.append(RunHandle(first, ref, pack=task_specs))
         return handles
 
@@ -322,7 +420,7 @@ class RayBackend:
         except TaskCancelledError:
             return [Outcome(spec, RunStatus.CANCELLED) for spec in handle.specs]
         except (RayError, GetTimeoutError) as exc:
-            return [Outcome(s, RunStatus.FAILED, error=_last_line(exc)) for s in handle.specs]
+            return [Outcome(s, RunStatus.FAILED, error=cause_line(exc)) for s in handle.specs]
         if handle.pack is None:
             return [Outcome(handle.spec, RunStatus.DONE, metrics=value)]
         return [
@@ -331,90 +429,3 @@ class RayBackend:
             else Outcome(spec, RunStatus.DONE, metrics=row)
             for spec, row in zip(handle.pack, value, strict=True)
         ]
-
-
-class JobsClient:
-    """The Ray Jobs API of a cluster's dashboard (http://HOST:8265)."""
-
-    def __init__(self, address: str) -> None:
-        import logging
-
-        from ray.job_submission import JobSubmissionClient
-
-        logging.getLogger("ray").setLevel(logging.WARNING)  # no "Uploading package" chatter
-        try:
-            self.client = JobSubmissionClient(address)
-        except (ConnectionError, RayError, RuntimeError, ValueError) as exc:
-            raise JamsweepError(
-                f"cannot reach the Ray Jobs API at {address!r}: {_last_line(exc)}. Check the "
-                "address and port (the dashboard's, 8265 by default), that the cluster is up, "
-                "and the auth token (~/.ray/auth_token or RAY_AUTH_TOKEN)"
-            ) from None
-
-    def submit(
-        self, entrypoint: str, runtime_env: dict, submission_id: str, metadata: dict | None = None
-    ) -> str:
-        return self.client.submit_job(
-            entrypoint=entrypoint,
-            runtime_env=runtime_env,
-            submission_id=submission_id,
-            metadata=metadata,
-        )
-
-    def running_jobs(self, metadata: dict[str, str]) -> list[str]:
-        """Submission ids of the pending or running jobs whose metadata holds `metadata`."""
-        return [
-            job.submission_id or job.job_id or "?"
-            for job in self.client.list_jobs()
-            if str(job.status.value) in ("PENDING", "RUNNING")
-            and all((job.metadata or {}).get(k) == v for k, v in metadata.items())
-        ]
-
-    def status(self, job_id: str) -> str:
-        return str(self.client.get_job_status(job_id).value)
-
-    def logs(self, job_id: str) -> str:
-        return self.client.get_job_logs(job_id)
-
-    def tail(self, job_id: str, echo: Callable[[str], None]) -> None:
-        """Echo the job's log line by line as its driver writes it (Ray's websocket stream,
-        `tail_job_logs`), until the job ends. Raises RuntimeError if there is no stream
-        (inside a running event loop, e.g. a notebook's) or it breaks; the lines echoed
-        until then are whole lines of the log."""
-        import asyncio
-
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            pass  # none: asyncio.run below may start one
-        else:
-            raise RuntimeError("an event loop is running in this thread")
-
-        async def pump() -> None:
-            partial = ""  # a chunk may end inside a line
-            async for chunk in self.client.tail_job_logs(job_id):
-                *lines, partial = (partial + chunk).split("\n")
-                for line in lines:
-                    echo(line)
-            if partial:
-                echo(partial)
-
-        try:
-            asyncio.run(pump())
-        except Exception as exc:  # aiohttp's handshake and connection errors, Ray's own
-            raise RuntimeError(f"{type(exc).__name__}: {exc}") from exc
-
-    def stop(self, job_id: str) -> None:
-        self.client.stop_job(job_id)
-
-
-TERMINAL_JOB_STATES = ("SUCCEEDED", "FAILED", "STOPPED")
-
-
-def _last_line(exc: BaseException) -> str:
-    """The cause of a task's failure, without Ray's traceback framing."""
-    cause = getattr(exc, "cause", None)
-    if cause is not None:
-        return f"{type(cause).__name__}: {cause}"[:2000]
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    return (lines[-1] if lines else type(exc).__name__)[:2000]

@@ -3,10 +3,11 @@ with the tracker recording what happens. No ray here (see orchestrator.cluster.b
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 
 from orchestrator.cluster.progress import ProgressHook, RoundCounter
-from orchestrator.cluster.tracker import Driver, pending_record
+from orchestrator.cluster.tracker import pending_record
 from orchestrator.reports import Echo, SweepStatus, quiet, width_symbol
 from orchestrator.results.store import finished_run_ids
 from schemas.layout import SweepLayout
@@ -14,12 +15,14 @@ from schemas.run import RunRecord, RunSpec, RunStatus
 
 if TYPE_CHECKING:  # the backend imports ray: only when a sweep runs
     from orchestrator.cluster.backend import RayBackend
+    from orchestrator.cluster.lease import Lease
 
 
 def run_on_ray(
     layout: SweepLayout,
     specs: list[RunSpec],
     todo: list[RunSpec],
+    held: Lease,
     *,
     address: str | None,
     num_cpus: int | None,
@@ -30,10 +33,11 @@ def run_on_ray(
     from orchestrator.cluster.backend import RayBackend
 
     with RayBackend(address, num_cpus=num_cpus) as backend:
-        backend.check_resources(todo[0].resources if todo else None)
+        backend.check_resources([s.resources for s in todo])
+        backend.check_results_shared(layout)
         todo_ids = {s.run_id for s in todo}
         finished = finished_run_ids(layout, [s for s in specs if s.run_id not in todo_ids])
-        return drive(backend, layout, specs, todo, finished, echo=echo, progress=progress)
+        return drive(backend, layout, specs, todo, finished, held, echo=echo, progress=progress)
 
 
 def drive(
@@ -42,14 +46,16 @@ def drive(
     specs: list[RunSpec],
     todo: list[RunSpec],
     finished: set[str],
+    held: Lease,
     *,
     echo: Echo = quiet,
     progress: ProgressHook | None = None,
 ) -> SweepStatus:
     """Start `todo` on the backend and wait for every run; the tracker records everything.
-    `finished` holds the ids of the runs of `specs` whose results are already there.
+    `finished` holds the ids of the runs of `specs` whose results are already there; `held`
+    is the sweep's lease, which this round holds (a lost lease stops the round).
 
-    The driver beats every second (and learns of a cancellation). Its own task refs are
+    The driver asks the tracker every second whether the sweep was cancelled. Its own task refs are
     the truth about which runs ended: should the tracker restart (its node died), the
     driver tells the new incarnation every outcome again. Stopped early (Ctrl-C, an
     error), the round is closed with its running runs recorded interrupted.
@@ -57,7 +63,7 @@ def drive(
     ended: dict[str, tuple[str, RunStatus, str | None]] = {}
     records = [_round_record(s, s.run_id in finished) for s in specs]
     tracker = backend.tracker(layout)
-    incarnation = tracker.register(records, layout, Driver.this_process())
+    incarnation = tracker.register(records, layout, held.token)
     try:
         # run_id -> the task that runs it (a pack's task runs several)
         waiting = {s.run_id: h for h in backend.start(todo, layout, tracker) for s in h.specs}
@@ -65,6 +71,7 @@ def drive(
         counter = RoundCounter(layout.sweep, len(specs), n_done, progress)
         cancelling = False
         while waiting:
+            held.check()
             tasks = list({id(h): h for h in waiting.values()}.values())
             outcomes = backend.wait(tasks, timeout_s=1.0)
             for outcome in outcomes:
@@ -88,8 +95,10 @@ def drive(
     except BaseException:
         _close_interrupted(backend, tracker)
         raise
-    final = {r.run_id: r for r in tracker.close()}
-    backend.release_tracker(tracker)
+    try:
+        final = {r.run_id: r for r in tracker.close()}
+    finally:
+        backend.release_tracker(tracker)
     for run_id, state, error in ended.values():  # the driver's refs decide what ended
         rec = final[run_id]
         if rec.state is not state and (state is RunStatus.DONE or not rec.state.is_terminal()):
@@ -98,13 +107,16 @@ def drive(
 
 
 def _close_interrupted(backend: RayBackend, tracker) -> None:  # noqa: ANN001
-    """Record the round as interrupted, if the tracker can still be reached."""
+    """Record the round as interrupted, if the tracker can still be reached, and remove the
+    tracker in any case (a tracker that cannot be closed would otherwise outlive the round)."""
     tracker.deadline_s = 5.0  # no long retries on the way out
     try:
         tracker.close(True)
-        backend.release_tracker(tracker)
-    except Exception:  # the cluster may be gone: the stale heartbeat tells the same
+    except Exception:  # the cluster may be gone: the expired lease tells the same
         pass
+    finally:
+        with contextlib.suppress(Exception):
+            backend.release_tracker(tracker)
 
 
 def _round_record(spec: RunSpec, finished: bool) -> RunRecord:

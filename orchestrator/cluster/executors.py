@@ -1,6 +1,6 @@
 """Where a sweep's driver runs, chosen once from the address: `LocalExecutor` drives the
 runs from this process (an embedded Ray when no address is given, else `auto`, `ray://...`
-or HOST:PORT), `JobsExecutor` (orchestrator.cluster.remote) hands them to a cluster's Jobs API
+or HOST:PORT), `JobsExecutor` (orchestrator.jobs.executor) hands them to a cluster's Jobs API
 (`http://HOST:8265`). Both offer submit, status, cancel and refine."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from typing import Protocol
 
 import pyarrow as pa
 
+from orchestrator.cluster import lease
 from orchestrator.cluster.driver import drive
 from orchestrator.cluster.progress import ProgressHook
 from orchestrator.reports import Echo, RefineReport, SubmitReport, SweepStatus
@@ -18,11 +19,11 @@ from orchestrator.results.store import (
     ORIGIN_REFINE,
     absolute,
     check_grid_change,
+    dropped_runs,
     existing,
     finished_run_ids,
     manifest_table,
     planned_runs,
-    refuse_second_driver,
     status_from_files,
 )
 from schemas.errors import JamsweepError
@@ -65,7 +66,7 @@ def executor_for(
 ) -> Executor:
     """The executor of `address` (None: this machine, an embedded Ray)."""
     if is_jobs_address(address):
-        from orchestrator.cluster.remote import JobsExecutor  # the Jobs client imports ray
+        from orchestrator.jobs.executor import JobsExecutor  # the Jobs client imports ray
 
         return JobsExecutor(address or "", shared_fs=shared_fs)
     return LocalExecutor(address, num_cpus=num_cpus)
@@ -102,39 +103,48 @@ class LocalExecutor:
         done_ids = set() if replace else finished_run_ids(layout, specs)
         todo = [s for s in specs if s.run_id not in done_ids]
         report = SubmitReport(spec.sweep, layout.results, len(specs), len(specs) - len(todo))
+        report.dropped = [] if replace else dropped_runs(layout, specs)
         if dry_run:
+            io.check_creatable(layout.results)
             report.dry_run, report.planned = True, todo
             return report
-        refuse_second_driver(layout)
         io.check_writable(layout.results)
+        with lease.acquire(layout, lease.Holder.this_process(self.address)) as held:
 
-        def write_sweep() -> None:  # the grid as submitted, and its runs
-            if replace:
-                moved = io.move_aside(layout.root)
-                echo(f"sweep {spec.sweep}: the previous grid's results were moved to {moved}")
-            io.write_text(layout.grid_yaml, text)
-            runs = [manifest_table(grid_runs), manifest_table(refined, ORIGIN_REFINE)]
-            io.write_table(layout.manifest, pa.concat_tables(runs))
+            def write_sweep() -> None:  # the grid as submitted, and its runs
+                if replace:
+                    moved = io.move_aside(layout.root)
+                    echo(f"sweep {spec.sweep}: the previous grid's results were moved to {moved}")
+                io.write_text(layout.grid_yaml, text)
+                runs = [manifest_table(grid_runs), manifest_table(refined, ORIGIN_REFINE)]
+                io.write_table(layout.manifest, pa.concat_tables(runs))
 
-        if not todo:
-            write_sweep()
-            echo(f"sweep {spec.sweep}: all {len(specs)} runs already done -> {layout.root}")
-            report.status = status_from_files(layout)
-        else:
-            from orchestrator.cluster.backend import RayBackend
-
-            with RayBackend(self.address, num_cpus=self.num_cpus) as backend:
-                backend.check_resources(spec.resources)
-                write_sweep()
+            if report.dropped:
                 echo(
-                    f"sweep {spec.sweep}: {len(specs)} runs, {report.n_already_done} already "
-                    f"done, {len(todo)} to run -> {layout.root}"
+                    f"sweep {spec.sweep}: {len(report.dropped)} run(s) the grid no longer names "
+                    "leave the manifest and the curves (their files stay)"
                 )
-                report.status = drive(
-                    backend, layout, specs, todo, done_ids, echo=echo, progress=progress
-                )
-        if not report.status.failed and report.status.counts["cancelled"] == 0:
-            report.curves = reduce(spec.sweep, results=layout.results)
+            if not todo:
+                write_sweep()
+                echo(f"sweep {spec.sweep}: all {len(specs)} runs already done -> {layout.root}")
+                report.status = status_from_files(layout)
+            else:
+                from orchestrator.cluster.backend import RayBackend
+
+                with RayBackend(self.address, num_cpus=self.num_cpus) as backend:
+                    backend.check_resources([s.resources for s in todo])
+                    backend.check_results_shared(layout)
+                    write_sweep()
+                    echo(
+                        f"sweep {spec.sweep}: {len(specs)} runs, {report.n_already_done} already "
+                        f"done, {len(todo)} to run -> {layout.root}"
+                    )
+                    report.status = drive(
+                        backend, layout, specs, todo, done_ids, held, echo=echo, progress=progress
+                    )
+            if not report.status.failed and report.status.counts["cancelled"] == 0:
+                held.check()
+                report.curves = reduce(spec.sweep, results=layout.results)
         return report
 
     def status(self, sweep: str, results: str) -> SweepStatus:
@@ -148,14 +158,14 @@ class LocalExecutor:
         return status_from_files(layout)
 
     def _live_records(self, layout: SweepLayout) -> list[RunRecord] | None:
+        """The live tracker's records, or None when the cluster has no tracker of this sweep
+        (its round is over, or ran elsewhere). A cluster that cannot be reached is an error,
+        not a silent fall back to the files: the address was asked for."""
         from orchestrator.cluster.backend import RayBackend
 
-        try:
-            with RayBackend(self.address) as backend:
-                tracker = backend.existing_tracker(layout)
-                return None if tracker is None else tracker.snapshot()
-        except JamsweepError:
-            return None
+        with RayBackend(self.address) as backend:
+            tracker = backend.existing_tracker(layout)
+            return None if tracker is None else tracker.snapshot()
 
     def cancel(self, sweep: str, results: str) -> list[str]:
         """Ask the live tracker to cancel every unfinished run; returns their ids."""

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 
 import pandas as pd
 
+from orchestrator.cluster import lease
 from orchestrator.cluster.driver import run_on_ray
 from orchestrator.cluster.progress import ProgressHook
 from orchestrator.reports import Echo, RefineReport, quiet
@@ -25,7 +26,6 @@ from orchestrator.results.store import (
     add_to_manifest,
     existing,
     read_manifest,
-    refuse_second_driver,
 )
 from schemas.errors import JamsweepError
 from schemas.layout import RESULTS_DEFAULT, SweepLayout
@@ -152,19 +152,21 @@ def refine_here(
         )
     if dry_run or not report.planned:
         return report
-    refuse_second_driver(layout)
-    all_specs = manifest + add_to_manifest(layout, report.planned)
-    report.status = run_on_ray(
-        layout,
-        all_specs,
-        report.planned,
-        address=address,
-        num_cpus=num_cpus,
-        echo=echo,
-        progress=progress,
-    )
-    if not report.status.failed:
-        report.curves = reduce(sweep, results=results)
+    with lease.acquire(layout, lease.Holder.this_process(address)) as held:
+        all_specs = manifest + add_to_manifest(layout, report.planned)
+        report.status = run_on_ray(
+            layout,
+            all_specs,
+            report.planned,
+            held,
+            address=address,
+            num_cpus=num_cpus,
+            echo=echo,
+            progress=progress,
+        )
+        if not report.status.failed:
+            held.check()
+            report.curves = reduce(sweep, results=results)
     return report
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from orchestrator.reports import SweepStatus
+from orchestrator.cluster.lease import is_held
 from orchestrator.cluster.tracker import read_status, shown_records
 from schemas.errors import JamsweepError
 from schemas.grid import GridSpec, parse_grid
@@ -85,16 +86,34 @@ def _manifest_rows(layout: SweepLayout) -> list[tuple[RunSpec, str]]:
 def planned_runs(grid: GridSpec, layout: SweepLayout) -> tuple[list[RunSpec], list[RunSpec]]:
     """(the grid's runs, the runs `refine` added that the grid still names an architecture
     of): together, the sweep's runs once the grid is submitted. Runs of widths, seeds or
-    architectures that the grid no longer names leave the manifest (their files stay)."""
+    architectures that the grid no longer names leave the manifest (their files stay).
+
+    A refined run takes the grid's current resources, checkpoints and data paths (what may
+    change freely), not the ones stored when it was added: its run id is unchanged."""
     runs = grid.expand()
     ids = {s.run_id for s in runs}
     names = {a.name for a in grid.architectures}
     refined = [
-        spec
+        with_settings_of(grid, spec)
         for spec, origin in _manifest_rows(layout)
         if origin == ORIGIN_REFINE and spec.run_id not in ids and spec.arch.name in names
     ]
     return runs, refined
+
+
+def with_settings_of(grid: GridSpec, spec: RunSpec) -> RunSpec:
+    """`spec` with the grid's resources, checkpoints and dataset location."""
+    dataset = spec.dataset.model_copy(update=grid.dataset.location())
+    return spec.model_copy(
+        update={"resources": grid.resources, "checkpoint": grid.checkpoint, "dataset": dataset}
+    )
+
+
+def dropped_runs(layout: SweepLayout, specs: list[RunSpec]) -> list[RunSpec]:
+    """Runs of the stored manifest that `specs` (the sweep once submitted) no longer holds:
+    they leave the manifest and the curves; their files stay where they are."""
+    ids = {s.run_id for s in specs}
+    return [s for s in read_manifest(layout) if s.run_id not in ids]
 
 
 def add_to_manifest(layout: SweepLayout, specs: list[RunSpec]) -> list[RunSpec]:
@@ -141,11 +160,12 @@ def _metrics_run_id(path: str) -> str | None:
 
 def status_from_files(layout: SweepLayout) -> SweepStatus:
     """The persisted status.parquet, corrected by the result files (a metrics file means
-    done) and by the round's heartbeat (a running run of a round whose driver is gone is
+    done) and by the sweep's lease (a running run of a round whose lease is not held is
     interrupted); every run of the manifest has a record. Reads no result file: one
     listing of the metrics folder."""
     persisted = read_status(layout)
-    records = shown_records(persisted.records, persisted.state)
+    alive = is_held(layout)
+    records = shown_records(persisted.records, alive)
     if io.exists(layout.manifest):  # the sweep's runs are the manifest's
         known = {r.run_id: r for r in records}
         rows = io.read_table(layout.manifest, ["run_id", "arch", "width", "seed", "n_params"])
@@ -157,7 +177,7 @@ def status_from_files(layout: SweepLayout) -> SweepStatus:
         else r.model_copy(update={"state": RunStatus.DONE, "error": None})
         for r in records
     ]
-    return SweepStatus(layout.sweep, fixed, "file", alive=persisted.state.is_alive())
+    return SweepStatus(layout.sweep, fixed, "file", alive=alive)
 
 
 # -- may this grid join the sweep? --------------------------------------------------------
@@ -187,17 +207,3 @@ def check_grid_change(layout: SweepLayout, spec: GridSpec, force: bool) -> bool:
             "neither.)"
         )
     return True
-
-
-def refuse_second_driver(layout: SweepLayout) -> None:
-    """One driver per sweep: refuse while another driver's round is alive (its heartbeat
-    in status.parquet is fresh and its process is not known to be gone)."""
-    state = read_status(layout).state
-    if not state.is_alive():
-        return
-    who = state.driver.describe() if state.driver else "another driver"
-    raise JamsweepError(
-        f"sweep {layout.sweep!r} in {layout.results} is being run by {who}; wait for it to "
-        f"end (jamsweep status {layout.sweep}), or stop it (jamsweep cancel {layout.sweep}, "
-        "or end that process); a driver that stopped beating frees the sweep within 30 s"
-    )

@@ -21,10 +21,11 @@ from pathlib import Path
 import orchestrator
 import schemas
 import workers
-from orchestrator.cluster.backend import TERMINAL_JOB_STATES, JobsClient
+from orchestrator.cluster import lease
 from orchestrator.cluster.progress import ProgressHook
+from orchestrator.jobs.backend import TERMINAL_JOB_STATES, JobsClient
 from orchestrator.reports import Echo, RefineReport, SubmitReport, SweepStatus
-from orchestrator.results.store import check_grid_change, refuse_second_driver
+from orchestrator.results.store import check_grid_change
 from schemas.errors import JamsweepError
 from schemas.grid import GridSpec, parse_grid
 from schemas.layout import RESULTS_ENV, SweepLayout
@@ -127,16 +128,28 @@ class JobsExecutor:
     def _start_job(
         self, client: JobsClient, sweep: str, location: str, args: list[str], staging: Path
     ) -> str:
-        """`jamsweep ARGS --address auto` as a Ray job that carries the project's code."""
+        """`jamsweep ARGS --address auto` as a Ray job that carries the project's code.
+
+        The driver does not stand in Ray's working_dir, which carries `staging` (the grid):
+        Ray may remove or unpack that folder again while the job runs (seen when another
+        node of the machine set up the same runtime env: the driver's cwd vanished and the
+        job ended FAILED after every run had finished). The job copies the staged files to a
+        fresh folder of its own, stands there, and loads all of the project's code at start
+        (JAMSWEEP_JOB_ID: orchestrator/cli/__main__.py), so nothing it needs later lives in
+        a folder it does not own."""
         submission_id = f"jamsweep-{sweep}-{uuid.uuid4().hex[:8]}"
         command = ["python", "-m", "orchestrator.cli", *args, "--address", "auto"]
+        entrypoint = (
+            'own="$(mktemp -d -t jamsweep-job-XXXXXX)" && cp -R . "$own" && cd "$own" && exec '
+            + shlex.join(command)
+        )
         runtime_env = {
             "working_dir": str(staging),
             "py_modules": package_dirs(),
             "env_vars": {"JAMSWEEP_JOB_ID": submission_id},
         }
         metadata = {"jamsweep_sweep": sweep, "jamsweep_results": location}
-        return client.submit(shlex.join(command), runtime_env, submission_id, metadata)
+        return client.submit(entrypoint, runtime_env, submission_id, metadata)
 
 
 def cluster_results(raw: GridSpec, results: str | None, shared_fs: bool) -> str:
@@ -214,7 +227,7 @@ def _checks_that_can_run_here(spec: GridSpec, layout: SweepLayout, force: bool) 
     if io.is_local(layout.results) and Path(layout.results.removeprefix("file://")).exists():
         io.check_writable(layout.results)
         check_grid_change(layout, spec, force)
-        refuse_second_driver(layout)
+        lease.refuse_if_held(layout)
 
 
 def package_dirs() -> list[str]:
