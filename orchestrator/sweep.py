@@ -6,6 +6,7 @@ the cluster is behind `orchestrator.cluster.backend`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 from orchestrator.cluster.executors import executor_for, is_jobs_address
@@ -32,6 +33,7 @@ __all__ = [
     "report",
     "status",
     "submit",
+    "watch",
     "width_symbol",
 ]
 
@@ -79,6 +81,15 @@ def status(
     """Live from the sweep's tracker when `address` names a cluster that has one; else from
     the persisted status.parquet, corrected by the result files and the round's heartbeat."""
     return executor_for(address).status(sweep, results)
+
+
+def watch(
+    sweep: str, *, results: str = RESULTS_DEFAULT, address: str | None = None, every_s: float = 2.0
+) -> Iterator[SweepStatus]:
+    """The sweep's status every `every_s` seconds until its round ends (the last one
+    included), through one connection to the cluster (or one Ray job for an http://
+    address) for the whole watch."""
+    return executor_for(address).watch(sweep, results, every_s)
 
 
 def cancel(sweep: str, *, results: str = RESULTS_DEFAULT, address: str = "auto") -> list[str]:

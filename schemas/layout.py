@@ -114,6 +114,11 @@ class SweepLayout:
     def trace(self, arch: str, width: float, seed: int) -> str:
         return self.run_file("trace", arch, width, seed)
 
+    def set_aside_dir(self, stamp: str) -> str:
+        """Where result files that cannot be read are moved (not deleted) before their runs
+        are trained again: set_aside/STAMP/ keeps the tables' own relative paths."""
+        return _join(self.root, "set_aside", stamp)
+
     def checkpoint(self, run_id: str) -> str:
         return _join(self.checkpoints_dir, f"{run_id}.pt")
 

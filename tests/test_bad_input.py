@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from orchestrator.results.store import finished_run_ids
+from orchestrator.results.store import finished_and_broken, finished_run_ids
 from schemas.grid import parse_grid
 from schemas.layout import SweepLayout
 from tests.conftest import jamsweep, write_grid
@@ -113,11 +113,21 @@ def test_same_grid_with_other_resources_is_the_same_sweep(tmp_path):
     assert "4 would run" in proc.stdout
 
 
+def land(layout: SweepLayout, run, metrics_run_id: str | None = None) -> None:  # noqa: ANN001
+    """A run's three result files, as small whole Parquet files."""
+    io.write_table(layout.logits(*run.key), pa.table({"run_id": [run.run_id]}))
+    io.write_table(layout.trace(*run.key), pa.table({"run_id": [run.run_id]}))
+    io.write_table(layout.metrics(*run.key), pa.table({"run_id": [metrics_run_id or run.run_id]}))
+
+
 def test_corrupt_or_partial_result_files_are_not_results(tmp_path):
     runs = parse_grid(GOOD).expand()
     layout = SweepLayout(str(tmp_path), "bad")
-    good, torn, hidden = runs[0], runs[1], runs[2]
-    io.write_table(layout.metrics(*good.key), pa.table({"run_id": [good.run_id]}))
+    good, torn, hidden, torn_logits = runs
+    land(layout, good)
+    land(layout, torn_logits)
+    path = Path(layout.logits(*torn_logits.key))
+    path.write_bytes(path.read_bytes()[:-20])  # the end (the footer) lost: not a result
     full = pa.BufferOutputStream()
     import pyarrow.parquet as pq
 
@@ -129,6 +139,8 @@ def test_corrupt_or_partial_result_files_are_not_results(tmp_path):
     hid.parent.mkdir(parents=True)
     (hid.parent / ".part-0.parquet.tmp-abcd").write_bytes(data)
     assert finished_run_ids(layout, runs) == {good.run_id}
+    done, broken = finished_and_broken(layout, runs)
+    assert done == {good.run_id} and [s.run_id for s in broken] == [torn_logits.run_id]
 
 
 def test_finished_runs_come_from_one_scan_that_skips_temporaries_and_other_runs(tmp_path):
@@ -136,7 +148,7 @@ def test_finished_runs_come_from_one_scan_that_skips_temporaries_and_other_runs(
     layout = SweepLayout(str(tmp_path), "scan")
     a, b, hidden, foreign = runs[0], runs[1], runs[2], runs[3]
     for run in (a, b):
-        io.write_table(layout.metrics(*run.key), pa.table({"run_id": [run.run_id]}))
+        land(layout, run)
     tmp = Path(layout.metrics(*hidden.key)).parent / ".part-0.parquet.tmp-abcd"
     tmp.parent.mkdir(parents=True)
     import pyarrow.parquet as pq
@@ -158,7 +170,7 @@ def test_finished_runs_come_from_one_scan_that_skips_temporaries_and_other_runs(
 def test_gpu_fraction_beyond_the_cluster_is_refused_before_writing(tmp_path):
     path = write_grid(tmp_path / "g.yaml", GOOD + "resources: {num_gpus: 0.25}\n")
     proc = jamsweep("submit", str(path), "--results", str(tmp_path / "res"), "--num-cpus", "1")
-    fails_cleanly(proc, "resources.num_gpus = 0.25", "largest node has 0 GPUs")
+    fails_cleanly(proc, "resources.num_gpus = 0.25", "The cluster offers: node", "0 GPUs")
     assert not (tmp_path / "res" / "bad").exists()
 
 
@@ -178,3 +190,33 @@ def test_a_retry_after_the_results_landed_does_not_retrain(tmp_path):
     again = execute(spec, layout)  # the worker died after writing, Ray retries the task
     assert again["run_id"] == first["run_id"] and again["steps"] == first["steps"]
     assert os.stat(layout.logits(*spec.key)).st_mtime_ns == stamp
+
+
+@pytest.mark.ray
+def test_a_torn_logits_or_trace_file_is_set_aside_and_only_its_run_is_trained_again(tmp_path):
+    grid = write_grid(tmp_path / "g.yaml", GOOD)
+    res = tmp_path / "res"
+    assert jamsweep("submit", str(grid), "--results", str(res), "--num-cpus", "2").returncode == 0
+    layout = SweepLayout(str(res), "bad")
+    runs = parse_grid(GOOD).expand()
+    torn_logits, torn_trace, *kept = runs
+    for path in (layout.logits(*torn_logits.key), layout.trace(*torn_trace.key)):
+        Path(path).write_bytes(Path(path).read_bytes()[:100])  # a partial copy, say
+    stamps = {s.run_id: os.stat(layout.metrics(*s.key)).st_mtime_ns for s in runs}
+    dry = jamsweep("submit", str(grid), "--results", str(res), "--dry-run")
+    assert dry.returncode == 0 and "2 would run" in dry.stdout, dry.stdout
+    assert "2 finished run(s) have result files that cannot be read" in dry.stdout
+    proc = jamsweep("submit", str(grid), "--results", str(res), "--num-cpus", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert "2 finished run(s) had result files that cannot be read" in proc.stderr
+    assert "4 runs, 2 already done, 2 to run" in proc.stderr
+    for s in kept:  # untouched
+        assert os.stat(layout.metrics(*s.key)).st_mtime_ns == stamps[s.run_id]
+    for s in (torn_logits, torn_trace):  # trained again, whole now
+        assert os.stat(layout.metrics(*s.key)).st_mtime_ns != stamps[s.run_id]
+    assert finished_run_ids(layout, runs) == {s.run_id for s in runs}
+    aside = list(
+        (res / "bad" / "set_aside").glob("*/logits/arch=fc3/width=*/seed=*/part-0.parquet")
+    )
+    assert len(aside) == 1 and aside[0].stat().st_size == 100  # kept, not deleted
+    assert len(list((res / "bad" / "set_aside").rglob("*.parquet"))) == 6  # 2 runs x 3 files

@@ -16,7 +16,7 @@ import torch
 
 from orchestrator.cluster.backend import RayBackend
 from orchestrator.cluster.driver import run_on_ray
-from orchestrator.cluster.lease import Holder, acquire, is_held
+from orchestrator.cluster.lease import LEASE_ENV, Holder, acquire, is_held
 from orchestrator.cluster.tracker import read_records, read_status
 from orchestrator.results import open_sweep
 from orchestrator.results.store import manifest_table
@@ -156,8 +156,12 @@ def submit_detached(grid: Path, head: RayHead, results: Path) -> subprocess.Comp
     return proc
 
 
+LEASE_S = 8.0  # the drivers' lease in this module (30 s by default): a killed one frees it
+
+
 @pytest.fixture
-def head(tmp_path):
+def head(tmp_path, monkeypatch):
+    monkeypatch.setenv(LEASE_ENV, str(LEASE_S))  # the head passes it on to its jobs' drivers
     cluster = RayHead(num_cpus=2, log=tmp_path / "head.log")
     yield cluster
     cluster.kill()
@@ -230,6 +234,10 @@ def test_after_the_whole_cluster_dies_a_resubmission_runs_only_what_is_missing(t
         s.run_id: os.stat(layout.metrics(*s.key)).st_mtime_ns for s in specs if s.run_id in finished
     }
 
+    # the killed driver's lease frees the sweep within the lease time
+    killed = time.monotonic()
+    wait_for(lambda: not is_held(layout), LEASE_S + 5, "the dead driver's lease to expire")
+    assert time.monotonic() - killed <= LEASE_S + 1
     again = jamsweep("submit", str(grid), "--results", str(tmp_path / "res"), "--num-cpus", "2")
     assert again.returncode == 0, again.stderr
     assert f"{len(finished)} already done, {len(specs) - len(finished)} to run" in again.stderr

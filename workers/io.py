@@ -181,6 +181,35 @@ def column_by_file(folder: str, column: str) -> dict[str, object]:
     return found
 
 
+def unreadable_parquet(paths: list[str]) -> set[str]:
+    """The files of `paths` that are not whole Parquet files (missing, truncated, foreign):
+    each file's footer is read (a few KiB at its end; the magic bytes and the metadata),
+    on threads, not its data."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def broken(location: str) -> bool:
+        fs, path = resolve(location)
+        try:
+            with fs.open_input_file(path) as src:
+                pq.read_metadata(src)
+        except (OSError, pa.ArrowException):
+            return True
+        return False
+
+    if not paths:
+        return set()
+    with ThreadPoolExecutor(max_workers=min(16, len(paths))) as pool:
+        return {p for p, bad in zip(paths, pool.map(broken, paths), strict=True) if bad}
+
+
+def move_to(location: str, target: str) -> None:
+    """Move one file (on one filesystem): a rename locally, a copy then delete elsewhere."""
+    fs, path = resolve(location)
+    _, dest = resolve(target)
+    fs.create_dir(dest.rsplit("/", 1)[0], recursive=True)
+    fs.move(path, dest)
+
+
 def list_dirs(folder: str) -> list[str]:
     """Names of the sub-folders of `folder` (none if it does not exist)."""
     fs, path = resolve(folder)

@@ -164,11 +164,16 @@ def status(
     ] = None,
     results: Results = None,
     address: Address = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object (with --watch: one per line).")
+    ] = False,
     watch: Annotated[
         bool,
         typer.Option("--watch", help="Redraw in place every 2 s while a driver is at work on it."),
     ] = False,
+    every: Annotated[
+        float, typer.Option("--every", min=0.2, help="Seconds between looks of --watch.")
+    ] = 2.0,
     state: Annotated[
         list[str] | None,
         typer.Option(
@@ -201,21 +206,26 @@ def status(
         else:
             show_.print_run(detail)
         return
+    if watch:
+        looks = api.watch(sweep, results=results, address=address, every_s=every)
+        if as_json:  # JSON lines: one object per look, until the round ends
+            for st in looks:
+                print(json.dumps(_answer(st, states)), flush=True)
+        else:
+            show_.watch(looks, lambda s: show_.status_view(s, states))
+        return
     st = api.status(sweep, results=results, address=address)
     if as_json:
-        answer = st.to_json()
-        if states is not None:
-            answer["runs"] = [r for r in answer["runs"] if r["state"] in states]
-        out.print_json(json.dumps(answer))
-        return
-    name, where = sweep, results
-    if watch:
-        show_.watch(
-            lambda: api.status(name, results=where, address=address),
-            lambda s: show_.status_view(s, states),
-        )
+        out.print_json(json.dumps(_answer(st, states)))
         return
     out.print(show_.status_view(st, states))
+
+
+def _answer(st: api.SweepStatus, states: set[str] | None) -> dict:
+    answer = st.to_json()
+    if states is not None:
+        answer["runs"] = [r for r in answer["runs"] if r["state"] in states]
+    return answer
 
 
 @app.command(epilog="Example: jamsweep cancel demo --address auto")

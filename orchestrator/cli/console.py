@@ -4,9 +4,10 @@ that CI logs stay readable."""
 
 from __future__ import annotations
 
+import itertools
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import pandas as pd
 from rich.console import Console, Group, RenderableType
@@ -134,32 +135,24 @@ def status_view(st: api.SweepStatus, states: set[str] | None) -> RenderableType:
     return Group(Text(counts_line(st)), runs_table(records))
 
 
-def watch(fetch: Callable[[], api.SweepStatus], view: Callable[[api.SweepStatus], RenderableType],
-          every_s: float = 2.0) -> None:  # fmt: skip
-    """Redraw the status in place (rich Live) until the sweep's round ends. Not on a
-    terminal: a counts line whenever the counts change, then the whole view once."""
-    st = fetch()
+def watch(
+    looks: Iterable[api.SweepStatus], view: Callable[[api.SweepStatus], RenderableType]
+) -> None:
+    """Redraw the status in place (rich Live) at each look until they end (the round did).
+    Not on a terminal: a counts line whenever the counts change, then the whole view once."""
+    looks = iter(looks)
+    first = next(looks)
     if not out.is_terminal:
-        shown = None
-        while True:
-            if st.counts != shown:
-                out.print(counts_line(st), soft_wrap=True)
-                shown = st.counts
-            if not _going(st):
-                break
-            time.sleep(every_s)
-            st = fetch()
-        out.print(view(st))
+        shown, last = None, first
+        for last in itertools.chain([first], looks):
+            if last.counts != shown:
+                out.print(counts_line(last), soft_wrap=True)
+                shown = last.counts
+        out.print(view(last))
         return
-    with Live(view(st), console=out, auto_refresh=False) as live:
-        while _going(st):
-            time.sleep(every_s)
-            st = fetch()
+    with Live(view(first), console=out, auto_refresh=False) as live:
+        for st in looks:
             live.update(view(st), refresh=True)
-
-
-def _going(st: api.SweepStatus) -> bool:
-    return st.alive and any(r.state.is_active() for r in st.records)
 
 
 # -- one run, a sweep ------------------------------------------------------------------------
@@ -226,6 +219,11 @@ def print_dry_run(report: api.SubmitReport, where: str) -> None:
         soft_wrap=True,
     )
     print_planned(report.planned)
+    if report.broken:
+        out.print(
+            f"{len(report.broken)} finished run(s) have result files that cannot be read: "
+            "they would be set aside (SWEEP/set_aside/) and trained again"
+        )
     if report.dropped:
         out.print(
             f"{len(report.dropped)} run(s) of the sweep that this grid no longer names would "

@@ -96,8 +96,6 @@ def unused_status_options(
         for opt, given in (("--watch", watch), ("--state", states), ("--run", run))
         if given and sweep is None
     ]
-    if watch and as_json:
-        problems.append("--watch redraws a table; it does not apply to --json")
     if run is not None and (states or watch):
         problems.append("--run shows one run; --state and --watch do not apply to it")
     return problems

@@ -94,6 +94,7 @@ def _run_task(spec: RunSpec, layout: SweepLayout, tracker: str) -> dict:
     """
     from workers.execute import execute
 
+    _check_sweep_visible(layout)
     reports = _StartReports(tracker, [spec.run_id])
     try:
         return execute(spec, layout)
@@ -106,11 +107,25 @@ def _pack_task(specs: list[RunSpec], layout: SweepLayout, tracker: str) -> list[
     one pack (workers.execute.execute_pack): one row per run, its metrics or its error."""
     from workers.execute import execute_pack
 
+    _check_sweep_visible(layout)
     reports = _StartReports(tracker, [spec.run_id for spec in specs])
     try:
         return execute_pack(specs, layout)
     finally:
         reports.wait()
+
+
+def _check_sweep_visible(layout: SweepLayout) -> None:
+    """A node that joined after the driver proved the results folder shared (an autoscaled
+    one) must see it too: the sweep's grid.yaml is written before any run starts. Fails the
+    run at once (not retried), instead of writing it to this node's own disk."""
+    if io.is_local(layout.results) and not io.exists(layout.grid_yaml):
+        node = ray.get_runtime_context().get_node_id()[:12]
+        raise JamsweepError(
+            f"node {node} does not see the sweep's folder {layout.root} (no grid.yaml there): "
+            "results must be on a filesystem every node mounts at the same path, or on an "
+            "object store (--results s3://BUCKET/PREFIX)"
+        )
 
 
 class _StartReports:
@@ -137,6 +152,8 @@ class _StartReports:
         end first: its end would then be recorded before its start, and the start (the new
         attempt, the new node) lost when the round closes. Normally the reports were
         answered long ago and this returns at once."""
+        if not self.refs:  # no tracker when the task began: try once more before the end
+            self.refs = self._send()
         for attempt in range(2):
             try:
                 ray.get(self.refs, timeout=START_REPORT_WAIT_S)
@@ -146,6 +163,22 @@ class _StartReports:
                     self.refs = self._send()  # a revived tracker, under the same name
             except (RayActorError, GetTimeoutError):
                 return  # gone for good, or a round already over: the result files tell
+
+
+def _refuse_unreachable(address: str | None) -> None:
+    """Fail at once, not after Ray's 30 s of retries, when nothing listens at HOST:PORT (a
+    ray:// client address or a GCS address); `auto` and a bad format are Ray's to judge."""
+    import socket
+
+    if address is None or address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise ConnectionError(f"nothing answers at {host}:{port} ({exc.strerror or exc})") from None
 
 
 def _sees(path: str) -> bool:
@@ -271,6 +304,7 @@ class RayBackend:
                     **kwargs,
                 )
             else:
+                _refuse_unreachable(self.address)
                 ray.init(address=self.address, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise JamsweepError(

@@ -43,7 +43,7 @@ def refusal(demands: list[ResourceSpec], nodes: list[NodeType]) -> str | None:
     )
     if not unfit:
         return None
-    asked = "; ".join(f"resources.num_cpus = {c:g}, num_gpus = {g:g}" for c, g in unfit)
+    asked = "; ".join(f"resources.num_cpus = {c:g}, resources.num_gpus = {g:g}" for c, g in unfit)
     offered = "; ".join(n.describe() for n in nodes) or "no node and no autoscaler node type"
     return (
         f"no node of the cluster can hold a run that asks for {asked} (it would wait forever). "

@@ -5,6 +5,8 @@ or HOST:PORT), `JobsExecutor` (orchestrator.jobs.executor) hands them to a clust
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -21,9 +23,10 @@ from orchestrator.results.store import (
     check_grid_change,
     dropped_runs,
     existing,
-    finished_run_ids,
+    finished_and_broken,
     manifest_table,
     planned_runs,
+    set_aside,
     status_from_files,
 )
 from schemas.errors import JamsweepError
@@ -52,6 +55,8 @@ class Executor(Protocol):
 
     def cancel(self, sweep: str, results: str) -> list[str]: ...
 
+    def watch(self, sweep: str, results: str, every_s: float) -> Iterator[SweepStatus]: ...
+
     def refine(
         self, sweep: str, results: str, *, echo: Echo, **options: object
     ) -> RefineReport: ...
@@ -70,6 +75,20 @@ def executor_for(
 
         return JobsExecutor(address or "", shared_fs=shared_fs)
     return LocalExecutor(address, num_cpus=num_cpus)
+
+
+def round_going(st: SweepStatus) -> bool:
+    """Whether a driver is still at work on the sweep with runs left to end."""
+    return st.alive and any(r.state.is_active() for r in st.records)
+
+
+def _until_over(look: Callable[[], SweepStatus], every_s: float) -> Iterator[SweepStatus]:
+    st = look()
+    yield st
+    while round_going(st):
+        time.sleep(every_s)
+        st = look()
+        yield st
 
 
 class LocalExecutor:
@@ -100,10 +119,11 @@ class LocalExecutor:
         replace = check_grid_change(layout, spec, force)
         grid_runs, refined = planned_runs(spec, layout) if not replace else (spec.expand(), [])
         specs = grid_runs + refined
-        done_ids = set() if replace else finished_run_ids(layout, specs)
+        done_ids, broken = (set(), []) if replace else finished_and_broken(layout, specs)
         todo = [s for s in specs if s.run_id not in done_ids]
         report = SubmitReport(spec.sweep, layout.results, len(specs), len(specs) - len(todo))
         report.dropped = [] if replace else dropped_runs(layout, specs)
+        report.broken = broken
         if dry_run:
             io.check_creatable(layout.results)
             report.dry_run, report.planned = True, todo
@@ -119,6 +139,12 @@ class LocalExecutor:
                 runs = [manifest_table(grid_runs), manifest_table(refined, ORIGIN_REFINE)]
                 io.write_table(layout.manifest, pa.concat_tables(runs))
 
+            if broken:
+                moved = set_aside(layout, broken)
+                echo(
+                    f"sweep {spec.sweep}: {len(broken)} finished run(s) had result files that "
+                    f"cannot be read; they were moved to {moved} and are trained again"
+                )
             if report.dropped:
                 echo(
                     f"sweep {spec.sweep}: {len(report.dropped)} run(s) the grid no longer names "
@@ -156,6 +182,26 @@ class LocalExecutor:
             if live is not None:
                 return SweepStatus(sweep, live, "live", alive=True)
         return status_from_files(layout)
+
+    def watch(self, sweep: str, results: str, every_s: float = 2.0) -> Iterator[SweepStatus]:
+        """The sweep's status every `every_s` until its round ends (the last one included).
+        With an address, through ONE connection to the cluster for the whole watch (not one
+        per look): from its live tracker while there is one, then from the files."""
+        layout = existing(sweep, absolute(results))
+        if self.address is None:
+            yield from _until_over(lambda: status_from_files(layout), every_s)
+            return
+        from orchestrator.cluster.backend import RayBackend
+
+        with RayBackend(self.address) as backend:
+
+            def look() -> SweepStatus:
+                tracker = backend.existing_tracker(layout)
+                if tracker is not None:
+                    return SweepStatus(sweep, tracker.snapshot(), "live", alive=True)
+                return status_from_files(layout)
+
+            yield from _until_over(look, every_s)
 
     def _live_records(self, layout: SweepLayout) -> list[RunRecord] | None:
         """The live tracker's records, or None when the cluster has no tracker of this sweep

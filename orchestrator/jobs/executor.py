@@ -11,11 +11,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import shlex
 import shutil
 import tempfile
+import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import orchestrator
@@ -86,10 +89,42 @@ class JobsExecutor:
             raise JamsweepError(
                 f"the cluster at {self.address} gave no status for {sweep!r}: {log[-300:]}"
             )
-        answer = json.loads(log[start : end + 1])
-        records = [RunRecord.model_validate(r) for r in answer["runs"]]
-        alive = bool(answer.get("alive", False))
-        return SweepStatus(sweep, records, answer.get("source", "live"), alive=alive)
+        return _status_of(sweep, json.loads(log[start : end + 1]))
+
+    def watch(self, sweep: str, results: str, every_s: float = 2.0) -> Iterator[SweepStatus]:
+        """ONE short job on the cluster, `jamsweep status SWEEP --watch --json --address
+        auto`, prints the status as JSON lines until the round ends; its log is followed
+        here (not a job per look). The job is stopped if this watch ends first (Ctrl-C)."""
+        client = JobsClient(self.address)
+        args = ["status", sweep, "--watch", "--json", "--results", results]
+        args += ["--every", f"{every_s:g}"]
+        command = ["python", "-m", "orchestrator.cli", *args, "--address", "auto"]
+        job_id = client.submit(
+            shlex.join(command),
+            {"py_modules": package_dirs()},
+            f"jamsweep-watch-{uuid.uuid4().hex[:8]}",
+        )
+        lines: queue.Queue[str | None] = queue.Queue()
+
+        def pump() -> None:
+            try:
+                follow(client, job_id, lines.put)
+            finally:
+                lines.put(None)  # the job ended (or could not be followed)
+
+        threading.Thread(target=pump, name="jamsweep-watch", daemon=True).start()
+        ended = False
+        try:
+            while (line := lines.get()) is not None:
+                if line.startswith("{"):
+                    yield _status_of(sweep, json.loads(line))
+            ended = True
+        finally:
+            if not ended:
+                with contextlib.suppress(JamsweepError):
+                    client.stop(job_id)
+        if client.status(job_id) != "SUCCEEDED":
+            raise JamsweepError(f"the watch job {job_id} on {self.address} did not succeed")
 
     def cancel(self, sweep: str, results: str) -> list[str]:
         log = run_cli_job(self.address, ["cancel", sweep, "--results", results])
@@ -150,6 +185,13 @@ class JobsExecutor:
         }
         metadata = {"jamsweep_sweep": sweep, "jamsweep_results": location}
         return client.submit(entrypoint, runtime_env, submission_id, metadata)
+
+
+def _status_of(sweep: str, answer: dict) -> SweepStatus:
+    """A SweepStatus from `jamsweep status --json`'s answer."""
+    records = [RunRecord.model_validate(r) for r in answer["runs"]]
+    alive = bool(answer.get("alive", False))
+    return SweepStatus(sweep, records, answer.get("source", "live"), alive=alive)
 
 
 def cluster_results(raw: GridSpec, results: str | None, shared_fs: bool) -> str:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from orchestrator.reports import SweepStatus
 from orchestrator.cluster.lease import is_held
 from orchestrator.cluster.tracker import read_status, shown_records
+from orchestrator.reports import SweepStatus
 from schemas.errors import JamsweepError
 from schemas.grid import GridSpec, parse_grid
 from schemas.layout import MANIFEST_SCHEMA, SweepLayout
@@ -136,9 +136,39 @@ def add_to_manifest(layout: SweepLayout, specs: list[RunSpec]) -> list[RunSpec]:
 
 
 def finished_run_ids(layout: SweepLayout, specs: list[RunSpec]) -> set[str]:
-    """Runs whose metrics file (written last, atomically) is there and names this run."""
+    """Runs whose results are whole: their metrics file (written last, atomically) is there
+    and names this run, and their logits and trace files are whole Parquet files."""
+    return finished_and_broken(layout, specs)[0]
+
+
+def finished_and_broken(
+    layout: SweepLayout, specs: list[RunSpec]
+) -> tuple[set[str], list[RunSpec]]:
+    """(the ids of the finished runs of `specs`, the runs whose metrics file says finished
+    but whose logits or trace file cannot be read: not results, to be set aside and trained
+    again). One scan of the metrics files, then the footers of the other two files."""
     named = _run_id_by_metrics_file(layout)
-    return {s.run_id for s in specs if named.get(layout.metrics(*s.key)) == s.run_id}
+    landed = [s for s in specs if named.get(layout.metrics(*s.key)) == s.run_id]
+    others = {s.run_id: (layout.logits(*s.key), layout.trace(*s.key)) for s in landed}
+    bad = io.unreadable_parquet([path for pair in others.values() for path in pair])
+    broken = [s for s in landed if any(path in bad for path in others[s.run_id])]
+    gone = {s.run_id for s in broken}
+    return {s.run_id for s in landed if s.run_id not in gone}, broken
+
+
+def set_aside(layout: SweepLayout, runs: list[RunSpec]) -> str:
+    """Move the result files of `runs` (whatever is there of metrics, logits, trace) to
+    SWEEP/set_aside/STAMP/, keeping their relative paths, so that those runs are trained
+    again and nothing is deleted; returns that folder."""
+    import time
+
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = layout.set_aside_dir(stamp)
+    for spec in runs:
+        for path in (layout.metrics(*spec.key), layout.logits(*spec.key), layout.trace(*spec.key)):
+            if io.exists(path):
+                io.move_to(path, target + path[len(layout.root) :])
+    return target
 
 
 def _run_id_by_metrics_file(layout: SweepLayout) -> dict[str, object]:
