@@ -73,7 +73,8 @@ def read_columns(path: str, what: str, columns: list[str]) -> pa.Table:
         if kind(path) == "parquet":
             return pq.read_table(inner, filesystem=fs, columns=columns)
         with fs.open_input_stream(inner) as src:
-            convert = pacsv.ConvertOptions(include_columns=columns)
+            # an empty cell (or NA, null, ...) is a missing value, in text columns too
+            convert = pacsv.ConvertOptions(include_columns=columns, strings_can_be_null=True)
             return pacsv.read_csv(src, convert_options=convert)
     except (pa.ArrowException, OSError) as exc:
         raise _unreadable(path, what, exc) from None
