@@ -124,26 +124,20 @@ class Sweep:
             exclude_invalid_files=False,
         )
         _check_names(table, dataset.schema.names, where, columns)
+        expression = _expression(dataset.schema, where)  # checks each value's type
         self._check_partition_values(where)
-        final = None
-        if step == FINAL:
-            final = self._final_steps()
-            where = {**where, "step": sorted(set(final.values()))}
-        elif step is not None:
-            where = {**where, "step": step}
-        wanted = (
-            columns
-            if final is None
-            else sorted({*(columns or dataset.schema.names), "run_id", "step"})
-        )
-        frame = dataset.to_table(
-            filter=_expression(dataset.schema, where), columns=wanted
-        ).to_pandas()
-        if final is not None:  # the step filter kept every run's rows at any final step
-            frame = frame[frame["step"].to_numpy() == frame["run_id"].map(final).to_numpy()]
-            frame = frame[columns] if columns is not None else frame
-            frame = frame.reset_index(drop=True)
-        return frame
+        if step is None:
+            return dataset.to_table(filter=expression, columns=columns).to_pandas()
+        if step != FINAL:
+            expression = _and(expression, _expression(dataset.schema, {"step": step}))
+            return dataset.to_table(filter=expression, columns=columns).to_pandas()
+        # each run's own last step: those steps pushed down, then each row matched to its run
+        final = self._final_steps()
+        steps = _expression(dataset.schema, {"step": sorted(set(final.values())) or [-1]})
+        wanted = sorted({*(columns or dataset.schema.names), "run_id", "step"})
+        frame = dataset.to_table(filter=_and(expression, steps), columns=wanted).to_pandas()
+        frame = frame[frame["step"].to_numpy() == frame["run_id"].map(final).to_numpy()]
+        return frame[columns or dataset.schema.names].reset_index(drop=True)
 
     def _file_schema(self, table: str) -> pa.Schema:
         if table == "metrics":
@@ -186,7 +180,10 @@ class Sweep:
         return io.read_table(self.layout.manifest).to_pandas()
 
     def runs(self) -> list[RunSpec]:
-        """Every run's RunSpec, in manifest order (`spec.dataset`, `spec.training`, ...)."""
+        """Every run's RunSpec, in manifest order (`spec.dataset`, `spec.training`, ...).
+
+        >>> [(r.width, r.seed, r.training.learning_rate(r.width)) for r in sweep.runs()]
+        """
         if not io.exists(self.layout.manifest):
             return []
         specs = io.read_table(self.layout.manifest, ["spec"]).column(0).to_pylist()
@@ -336,5 +333,9 @@ def _expression(schema: pa.Schema, where: dict[str, Any]) -> ds.Expression | Non
             if len(values) == 1
             else ds.field(name).isin(pa.array([v.as_py() for v in values], type=type_))
         )
-        expression = term if expression is None else expression & term
+        expression = _and(expression, term)
     return expression
+
+
+def _and(a: ds.Expression | None, b: ds.Expression | None) -> ds.Expression | None:
+    return b if a is None else a if b is None else a & b
