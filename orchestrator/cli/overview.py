@@ -119,9 +119,8 @@ def data_line(layout: SweepLayout) -> str | None:
     if data.resolved is not None:
         facts = data.resolved
         test = f", {facts.n_test_rows} test rows" if facts.n_test_rows is not None else ""
-        parts.append(
-            f"{facts.n_train_rows} rows{test}; {len(facts.features) or 'x'} -> d = {facts.d_in}"
-        )
+        inputs = f"{len(facts.features)} feature columns" if facts.features else "x"
+        parts.append(f"{facts.n_train_rows} rows{test}; {inputs} -> d = {facts.d_in}")
     if data.label_noise > 0:
         n = round(data.label_noise * data.train_size)
         parts.append(
