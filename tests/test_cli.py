@@ -290,3 +290,11 @@ def test_options_that_do_not_apply_are_refused(tmp_path, args, needle):
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
     assert needle in proc.stderr, proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_version_prints_the_installed_version():
+    from importlib.metadata import version
+
+    proc = jamsweep("--version")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"jamsweep {version('jamsweep')}"

@@ -256,3 +256,31 @@ def test_rescale_gives_norm_sqrt_d(tmp_path):
     data = load_dataset(resolved(files_spec(write(pool_frame(), tmp_path / "p.parquet"))))
     norms = data.train.x.norm(dim=1)
     torch.testing.assert_close(norms, torch.full_like(norms, math.sqrt(4)))
+
+
+def test_checks_the_cli_tests_do_not_cover(tmp_path):
+    frame = pool_frame()
+    frame.loc[4, "f2"] = np.inf
+    with pytest.raises(JamsweepError, match=r"'f2' has 1 missing, NaN or infinite .* row 4"):
+        check_dataset(files_spec(write(frame, tmp_path / "inf.parquet")))
+    flat = pool_frame().assign(f3=lambda f: 2 * f["f0"])  # rank 3 of 4 columns
+    with pytest.raises(JamsweepError, match="pca_dim = 4, but .* vary in only 3 direction"):
+        check_dataset(files_spec(write(flat, tmp_path / "flat.parquet"), pca_dim=4))
+    np.savez(tmp_path / "obj.npz", x=np.zeros((4, 2)), y=np.array([{}, {}, 1, 2], dtype=object))
+    with pytest.raises(JamsweepError, match="obj.npz' cannot be read as NPZ"):
+        check_dataset(files_spec(str(tmp_path / "obj.npz")))
+
+
+def test_booleans_and_text_are_not_features_and_a_constant_feature_becomes_zero(tmp_path):
+    frame = pool_frame().assign(flag=True, f1=7.0)
+    spec = resolved(files_spec(write(frame, tmp_path / "p.parquet"), rescale=False))
+    assert spec.resolved is not None and spec.resolved.features == FEATURES
+    data = load_dataset(spec)
+    assert (data.train.x[:, 1] == 0).all() and (data.test.x[:, 1] == 0).all()
+
+
+def test_a_pool_is_loaded_once_per_process(tmp_path):
+    spec = resolved(files_spec(write(pool_frame(), tmp_path / "p.parquet")))
+    assert load_dataset(spec) is load_dataset(
+        DatasetSpec.model_validate_json(spec.model_dump_json())
+    )
