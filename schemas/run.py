@@ -59,9 +59,13 @@ class RunSpec(BaseModel):
 
     @property
     def d_in(self) -> int:
-        """Width of the flat inputs an FC net sees: pca_dim, or the files' resolved d_in."""
+        """The size of the inputs' second dimension, what a net is built for (as x.shape[1]
+        of the worker's data): the features of flat data (pca_dim, or the files' resolved
+        d), the channels of images."""
         if self.dataset.name == "files":
             return self.facts.d_in
+        if self.dataset.name in IMAGE_SHAPES:
+            return IMAGE_SHAPES[self.dataset.name][0]
         assert self.dataset.pca_dim is not None  # the *_pca sets require it
         return self.dataset.pca_dim
 

@@ -179,3 +179,22 @@ def test_a_jobs_submission_refuses_files_the_cluster_cannot_see(tmp_path, train,
         "submit", str(grid), "--address", "http://127.0.0.1:9", "--results", "s3://b/p", *shared
     )
     fails_cleanly(proc, *needles)
+
+
+def test_a_jobs_dry_run_with_files_only_the_cluster_sees_lists_the_runs(tmp_path):
+    """Declared shared but not mounted here: nothing to read, so N is left to the cluster."""
+    grid = write_grid(
+        tmp_path / "g.yaml", GRID.format(train="/mnt/cluster-only/pool.parquet", extra="")
+    )
+    proc = jamsweep(
+        "submit",
+        str(grid),
+        "--address",
+        "http://127.0.0.1:9",
+        "--results",
+        "s3://b/p",
+        "--shared-fs",
+        "--dry-run",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "1 would run" in proc.stdout and "N=? (read on the cluster)" in proc.stdout

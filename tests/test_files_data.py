@@ -284,3 +284,23 @@ def test_a_pool_is_loaded_once_per_process(tmp_path):
     assert load_dataset(spec) is load_dataset(
         DatasetSpec.model_validate_json(spec.model_dump_json())
     )
+
+
+def test_what_a_net_is_built_for_is_known_from_the_spec(tmp_path):
+    """d_in and n_outputs of every dataset, as the worker's data has them (x.shape[1])."""
+    path = write(pool_frame(labels=("a", "b", "c")), tmp_path / "p.parquet")
+    spec = resolved(files_spec(path, pca_dim=3))
+    grid = parse_grid(grid_text(path, "train_size: 60, pca_dim: 3"))
+    (run,) = grid.with_data(spec.resolved).expand()
+    data = load_dataset(run.dataset)
+    assert run.d_in == data.train.x.shape[1] == 3 and run.n_outputs == 3
+    digits = parse_grid(
+        "sweep: d\ndataset: {name: digits_parity_pca, train_size: 50, pca_dim: 7}\n"
+        "architectures: [{name: a, widths: [2]}]\nseeds: 1\n"
+    ).expand()[0]
+    assert digits.d_in == load_dataset(digits.dataset).train.x.shape[1] == 7
+    cifar = parse_grid(
+        "sweep: c\ndataset: {name: cifar10, root: /x, train_size: 5}\n"
+        "architectures: [{kind: cnn, name: c, widths: [2]}]\nseeds: 1\n"
+    ).expand()[0]
+    assert (cifar.d_in, cifar.n_outputs) == (3, 10)

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from orchestrator.results.store import absolute, existing, locate
 from schemas.errors import JamsweepError
@@ -150,8 +151,12 @@ class Sweep:
     def _check_partition_values(self, where: dict[str, Any]) -> None:
         """A value of a partition column that no run of the manifest has is an error that
         names the values there are (an empty frame would hide a typo)."""
-        names = [n for n in PARTITIONING.names if n in where]
-        if not names or not io.exists(self.layout.manifest):
+        if not io.exists(self.layout.manifest):
+            return
+        fs, path = io.resolve(self.layout.manifest)
+        listed = pq.read_schema(path, filesystem=fs).names  # the axes the manifest records
+        names = [n for n in PARTITIONING.names if n in where and n in listed]
+        if not names:
             return
         manifest = io.read_table(self.layout.manifest, names).to_pandas()
         for name in names:
