@@ -126,3 +126,18 @@ def test_new_values_in_the_same_file_are_a_changed_grid(binary, tmp_path):
     frame.to_parquet(folder / "pool.parquet")  # the same values elsewhere: the same sweep
     same, _ = load_grid(folder / "g.yaml")
     assert not check_grid_change(layout, same.with_data(check_dataset(same.dataset)), False)
+
+
+def test_refine_on_a_manifest_older_than_label_map_fills_it_in(tmp_path):
+    from sweepfiles import write_sweep
+
+    from orchestrator.cluster.refine import refined_specs
+    from orchestrator.results.store import add_to_manifest
+
+    files = write_sweep(str(tmp_path), seeds=1, widths=[2, 4])
+    old = io.read_table(files.layout.manifest).drop_columns(["label_map"])
+    io.write_table(files.layout.manifest, old)
+    added = add_to_manifest(files.layout, refined_specs(files.specs[0], [3.0], [0]))
+    manifest = open_sweep(files.layout.root).manifest()
+    assert len(added) == 1 and len(manifest) == 3
+    assert set(manifest["label_map"]) == {"even digit -> -1, odd digit -> +1"}
