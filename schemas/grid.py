@@ -14,9 +14,16 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from schemas.datasets import DATASETS_WITH_ROOT, IMAGE_SHAPES, N_OUTPUTS, PCA_DATASETS
+from schemas.datasets import (
+    DATASETS_WITH_ROOT,
+    FLAT_DATASETS,
+    IMAGE_SHAPES,
+    N_OUTPUTS,
+    PCA_DATASETS,
+    DataFacts,
+)
 from schemas.errors import GridError
-from schemas.run import RunSpec
+from schemas.run import DATA_LOCATION, RunSpec
 from schemas.specs import (
     ArchSpec,
     CheckpointSpec,
@@ -37,6 +44,7 @@ __all__ = [  # the pieces are importable from here too
     "ArchSpec",
     "CNNArch",
     "CheckpointSpec",
+    "DataFacts",
     "DatasetSpec",
     "FCArch",
     "GridSpec",
@@ -118,6 +126,14 @@ class GridSpec(Strict):
     def seed_list(self) -> list[int]:
         return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
 
+    def with_data(self, facts: DataFacts | None) -> GridSpec:
+        """This grid with its files dataset's facts resolved (`workers.data.check_dataset`),
+        so that its RunSpecs know d_in and the outputs; unchanged when `facts` is None."""
+        if facts is None:
+            return self
+        dataset = self.dataset.model_copy(update={"resolved": facts})
+        return self.model_copy(update={"dataset": dataset})
+
     def expand(self) -> list[RunSpec]:
         """One RunSpec per (architecture, width, seed), in grid order."""
         return [
@@ -138,9 +154,11 @@ class GridSpec(Strict):
 
     def result_differences(self, old: GridSpec) -> list[str]:
         """What differs from `old` among the fields that decide a run's result: the
-        dataset (not where it is read from), the training, and the definition of each
-        architecture the two grids share. Widths, seeds, added or removed architectures,
-        resources, checkpoints and paths do not count: a sweep may grow or shrink.
+        dataset (not where it is read from, nor the facts read from its files: those are
+        compared with the manifest's, store.check_grid_change), the training, and the
+        definition of each architecture the two grids share. Widths, seeds, added or
+        removed architectures, resources, checkpoints and paths do not count: a sweep may
+        grow or shrink.
         One 'field: old -> new' line each, empty when the grids are the same experiment."""
         pairs = [
             ("dataset", _decisive(old.dataset), _decisive(self.dataset)),
@@ -167,14 +185,15 @@ class GridSpec(Strict):
                 "results": True,
                 "resources": True,
                 "checkpoint": True,
-                "dataset": {"root", "download"},
+                "dataset": {*DATA_LOCATION, "resolved"},
             },
         )
 
 
 def _decisive(model: BaseModel) -> dict[str, Any]:
-    """A dataset's or architecture's fields that decide results (not paths, not widths)."""
-    return model.model_dump(mode="json", exclude={"root", "download", "widths"})
+    """A dataset's or architecture's fields that decide results (not paths, not widths,
+    not the facts resolved from a dataset's files)."""
+    return model.model_dump(mode="json", exclude={*DATA_LOCATION, "resolved", "widths"})
 
 
 def _changed(where: str, old: Any, new: Any) -> list[str]:
@@ -188,9 +207,9 @@ def _changed(where: str, old: Any, new: Any) -> list[str]:
 def _arch_dataset_problem(arch: FCArch | CNNArch, data: str) -> str | None:
     """Why `arch` cannot train on dataset `data`, or None."""
     where = f"architecture {arch.name!r} (kind {arch.kind})"
-    if arch.kind == "fc" and data not in PCA_DATASETS:
+    if arch.kind == "fc" and data not in FLAT_DATASETS:
         return (
-            f"{where} needs a flat *_pca dataset ({', '.join(PCA_DATASETS)}), not dataset.name "
+            f"{where} needs flat inputs ({', '.join(FLAT_DATASETS)}), not dataset.name "
             f"{data!r}; use a kind: cnn architecture for images"
         )
     if arch.kind == "cnn" and data not in IMAGE_SHAPES:
@@ -218,6 +237,10 @@ def parse_grid(text: str, *, source: str = "grid", base_dir: Path | None = None)
         raise GridError(source, [f"not valid YAML{line}: {problem}"]) from None
     if not isinstance(raw, dict):
         raise GridError(source, ["the file must be a YAML mapping (key: value lines)"])
+    if isinstance(raw.get("dataset"), dict) and "resolved" in raw["dataset"]:
+        raise GridError(
+            source, ["dataset.resolved is set by jamsweep when it reads the files; remove it"]
+        )
     try:
         grid = GridSpec.model_validate(raw)
     except ValidationError as exc:
@@ -246,7 +269,8 @@ def _resolve_paths(grid: GridSpec, base_dir: Path) -> GridSpec:
             return p
         return str((base_dir / p).resolve())
 
-    dataset = grid.dataset.model_copy(update={"root": resolve(grid.dataset.root)})
+    paths = ("root", "train", "test")
+    dataset = grid.dataset.model_copy(update={k: resolve(getattr(grid.dataset, k)) for k in paths})
     return grid.model_copy(update={"dataset": dataset, "results": resolve(grid.results)})
 
 

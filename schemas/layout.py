@@ -181,6 +181,7 @@ MANIFEST_SCHEMA = pa.schema(
         ("n_params", pa.int64()),
         ("spec", pa.string()),
         ("origin", pa.string()),  # "grid" (named by grid.yaml) or "refine" (added by refine)
+        ("label_map", pa.string()),  # how labels became targets: '"B" -> -1, "M" -> +1'
     ]
 )
 

@@ -9,8 +9,18 @@ from functools import cached_property
 
 from pydantic import BaseModel, ConfigDict
 
-from schemas.datasets import IMAGE_SHAPES, N_OUTPUTS
-from schemas.specs import ArchSpec, CheckpointSpec, DatasetSpec, ResourceSpec, TrainingSpec
+from schemas.datasets import IMAGE_SHAPES, LABEL_MAPS, N_OUTPUTS, DataFacts
+from schemas.errors import JamsweepError
+from schemas.specs import (
+    DATA_LOCATION,
+    ArchSpec,
+    CheckpointSpec,
+    DatasetSpec,
+    ResourceSpec,
+    TrainingSpec,
+)
+
+__all__ = ["DATA_LOCATION", "InvalidTransition", "RunRecord", "RunSpec", "RunStatus"]
 
 
 class RunSpec(BaseModel):
@@ -31,13 +41,15 @@ class RunSpec(BaseModel):
     def run_id(self) -> str:
         """Hash of what determines the result: not the sweep, paths or resources. Fields
         left at their defaults are left out, so adding a field (with a default that keeps
-        the old behaviour) does not change the ids of existing runs."""
+        the old behaviour) does not change the ids of existing runs. A files dataset enters
+        by its fields and its resolved facts (the fingerprint of the values read), not by
+        where its files are: moving or converting them keeps the runs."""
         identity = {
             "arch": self.arch.model_dump(mode="json", exclude={"widths"}, exclude_defaults=True),
             "width": self.width,
             "seed": self.seed,
             "dataset": self.dataset.model_dump(
-                mode="json", exclude={"root", "download"}, exclude_defaults=True
+                mode="json", exclude=set(DATA_LOCATION), exclude_defaults=True
             ),
             "training": self.training.model_dump(mode="json", exclude_defaults=True),
         }
@@ -46,15 +58,47 @@ class RunSpec(BaseModel):
 
     @property
     def n_outputs(self) -> int:
+        """1 for two label values (or parity), K for K classes."""
+        if self.dataset.name == "files":
+            return self.facts.n_outputs
         return N_OUTPUTS[self.dataset.name]
 
     @property
+    def d_in(self) -> int:
+        """The size of the inputs' second dimension, what a net is built for (as x.shape[1]
+        of the worker's data): the features of flat data (pca_dim, or the files' resolved
+        d), the channels of images."""
+        if self.dataset.name == "files":
+            return self.facts.d_in
+        if self.dataset.name in IMAGE_SHAPES:
+            return IMAGE_SHAPES[self.dataset.name][0]
+        assert self.dataset.pca_dim is not None  # the *_pca sets require it
+        return self.dataset.pca_dim
+
+    @property
+    def label_map(self) -> str:
+        """How the dataset's labels became the targets (manifest.parquet, `jamsweep show`)."""
+        if self.dataset.name == "files":
+            return self.facts.label_map
+        return LABEL_MAPS[self.dataset.name]
+
+    @property
+    def facts(self) -> DataFacts:
+        """The files dataset's facts, resolved at submit (workers.data.check_dataset)."""
+        if self.dataset.resolved is None:
+            raise JamsweepError(
+                "this files dataset was not resolved: its facts (d_in, labels) are read at "
+                "submit; build RunSpecs from GridSpec.with_data(check_dataset(...))"
+            )
+        return self.dataset.resolved
+
+    @property
     def n_params(self) -> int:
-        """N (weights only): an FC net sees pca_dim inputs, a CNN the dataset's images."""
+        """N (weights only): an FC net sees d_in inputs, a CNN the dataset's images."""
         if self.arch.kind == "cnn":
             channels, side, _ = IMAGE_SHAPES[self.dataset.name]
             return self.arch.n_params(self.width, channels, self.n_outputs, image_size=side)
-        return self.arch.n_params(self.width, self.dataset.pca_dim, self.n_outputs)
+        return self.arch.n_params(self.width, self.d_in, self.n_outputs)
 
     @property
     def key(self) -> tuple[str, float, int]:

@@ -20,7 +20,11 @@ from pydantic import (
     model_validator,
 )
 
-from schemas.datasets import DATASETS_WITH_ROOT
+from schemas.datasets import DATASETS_WITH_ROOT, FILE_FORMATS, PCA_DATASETS, DataFacts
+
+# A dataset's fields that say where its data is read from, not what it is: left out of run
+# ids, and refreshed from the grid on every submission.
+DATA_LOCATION = ("root", "download", "train", "test")
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -41,9 +45,10 @@ def _check_safe_name(value: str, what: str) -> str:
 
 
 class DatasetSpec(Strict):
-    name: Literal["digits_parity_pca", "mnist_parity_pca", "cifar10"] = Field(
+    name: Literal["digits_parity_pca", "mnist_parity_pca", "cifar10", "files"] = Field(
         description="digits_parity_pca (scikit-learn's bundled 8x8 digits, offline), "
-        "mnist_parity_pca (torchvision MNIST under `root`), or cifar10 (10 classes).",
+        "mnist_parity_pca (torchvision MNIST under `root`), cifar10 (10 classes), or files "
+        "(your own table: `train`, `label`, ...; docs/your-data.md).",
     )
     root: str | None = Field(
         default=None,
@@ -53,25 +58,141 @@ class DatasetSpec(Strict):
     download: bool = Field(
         default=False, description="Let torchvision download the data into `root` if missing."
     )
-    pca_dim: int = Field(
-        default=10, ge=1, description="d: principal components kept (whitened) for *_pca sets."
+    train: str | None = Field(
+        default=None,
+        description="files: the training pool, a .parquet, .csv or .npz file (NPZ: arrays x "
+        "(n, d) and y (n,)); relative to the grid file's folder, absolute, or a URI.",
+    )
+    test: str | None = Field(
+        default=None,
+        description="files: a separate test pool with the same columns (default: the test "
+        "set comes from `train` after the split).",
+    )
+    label: str | None = Field(
+        default=None, description="files (Parquet, CSV): the column that holds the labels."
+    )
+    features: list[str] | None = Field(
+        default=None,
+        description="files (Parquet, CSV): the feature columns (default: every other "
+        "numeric column).",
+    )
+    pca_dim: int | None = Field(
+        default=10,
+        ge=1,
+        description="d: principal components kept (whitened) for *_pca sets; files: PCA "
+        "whitening to pca_dim, fitted on the training pool (default for files: none).",
+    )
+    standardize: bool | None = Field(
+        default=None,
+        description="files: centre each feature and scale it to unit variance with the P "
+        "training samples' mean and std (default for files: true).",
+    )
+    rescale: bool | None = Field(
+        default=None,
+        description="files: rescale every sample to norm sqrt(d), as the paper does "
+        "(default for files: true).",
     )
     train_size: int = Field(ge=1, description="P: number of training samples.")
     test_size: int | None = Field(
         default=None, ge=1, description="Test samples (default: every sample not in the train set)."
     )
     data_seed: int = Field(default=0, ge=0, description="Seed of the train/test split.")
+    label_noise: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="q: a fraction q of the P training labels (round(q P), drawn with "
+        "data_seed) replaced by another class (binary: flipped); the test set stays clean.",
+    )
+    resolved: DataFacts | None = Field(
+        default=None,
+        description="Set by jamsweep at submit for files (d_in, classes, fingerprint, ...); "
+        "never written in a grid.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _files_defaults(cls, raw: Any) -> Any:
+        """Files read as given: no PCA unless asked, standardised and rescaled unless told
+        not to. Filled in here, so a grid that writes a default and one that leaves it out
+        are the same experiment (the same run ids)."""
+        if isinstance(raw, dict) and raw.get("name") == "files":
+            filled = {"pca_dim": None, **raw}
+            for key in ("standardize", "rescale"):
+                filled[key] = True if filled.get(key) is None else filled[key]
+            return filled
+        return raw
 
     def location(self) -> dict[str, object]:
         """Where the data is read from: fields that may change without changing a run's
         result (not part of run ids, refreshed from the grid on every submission)."""
-        return {"root": self.root, "download": self.download}
+        return {name: getattr(self, name) for name in DATA_LOCATION}
 
     @model_validator(mode="after")
-    def _root_when_needed(self) -> DatasetSpec:
+    def _fields_of_the_dataset(self) -> DatasetSpec:
         if self.name in DATASETS_WITH_ROOT and self.root is None:
             raise ValueError(f"dataset {self.name!r} needs `root`: the folder that holds its files")
+        if self.name == "files":
+            _check_files_spec(self)
+            return self
+        given = [k for k in FILES_ONLY if getattr(self, k) is not None]
+        if given:
+            raise ValueError(
+                f"{', '.join(given)} apply to dataset.name files only, not {self.name!r}; "
+                "remove them"
+            )
+        if self.pca_dim is None and self.name in PCA_DATASETS:
+            raise ValueError(f"dataset {self.name!r} needs pca_dim (d >= 1)")
         return self
+
+
+FILES_ONLY = ("train", "test", "label", "features", "standardize", "rescale")
+
+
+def _check_files_spec(spec: DatasetSpec) -> None:
+    """What a files dataset must say, checked without reading the files (check_dataset
+    reads them at submit)."""
+    problems = []
+    if spec.train is None:
+        problems.append("dataset.name files needs `train`: the file of the training pool")
+    if spec.root is not None or spec.download:
+        problems.append("files reads `train` (and `test`), not `root` or `download`; remove them")
+    for what, path in (("train", spec.train), ("test", spec.test)):
+        if path is not None and not path.lower().endswith(FILE_FORMATS):
+            problems.append(
+                f"dataset.{what} {path!r} is not a {', '.join(FILE_FORMATS)} file; convert it "
+                "to one of them"
+            )
+    npz = [p for p in (spec.train, spec.test) if p is not None and p.lower().endswith(".npz")]
+    if npz and (spec.label is not None or spec.features is not None):
+        problems.append(
+            "NPZ files hold arrays x (n, d) and y (n,): leave out `label` and `features`"
+        )
+    tables = [
+        p for p in (spec.train, spec.test) if p is not None and not p.lower().endswith(".npz")
+    ]
+    if tables and spec.label is None:
+        problems.append("a Parquet or CSV pool needs `label`: the column that holds the labels")
+    if npz and tables:
+        problems.append("give `train` and `test` in the same kind of file (both NPZ, or tables)")
+    if spec.features is not None:
+        if not spec.features:
+            problems.append(
+                "dataset.features is empty: name columns, or leave it out (every "
+                "other numeric column)"
+            )
+        dup = sorted({f for f in spec.features if spec.features.count(f) > 1})
+        if dup:
+            problems.append(f"dataset.features repeats {dup}: name each column once")
+        if spec.label is not None and spec.label in spec.features:
+            problems.append(f"dataset.features names the label column {spec.label!r}; remove it")
+    if spec.test is not None and spec.test_size is not None:
+        problems.append(
+            "test_size draws the test set from `train`; with a `test` file the whole file is "
+            "the test set: remove one of them"
+        )
+    if problems:
+        raise ValueError("; ".join(problems))
 
 
 class ArchBase(Strict):

@@ -54,9 +54,17 @@ class Fit(BaseModel):
         return self.reason is None
 
     def predict(self, n: np.ndarray, n_star: float | None = None) -> np.ndarray:
-        """The fitted curve at N (NaN when the fit failed)."""
+        """The fitted curve at N. A fit that was not made (`ok` is False) has no curve:
+        JamsweepError with its reason, rather than NaNs that would plot as nothing.
+
+        >>> fit = open_sweep("demo").summary().fits["fc5"]["gap"]
+        >>> fit.predict(np.geomspace(300, 3000, 20)) if fit.ok else fit.reason
+        """
         if not self.ok:
-            return np.full(np.shape(n), np.nan)
+            raise JamsweepError(
+                f"the fit of {self.law!r} was not made ({self.reason}), so it predicts "
+                "nothing; check `fit.ok` (and `fit.reason`) first"
+            )
         p = self.params
         n = np.asarray(n, dtype=float)
         if self.law == GAP:

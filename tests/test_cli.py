@@ -279,7 +279,6 @@ def test_init_root_relative_to_here_is_written_relative_to_the_grid(tmp_path):
          "--num-cpus applies to this machine's Ray"),
         (["refine", "synth", "--address", "auto", "--num-cpus", "1"], "--num-cpus applies"),
         (["refine", "synth", "--address", "http://127.0.0.1:9"], "drives its runs from"),
-        (["status", "synth", "--watch", "--json"], "does not apply to --json"),
         (["status", "synth", "--run", "ab", "--state", "done"], "--run shows one run"),
         (["status", "--state", "done"], "--state needs a SWEEP"),
         (["reduce", "synth", "--address", "auto"], "No such option: --address"),
@@ -291,3 +290,20 @@ def test_options_that_do_not_apply_are_refused(tmp_path, args, needle):
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
     assert needle in proc.stderr, proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_version_prints_the_installed_version():
+    from importlib.metadata import version
+
+    proc = jamsweep("--version")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"jamsweep {version('jamsweep')}"
+
+
+def test_watch_as_json_prints_one_object_per_look_and_ends_with_the_round(sweep):
+    proc = jamsweep("status", sweep.layout.root, "--watch", "--json", "--every", "0.2")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1  # no driver at work: one look, then the watch is over
+    answer = json.loads(lines[0])
+    assert answer["alive"] is False and sum(answer["counts"].values()) == len(sweep.specs)

@@ -223,7 +223,8 @@ def test_grid_ties_cnns_to_images_and_fc_nets_to_pca_sets():
         "sweep: t\ndataset: {name: cifar10, root: x, train_size: 50}\nseeds: 1\n"
         "architectures: [{name: f1, widths: [2]}]\n"
     )
-    assert "'f1' (kind fc) needs a flat *_pca dataset" in fc and "'cifar10'" in fc
+    assert "'f1' (kind fc) needs flat inputs (digits_parity_pca, mnist_parity_pca, files)" in fc
+    assert "'cifar10'" in fc
 
 
 def test_grid_rejects_fractional_channels_and_a_cnn_that_erases_the_image():

@@ -78,7 +78,8 @@ def test_reported_uncertainty_matches_the_scatter_of_repeated_fits():
 def test_too_few_points_give_a_reason_not_numbers():
     fit = fit_gap(N[:5], N[:5] ** -0.5, n_min=N[2])  # two points above N*
     assert not fit.ok and "2 usable point" in fit.reason and fit.params == {}
-    assert np.isnan(fit.predict(N)).all()
+    with pytest.raises(JamsweepError, match="was not made .*2 usable point"):
+        fit.predict(N)
     assert "no N*" in fit_divergence(N, N, n_star=None).reason
     back = Fit.model_validate_json(fit.model_dump_json())
     assert back == fit

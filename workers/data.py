@@ -1,7 +1,8 @@
 """Datasets by name: the one table from a grid's `dataset.name` to its loader (DESIGN.md
 section 1). The loaders live in workers/datasets/: `parity` (MNIST and digits parity, PCA
-whitened), `cifar10`, and `split` (the authors' balanced split, shared by all). Loaded sets
-are cached per worker process, so a worker that trains many runs loads once.
+whitened), `cifar10`, `files` (a user's Parquet, CSV or NPZ; `tables` reads them), and
+`split` (the authors' balanced split and the label noise, shared by all). Loaded sets are
+cached per worker process, so a worker that trains many runs loads once.
 """
 
 from __future__ import annotations
@@ -9,8 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from schemas.datasets import DataFacts
 from schemas.errors import JamsweepError
 from schemas.specs import DatasetSpec
+from workers.datasets.files import check_files, load_files
 from workers.datasets.parity import (
     check_parity,
     digits_pool,
@@ -48,6 +51,7 @@ LOADERS: dict[str, Callable[[DatasetSpec], Dataset]] = {
     "digits_parity_pca": _parity,
     "mnist_parity_pca": _parity,
     "cifar10": _cifar10,
+    "files": load_files,
 }
 
 
@@ -58,10 +62,12 @@ def _check_cifar10(spec: DatasetSpec) -> None:
 
 
 # What `submit` runs before anything is written: each as strict as its loader, but cheap.
-CHECKS: dict[str, Callable[[DatasetSpec], None]] = {
+# A files dataset's check returns the facts its runs carry (d_in, labels, fingerprint).
+CHECKS: dict[str, Callable[[DatasetSpec], DataFacts | None]] = {
     "digits_parity_pca": check_parity,  # without the PCA
     "mnist_parity_pca": check_parity,
     "cifar10": _check_cifar10,
+    "files": check_files,  # reads the used columns whole: NaNs, labels, sizes
 }
 
 
@@ -73,12 +79,18 @@ def load_dataset(spec: DatasetSpec) -> Dataset:
     return loader(spec)
 
 
-def check_dataset(spec: DatasetSpec) -> None:
-    """Raise JamsweepError now, before anything is written, if `spec` cannot be loaded."""
+def check_dataset(spec: DatasetSpec) -> DataFacts | None:
+    """Raise JamsweepError now, before anything is written, if `spec` cannot be loaded.
+    Returns the facts of a files dataset (`GridSpec.with_data` puts them in its runs),
+    None for the built-in sets, whose facts are known from their name."""
     local_root = spec.root is not None and "://" not in spec.root and not spec.download
     if local_root and not Path(spec.root or "").is_dir():
         raise JamsweepError(
             f"dataset.root {spec.root!r} is not a readable folder; point it at the data "
             "(relative paths are taken from the grid file's folder)"
         )
-    CHECKS.get(spec.name, load_dataset)(spec)  # an unknown name: load_dataset says so
+    check = CHECKS.get(spec.name)
+    if check is None:
+        load_dataset(spec)  # an unknown name: load_dataset says so
+        return None
+    return check(spec)

@@ -67,6 +67,35 @@ app = typer.Typer(
 )
 
 
+def _print_version(asked: bool) -> None:
+    if asked:
+        out.print(f"jamsweep {version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_print_version, help="Print the version, exit."
+        ),
+    ] = False,
+) -> None:
+    """Sweeps of network width on Ray: train, track, reduce to the paper's curves."""
+
+
+def version() -> str:
+    """The installed distribution's version (pyproject.toml's)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("jamsweep")
+    except PackageNotFoundError:  # run from a clone without `pip install`
+        return "unknown (not installed: pip install -e .)"
+
+
 @app.command(
     epilog="Examples:\n\n"
     "jamsweep submit examples/demo.yaml\n\n"

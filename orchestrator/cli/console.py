@@ -191,6 +191,8 @@ def print_overview(o: SweepOverview) -> None:
     out.print(f"sweep {o.layout.sweep} in {o.layout.root}")
     out.print("grid.yaml:")
     out.print(o.grid_text.rstrip(), markup=False, soft_wrap=True)
+    if o.data is not None:
+        out.print(o.data, markup=False, soft_wrap=True)
     out.print(counts_line(o.status))
     if o.summary is None:
         out.print(f"not reduced yet: jamsweep reduce {o.layout.root}", soft_wrap=True)
@@ -206,7 +208,10 @@ def print_overview(o: SweepOverview) -> None:
 def print_planned(specs: list) -> None:
     for s in specs:
         w = f"{api.width_symbol(s.arch.kind)}={s.width:g}"
-        out.print(f"  {s.run_id}  {s.arch.name}  {w}  seed={s.seed}  N={s.n_params}")
+        # a files dataset not visible here is read on the cluster: N (and the id) too
+        known = s.dataset.name != "files" or s.dataset.resolved is not None
+        n, run_id = (s.n_params, s.run_id) if known else ("? (read on the cluster)", "?" * 16)
+        out.print(f"  {run_id}  {s.arch.name}  {w}  seed={s.seed}  N={n}")
 
 
 def print_dry_run(report: api.SubmitReport, where: str) -> None:

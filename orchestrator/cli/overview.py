@@ -9,31 +9,14 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from orchestrator import sweep as api
-from orchestrator.results.store import absolute, existing
+from orchestrator.results.store import absolute, existing, locate
 from schemas.errors import JamsweepError
-from schemas.layout import SweepLayout, default_results
-from schemas.run import RunRecord
+from schemas.layout import SweepLayout
+from schemas.run import RunRecord, RunSpec
 from schemas.summary import Summary
 from workers import io
 
-
-def locate(sweep: str, results: str | None = None) -> tuple[str, str]:
-    """(results, sweep name) of a sweep given by name or as a path RESULTS/SWEEP.
-
-    A name is looked up under `results` (default: $JAMSWEEP_RESULTS, else ./results); a
-    path (anything with a '/') names its own results location, and a `results` that names
-    another one is refused rather than silently ignored."""
-    if "/" not in sweep.rstrip("/"):
-        return (results or default_results(), sweep.rstrip("/"))
-    parent, name = sweep.rstrip("/").rsplit("/", 1)
-    parent = parent or "/"
-    if results is not None and absolute(results).rstrip("/") != absolute(parent).rstrip("/"):
-        raise JamsweepError(
-            f"the sweep is given as the path {sweep!r} (results location {parent!r}) and "
-            f"--results names another one ({results!r}): give the path alone, or the name "
-            "with --results"
-        )
-    return (parent, name)
+__all__ = ["RunDetail", "SweepOverview", "locate", "overview", "run_detail"]
 
 
 # -- one run --------------------------------------------------------------------------------
@@ -100,11 +83,12 @@ class SweepOverview:
     summary: Summary | None  # summary.json, once reduced
     figures: list[str]  # figures/*.png present
     report: str | None  # report.html, if written
+    data: str | None = None  # the labels' mapping, the label noise, the files' facts
 
 
 def overview(sweep: str, *, results: str) -> SweepOverview:
-    """What `jamsweep show` prints: the grid as submitted, run counts, N* and fits (once
-    reduced) and where the figures and the report are."""
+    """What `jamsweep show` prints: the grid as submitted, how its labels became targets,
+    run counts, N* and fits (once reduced) and where the figures and the report are."""
     layout = existing(sweep, absolute(results))
     summary = None
     if io.exists(layout.summary):
@@ -117,4 +101,30 @@ def overview(sweep: str, *, results: str) -> SweepOverview:
         summary=summary,
         figures=figures,
         report=layout.report if io.exists(layout.report) else None,
+        data=data_line(layout),
     )
+
+
+def data_line(layout: SweepLayout) -> str | None:
+    """'labels: "B" -> -1, "M" -> +1; 30 features -> d = 30; ...' from the manifest's first
+    run (every run of a sweep shares its data), or None before there is a manifest."""
+    if not io.exists(layout.manifest):
+        return None
+    first = io.read_table(layout.manifest, ["spec"]).slice(0, 1).column(0).to_pylist()
+    if not first:
+        return None
+    spec = RunSpec.model_validate_json(first[0])
+    parts = [f"labels: {spec.label_map}"]
+    data = spec.dataset
+    if data.resolved is not None:
+        facts = data.resolved
+        test = f", {facts.n_test_rows} test rows" if facts.n_test_rows is not None else ""
+        inputs = f"{len(facts.features)} feature columns" if facts.features else "x"
+        parts.append(f"{facts.n_train_rows} rows{test}; {inputs} -> d = {facts.d_in}")
+    if data.label_noise > 0:
+        n = round(data.label_noise * data.train_size)
+        parts.append(
+            f"label_noise {data.label_noise:g}: {n} of the {data.train_size} training labels "
+            "replaced"
+        )
+    return "; ".join(parts)

@@ -17,12 +17,10 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 import contextlib  # noqa: E402
-import hashlib  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
 from collections.abc import Callable  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
 from typing import Any  # noqa: E402
 
 import ray  # noqa: E402
@@ -37,6 +35,12 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noq
 
 from orchestrator.cluster import lease  # noqa: E402
 from orchestrator.cluster.capacity import NodeType, refusal  # noqa: E402
+from orchestrator.cluster.handles import (  # noqa: E402
+    Outcome,
+    RunHandle,
+    refuse_unreachable,
+    tracker_name,
+)
 from orchestrator.cluster.security import protect_token  # noqa: E402
 from orchestrator.cluster.tracker import Tracker  # noqa: E402
 from schemas.errors import JamsweepError, cause_line  # noqa: E402
@@ -51,36 +55,6 @@ NAMESPACE = "jamsweep"
 
 TRACKER_DEADLINE_S = 300.0  # how long the driver waits for a restarting tracker
 START_REPORT_WAIT_S = 120.0  # how long a task's end waits for its start to be recorded
-
-
-def tracker_name(layout: SweepLayout) -> str:
-    """One tracker per (results location, sweep): the same sweep name under two results
-    locations is two sweeps."""
-    digest = hashlib.sha256(layout.results.encode()).hexdigest()[:10]
-    return f"tracker:{layout.sweep}:{digest}"
-
-
-@dataclass
-class RunHandle:
-    """One Ray task: one run, or a pack of runs (`pack`, in the order the task returns
-    them); `spec` is its first run. drive() maps every run of `specs` to its task: all the
-    outcomes of a pack come back in the same wait()."""
-
-    spec: RunSpec
-    ref: Any  # ray.ObjectRef
-    pack: list[RunSpec] | None = None
-
-    @property
-    def specs(self) -> list[RunSpec]:
-        return self.pack if self.pack is not None else [self.spec]
-
-
-@dataclass
-class Outcome:
-    spec: RunSpec
-    state: RunStatus
-    metrics: dict | None = None
-    error: str | None = None
 
 
 def _run_task(spec: RunSpec, layout: SweepLayout, tracker: str) -> dict:
@@ -163,22 +137,6 @@ class _StartReports:
                     self.refs = self._send()  # a revived tracker, under the same name
             except (RayActorError, GetTimeoutError):
                 return  # gone for good, or a round already over: the result files tell
-
-
-def _refuse_unreachable(address: str | None) -> None:
-    """Fail at once, not after Ray's 30 s of retries, when nothing listens at HOST:PORT (a
-    ray:// client address or a GCS address); `auto` and a bad format are Ray's to judge."""
-    import socket
-
-    if address is None or address == "auto":
-        return
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
-        return
-    try:
-        socket.create_connection((host, int(port)), timeout=5).close()
-    except OSError as exc:
-        raise ConnectionError(f"nothing answers at {host}:{port} ({exc.strerror or exc})") from None
 
 
 def _sees(path: str) -> bool:
@@ -304,7 +262,7 @@ class RayBackend:
                     **kwargs,
                 )
             else:
-                _refuse_unreachable(self.address)
+                refuse_unreachable(self.address)
                 ray.init(address=self.address, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise JamsweepError(

@@ -115,7 +115,9 @@ class LocalExecutor:
         layout = SweepLayout(absolute(results or spec.results or default_results()), spec.sweep)
         from workers.data import check_dataset  # imports torch: only when submitting
 
-        check_dataset(spec.dataset)
+        # A files dataset's facts (d_in, labels, fingerprint) are read here, once, and
+        # travel in every RunSpec: N is in the manifest before anything trains.
+        spec = spec.with_data(check_dataset(spec.dataset))
         replace = check_grid_change(layout, spec, force)
         grid_runs, refined = planned_runs(spec, layout) if not replace else (spec.expand(), [])
         specs = grid_runs + refined

@@ -60,7 +60,7 @@ class JobsExecutor:
         location = cluster_results(parse_grid(text, source=str(grid)), results, self.shared_fs)
         layout = SweepLayout(location, spec.sweep)
         report = SubmitReport(spec.sweep, location, len(spec.expand()), 0)
-        _checks_that_can_run_here(spec, layout, force)
+        spec = _checks_that_can_run_here(spec, layout, force)  # with its data's facts, if read
         if dry_run:
             report.dry_run, report.planned = True, spec.expand()
             return report
@@ -205,15 +205,17 @@ def cluster_results(raw: GridSpec, results: str | None, shared_fs: bool) -> str:
         problems.append("no results location: the default ./results is a folder of this machine")
     else:
         problems += _path_problem("results", location, shared_fs)
-    if raw.dataset.root is not None:
-        problems += _path_problem("dataset.root", raw.dataset.root, shared_fs)
+    for field in ("root", "train", "test"):  # the data: a folder, or a files dataset's files
+        if (path := getattr(raw.dataset, field)) is not None:
+            problems += _path_problem(f"dataset.{field}", path, shared_fs)
     if problems:
         listed = "\n".join(f"  - {p}" for p in problems)
         raise JamsweepError(
             f"a sweep sent to a cluster must name paths that every node sees:\n{listed}\n"
             "Pass --results s3://BUCKET/PREFIX (or gs://...), or an absolute path on a "
             "filesystem mounted at the same place on every node together with --shared-fs; "
-            "give dataset.root as such an absolute path (with --shared-fs)"
+            "give dataset.root, dataset.train and dataset.test as object-store URIs or such "
+            "absolute paths (with --shared-fs)"
         )
     assert location is not None
     return location
@@ -258,18 +260,23 @@ def follow(client: JobsClient, job_id: str, echo: Echo, poll_s: float = 1.0) -> 
         time.sleep(poll_s)
 
 
-def _checks_that_can_run_here(spec: GridSpec, layout: SweepLayout, force: bool) -> None:
+def _checks_that_can_run_here(spec: GridSpec, layout: SweepLayout, force: bool) -> GridSpec:
     """What this machine can check before the cluster sees the sweep: the data when its
-    root is visible here, the results location and its grid when they are."""
+    root or files are visible here (a files dataset's URIs are read from here too), the
+    results location and its grid when they are. Returns the grid with its files' facts
+    when they were read (the cluster's driver reads them again, where the runs start)."""
     from workers.data import check_dataset
 
-    root = spec.dataset.root
-    if root is None or Path(root).exists():
-        check_dataset(spec.dataset)
+    data = spec.dataset
+    files = [p for p in (data.train, data.test) if p is not None]
+    root_here = data.root is None or Path(data.root).exists()
+    if root_here and all("://" in p or Path(p).exists() for p in files):
+        spec = spec.with_data(check_dataset(data))
     if io.is_local(layout.results) and Path(layout.results.removeprefix("file://")).exists():
         io.check_writable(layout.results)
         check_grid_change(layout, spec, force)
         lease.refuse_if_held(layout)
+    return spec
 
 
 def package_dirs() -> list[str]:

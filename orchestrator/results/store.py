@@ -14,7 +14,7 @@ from orchestrator.cluster.tracker import read_status, shown_records
 from orchestrator.reports import SweepStatus
 from schemas.errors import JamsweepError
 from schemas.grid import GridSpec, parse_grid
-from schemas.layout import MANIFEST_SCHEMA, SweepLayout
+from schemas.layout import MANIFEST_SCHEMA, SweepLayout, default_results
 from schemas.run import RunRecord, RunSpec, RunStatus
 from workers import io
 
@@ -39,6 +39,25 @@ def existing(sweep: str, results: str) -> SweepLayout:
     return layout
 
 
+def locate(sweep: str, results: str | None = None) -> tuple[str, str]:
+    """(results, sweep name) of a sweep given by name or as a path RESULTS/SWEEP.
+
+    A name is looked up under `results` (default: $JAMSWEEP_RESULTS, else ./results); a
+    path (anything with a '/') names its own results location, and a `results` that names
+    another one is refused rather than silently ignored."""
+    if "/" not in sweep.rstrip("/"):
+        return (results or default_results(), sweep.rstrip("/"))
+    parent, name = sweep.rstrip("/").rsplit("/", 1)
+    parent = parent or "/"
+    if results is not None and absolute(results).rstrip("/") != absolute(parent).rstrip("/"):
+        raise JamsweepError(
+            f"the sweep is given as the path {sweep!r} (results location {parent!r}) and "
+            f"--results names another one ({results!r}): give the path alone, or the name "
+            "with --results"
+        )
+    return (parent, name)
+
+
 def sweep_names(results: str) -> list[str]:
     return [
         name for name in io.list_dirs(results) if io.exists(SweepLayout(results, name).grid_yaml)
@@ -58,6 +77,7 @@ def manifest_table(specs: list[RunSpec], origin: str = ORIGIN_GRID) -> pa.Table:
             "n_params": s.n_params,
             "spec": s.model_dump_json(),
             "origin": origin,
+            "label_map": s.label_map,
         }
         for s in specs
     ]
@@ -122,6 +142,9 @@ def add_to_manifest(layout: SweepLayout, specs: list[RunSpec]) -> list[RunSpec]:
     stored = io.read_table(layout.manifest)
     if "origin" not in stored.column_names:  # an older manifest: see _manifest_rows
         stored = stored.append_column("origin", pa.array([ORIGIN_REFINE] * stored.num_rows))
+    if "label_map" not in stored.column_names:  # older still: from each row's spec
+        maps = [spec.label_map for spec, _ in _manifest_rows(layout)]
+        stored = stored.append_column("label_map", pa.array(maps, pa.string()))
     known = set(stored.column("run_id").to_pylist())
     added = [s for s in specs if s.run_id not in known]
     new = manifest_table(added, ORIGIN_REFINE)
@@ -224,7 +247,7 @@ def check_grid_change(layout: SweepLayout, spec: GridSpec, force: bool) -> bool:
     except JamsweepError:
         differences = ["grid.yaml of the existing sweep can no longer be read"]
     else:
-        differences = spec.result_differences(old)
+        differences = spec.result_differences(old) + _data_differences(layout, spec)
     if not differences:
         return False
     if not force:
@@ -237,3 +260,27 @@ def check_grid_change(layout: SweepLayout, spec: GridSpec, force: bool) -> bool:
             "neither.)"
         )
     return True
+
+
+def _data_differences(layout: SweepLayout, spec: GridSpec) -> list[str]:
+    """What differs in the facts read from a files dataset (its values, columns, labels)
+    between the sweep's runs and this grid's: the same grid may name files whose contents
+    changed, or other files with other contents."""
+    new = spec.dataset.resolved
+    runs = read_manifest(layout)
+    old = runs[0].dataset.resolved if runs else None
+    if new is None or old is None or new == old:
+        return []
+    before, after = old.model_dump(), new.model_dump()
+    lines = [
+        f"dataset.resolved.{k}: {before[k]!r} -> {after[k]!r}"
+        for k in before
+        if k != "fingerprint" and before[k] != after[k]
+    ]
+    if old.fingerprint != new.fingerprint:
+        files = ", ".join(p for p in (spec.dataset.train, spec.dataset.test) if p)
+        lines.append(
+            f"the values read from {files} (fingerprint {old.fingerprint[:12]} -> "
+            f"{new.fingerprint[:12]})"
+        )
+    return lines

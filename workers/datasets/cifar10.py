@@ -7,7 +7,8 @@
 Pipeline: pool (the 50k train images, then the 10k test ones) -> balanced split by
 `data_seed` (`balanced_order`: one randperm per class, interleaved, so every P and test set
 is class-balanced) -> x / 255, standardised per channel with the mean and std of the P
-training images -> x (n, 3, 32, 32) float64, y = class ids 0..9 (int64).
+training images -> x (n, 3, 32, 32) float64, y = class ids 0..9 (int64); `label_noise`
+moves a fraction of the training labels to another class (split.noisy_labels).
 The standardisation statistics come from the training set, not the whole pool, so nothing of
 the test set leaks into the inputs, and only the images a split uses are ever decoded (the
 balanced order needs only the labels, which an ImageFolder gives by its folder names).
@@ -34,7 +35,7 @@ import torch
 from schemas.datasets import IMAGE_SHAPES
 from schemas.errors import JamsweepError
 from schemas.specs import DatasetSpec
-from workers.datasets.split import Dataset, Split, balanced_order, split_indices
+from workers.datasets.split import Dataset, Split, balanced_order, noisy_labels, split_indices
 
 BATCHES_DIR = "cifar-10-batches-py"
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -206,8 +207,9 @@ def _cifar10(spec_json: str) -> Dataset:
     )
     x_train, x_test = standardise(x_train, x_test)
     labels = torch.from_numpy(pool.classes)
+    noisy = noisy_labels(labels[train_idx], spec.label_noise, spec.data_seed, N_CLASSES)
     return Dataset(
-        train=Split(x_train, labels[train_idx], train_idx),
+        train=Split(x_train, noisy, train_idx),
         test=Split(x_test, labels[test_idx], test_idx),
     )
 

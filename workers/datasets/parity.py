@@ -1,7 +1,8 @@
 """The *_parity_pca sets as the paper's authors build them (DESIGN.md section 1):
 pool (train images then test images) -> PCA fitted on the training pool, whitened to d
 components -> parity labels +-1 -> balanced split by `data_seed` -> each set centred on
-its own mean, every sample rescaled to norm sqrt(d). Cached per worker process."""
+its own mean, every sample rescaled to norm sqrt(d); with `label_noise` a fraction of the
+training labels flipped (split.noisy_labels). Cached per worker process."""
 
 from __future__ import annotations
 
@@ -29,16 +30,32 @@ def pca_whiten(x: np.ndarray, n_fit: int, d: int, divisor: float = 1.0) -> np.nd
     every value bit for bit as with the whole float64 matrix). Eigenvectors get a fixed
     sign (largest entry positive) so z does not depend on LAPACK.
     """
-    centred = x[:n_fit].astype(np.float64)
+    return pca_project(x, pca_basis(x[:n_fit], d, divisor), divisor)
+
+
+def pca_basis(
+    fit: np.ndarray, d: int, divisor: float = 1.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(m (D,), e (d,), v (D, d)): the mean of the rows u = fit / divisor, the d largest
+    eigenvalues of their covariance, and its eigenvectors (largest entry positive)."""
+    centred = fit.astype(np.float64)
     centred /= divisor
     mean = centred.mean(axis=0)
     centred -= mean
-    cov = centred.T @ centred / n_fit  # (D, D)
+    cov = centred.T @ centred / len(fit)  # (D, D)
     del centred
     eigval, eigvec = np.linalg.eigh(cov)  # ascending
     order = np.argsort(eigval)[::-1][:d]
     e, v = eigval[order], eigvec[:, order]
     v = v * np.sign(v[np.abs(v).argmax(axis=0), np.arange(d)])
+    return mean, e, v
+
+
+def pca_project(
+    x: np.ndarray, basis: tuple[np.ndarray, np.ndarray, np.ndarray], divisor: float = 1.0
+) -> np.ndarray:
+    """(x / divisor - m) v / sqrt(e), (n, d), a chunk of PCA_CHUNK rows at a time."""
+    mean, e, v = basis
     chunks = range(0, len(x), PCA_CHUNK)
     return np.concatenate(
         [
@@ -91,6 +108,7 @@ def parity_pool(spec: DatasetSpec) -> Pool:
         if spec.name == "digits_parity_pca"
         else mnist_pool(spec.root or "", spec.download)
     )
+    assert spec.pca_dim is not None  # DatasetSpec requires it for the *_pca sets
     if spec.pca_dim > pool.x.shape[1]:
         raise JamsweepError(
             f"dataset.pca_dim = {spec.pca_dim} exceeds the {pool.x.shape[1]} input dimensions "
@@ -110,5 +128,5 @@ def check_parity(spec: DatasetSpec) -> None:
 def parity_pca(spec_json: str) -> Dataset:
     spec = DatasetSpec.model_validate_json(spec_json)
     pool = parity_pool(spec)
-    z = pca_whiten(pool.x, pool.n_fit, spec.pca_dim, pool.divisor)
+    z = pca_whiten(pool.x, pool.n_fit, spec.pca_dim or 0, pool.divisor)
     return split_pool(Pool(z, pool.classes, pool.n_fit), spec, parity_labels(pool.classes))

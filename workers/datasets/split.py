@@ -1,6 +1,7 @@
 """The authors' split, shared by every dataset: one `randperm` per class after
 `torch.manual_seed(data_seed)`, interleaved, train = the first P, test = the rest (or its
-first test_size); and the containers a worker trains on (`Split`, `Dataset`)."""
+first test_size); label noise on the training labels (`noisy_labels`); and the containers a
+worker trains on (`Split`, `Dataset`)."""
 
 from __future__ import annotations
 
@@ -86,8 +87,31 @@ def split_pool(pool: Pool, spec: DatasetSpec, labels: torch.Tensor) -> Dataset:
     order = balanced_order(labels, spec.data_seed)
     train_idx, test_idx = split_indices(order, spec)
     x = torch.from_numpy(pool.x / pool.divisor if pool.divisor != 1.0 else pool.x)
+    noisy = noisy_labels(labels[train_idx], spec.label_noise, spec.data_seed, n_classes=2)
+    return Dataset(
+        train=Split(normalise(x[train_idx]), noisy, train_idx),
+        test=Split(normalise(x[test_idx]), labels[test_idx], test_idx),
+    )
 
-    def subset(idx: torch.Tensor) -> Split:
-        return Split(normalise(x[idx]), labels[idx], idx)
 
-    return Dataset(train=subset(train_idx), test=subset(test_idx))
+# Label noise draws from its own stream of data_seed: the split's randperms (torch's global
+# generator after manual_seed(data_seed)) and the noise never share random numbers.
+NOISE_STREAM = 1
+
+
+def noisy_labels(y: torch.Tensor, q: float, data_seed: int, n_classes: int) -> torch.Tensor:
+    """The training labels y (P,) with round(q P) of them, drawn without replacement by
+    `data_seed`, replaced by another class: +-1 labels (float) flipped, class ids (int,
+    0..n_classes-1) moved to one of the n_classes - 1 others, uniformly. q = 0: y itself."""
+    n = round(q * len(y))
+    if n == 0:
+        return y
+    rng = np.random.default_rng([data_seed, NOISE_STREAM])
+    pick = torch.from_numpy(rng.choice(len(y), size=n, replace=False))
+    out = y.clone()
+    if y.is_floating_point():
+        out[pick] = -y[pick]
+    else:  # a shift of 1..K-1 classes, mod K: every other class equally likely
+        shift = torch.from_numpy(rng.integers(1, n_classes, size=n)).to(y.dtype)
+        out[pick] = (y[pick] + shift) % n_classes
+    return out
