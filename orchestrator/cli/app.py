@@ -9,6 +9,7 @@ asked are refused, not ignored."""
 
 from __future__ import annotations
 
+import enum
 import json
 from typing import Annotated, Any
 
@@ -35,6 +36,12 @@ from schemas.errors import JamsweepError
 from schemas.layout import default_results
 from schemas.run import RunStatus
 from schemas.summary import EnsembleOver
+
+
+class FigureFormat(str, enum.Enum):
+    PNG = "png"
+    PDF = "pdf"
+    SVG = "svg"
 
 
 class JamsweepGroup(TyperGroup):
@@ -254,7 +261,8 @@ def reduce(
         bool, typer.Option("--figures/--no-figures", help="Also draw figures/*.png.")
     ] = True,
 ) -> None:
-    """Write curves.parquet, ensemble.parquet, summary.json and the figures."""
+    """Write curves.parquet, ensemble.parquet, training.parquet, snapshots.parquet,
+    summary.json and the figures; print the curves, N*, the fits and any warning."""
     results, sweep = locate(sweep, results)
     curves = api.reduce(
         sweep,
@@ -267,12 +275,48 @@ def reduce(
     show_.print_summary(api.load_summary(sweep, results=results))
 
 
-@app.command(epilog="Example: jamsweep plot results/demo")
-def plot(sweep: Sweep, results: Results = None) -> None:
-    """Draw the paper's figures (figures/*.png) from the reduced tables."""
-    results, sweep = locate(sweep, results)
-    for path in api.plot(sweep, results=results):
-        out.print(path)
+@app.command(
+    epilog="Examples:\n\n"
+    "jamsweep plot results/demo --format pdf --dpi 300\n\n"
+    "jamsweep plot results/lr1 results/lr3   # one figure overlaying both sweeps"
+)
+def plot(
+    sweeps: Annotated[
+        list[str], typer.Argument(help="Sweep names or paths RESULTS/SWEEP; two or more overlay.")
+    ],
+    results: Results = None,
+    fmt: Annotated[
+        FigureFormat, typer.Option("--format", help="File format of the figures.")
+    ] = FigureFormat.PNG,
+    dpi: Annotated[
+        int, typer.Option("--dpi", min=20, max=1200, help="Resolution (png; pdf/svg images).")
+    ] = api.FIGURE_DPI,
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "--output",
+            help="With several sweeps: the comparison's file (default: the first sweep's "
+            "figures/compare_A_B.FORMAT).",
+        ),
+    ] = None,
+) -> None:
+    """Draw the paper's figures (SWEEP/figures/*.FORMAT) from the reduced tables, or, for
+    several sweeps, one figure that overlays their curves."""
+    located = [locate(s, results) for s in sweeps]
+    if len(located) == 1:
+        if output is not None:
+            raise JamsweepError(
+                "--output names the file of a comparison of several sweeps; one sweep's "
+                "figures go to its figures/ folder"
+            )
+        ((where, name),) = located
+        done = api.plot(name, results=where, fmt=fmt.value, dpi=dpi)
+    else:
+        done = api.compare(located, output=output, fmt=fmt.value, dpi=dpi)
+    for path in done.paths:
+        out.print(path, soft_wrap=True)
+    for name, why in done.missing.items():
+        err.print(f"not drawn: {name}: {why}", soft_wrap=True)
 
 
 @app.command(epilog="Example: jamsweep report demo --output demo.html")
@@ -283,9 +327,10 @@ def report(
         str | None, typer.Option("--output", help="Where to write (default: SWEEP/report.html).")
     ] = None,
 ) -> None:
-    """Write one self-contained HTML page: figures, curve table, fitted numbers."""
+    """Write one self-contained HTML page: warnings, N*, every fit with its quality and
+    flags, the figures, the curve table."""
     results, sweep = locate(sweep, results)
-    out.print(api.report(sweep, results=results, output=output))
+    out.print(api.report(sweep, results=results, output=output), soft_wrap=True)
 
 
 @app.command(epilog="Example: jamsweep refine results/demo --n-widths 2 --dry-run")
@@ -379,7 +424,8 @@ def init(
 
 @app.command(epilog="Example: jamsweep show results/demo")
 def show(sweep: Sweep, results: Results = None) -> None:
-    """Print SWEEP's grid, run counts, N*, the fits, and where its figures and report are."""
+    """Print SWEEP's grid, run counts, the curve table, N*, the fits with their quality,
+    warnings, and where its figures and report are."""
     results, sweep = locate(sweep, results)
     show_.print_overview(overview(sweep, results=results))
 

@@ -55,6 +55,18 @@ class Sweep:
         """One row per (arch, width, n): the test error of the average of n seeds."""
         return io.read_table(self.layout.ensemble).to_pandas()
 
+    def training(self) -> pd.DataFrame:
+        """One row per (arch, width, measurement step): mean loss, N_Delta, test error."""
+        return io.read_table(self.layout.training).to_pandas()
+
+    def snapshots(self) -> pd.DataFrame:
+        """One row per (arch, width, snapshot step): mean ||f||^2 on the test set."""
+        return io.read_table(self.layout.snapshots).to_pandas()
+
+    def grid_text(self) -> str:
+        """grid.yaml as submitted."""
+        return io.read_text(self.layout.grid_yaml)
+
     def manifest(self) -> pd.DataFrame:
         return io.read_table(self.layout.manifest).to_pandas()
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from orchestrator.reports import SweepStatus
 from orchestrator.cluster.tracker import read_status, shown_records
+from orchestrator.reports import SweepStatus
 from schemas.errors import JamsweepError
 from schemas.grid import GridSpec, parse_grid
 from schemas.layout import MANIFEST_SCHEMA, SweepLayout
