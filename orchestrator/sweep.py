@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 from orchestrator.cluster.executors import executor_for, is_jobs_address
 from orchestrator.cluster.progress import ProgressHook
 from orchestrator.reports import Echo, RefineReport, SubmitReport, SweepStatus, quiet, width_symbol
-from orchestrator.results.reduction import load_summary, reduce
+from orchestrator.results.reduced import load_summary
+from orchestrator.results.reduction import reduce
 from orchestrator.results.store import sweep_names
 from schemas.grid import load_grid
 from schemas.layout import RESULTS_DEFAULT

@@ -75,15 +75,17 @@ def write_sweep(
     trace: str | None = "new",
     steps: Steps | None = None,
     max_steps: int = 1000,
+    training: str = "",
 ) -> SweepFiles:
     """Write grid.yaml, manifest.parquet, and the logits, trace and metrics files of every
     run. `trace`: "new" (with test_error), "old" (without, as before it was recorded) or
-    None (no trace files). `steps` gives each run's final step (default 100 + 10 k + seed)."""
+    None (no trace files). `steps` gives each run's final step (default 100 + 10 k + seed).
+    `training` adds fields to the grid's training (", lr_max: 0.0003")."""
     widths = widths or [2, 3, 4, 6, 8, 12, 16, 24]
     converged = converged or default_converged(len(widths) // 2)
     steps = steps or (lambda k, seed, conv: 100 + 10 * k + seed)
     template = CNN_GRID if n_outputs > 1 else FC_GRID
-    snapshots = f", snapshot_steps: {SNAPSHOT_STEPS}" if snapshot else ""
+    snapshots = (f", snapshot_steps: {SNAPSHOT_STEPS}" if snapshot else "") + training
     text = template.format(
         sweep=sweep,
         widths=widths,

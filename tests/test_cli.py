@@ -17,6 +17,7 @@ from orchestrator.cli.console import SubmitProgress
 from orchestrator.cli.starter import write_starter
 from orchestrator.cluster.progress import Progress
 from orchestrator.cluster.tracker import Driver, RoundState, records_table
+from orchestrator.results.formats import MISSING
 from orchestrator.sweep import reduce
 from schemas.errors import JamsweepError
 from schemas.run import RunRecord, RunStatus
@@ -145,8 +146,9 @@ def test_show_prints_grid_n_star_fits_and_files(sweep):
     summary = json.loads(io.read_text(sweep.layout.summary))
     assert "grid.yaml:" in proc.stdout and "widths: [2, 4, 8, 16]" in proc.stdout
     n_star = summary["n_star"]["fc5"]
-    assert f"fc5: N* = {'-' if n_star is None else n_star}" in proc.stdout
+    assert f"fc5: N* = {MISSING if n_star is None else n_star}" in proc.stdout
     assert "fit " in proc.stdout
+    assert "converged" in proc.stdout and "2/2" in proc.stdout  # the curve table, k/n
     assert sweep.layout.figure("fig2_test_error") in proc.stdout.replace("\n", "")
     assert "report:   none yet" in proc.stdout or sweep.layout.report in proc.stdout
 

@@ -12,7 +12,7 @@ import pytest
 from schemas.summary import Fit
 from workers.ensemble_fits import _profile_fit, fit_ensembles, fit_finite_m, with_excess_inf
 from workers.ensembles import ensemble_curve
-from workers.reduce import WidthOutputs
+from workers.outputs import WidthOutputs
 
 WIDTHS = [100, 200, 400, 800]
 

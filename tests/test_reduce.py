@@ -11,16 +11,14 @@ import pytest
 
 from schemas.errors import JamsweepError
 from workers.ensembles import ensemble_curve, seed_subsets
+from workers.outputs import WidthOutputs, WidthOutputsBuilder, outputs_matrix
 from workers.reduce import (
-    WidthOutputs,
-    WidthOutputsBuilder,
     ensemble_members,
     error_rate,
     half_jamming_points,
     jamming,
     jamming_bracket,
     jamming_points,
-    outputs_matrix,
     width_curve,
     with_n_over_nstar,
 )

@@ -17,7 +17,8 @@ from orchestrator.results import open_sweep
 from schemas.errors import JamsweepError
 from workers import io
 from workers.ensembles import ensemble_curve
-from workers.reduce import ensemble_members, outputs_matrix, width_curve
+from workers.outputs import outputs_matrix
+from workers.reduce import ensemble_members, width_curve
 
 ONE_OUTPUT_FIGURES = [
     "fig2_test_error",

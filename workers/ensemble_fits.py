@@ -25,10 +25,12 @@ the error above it.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 
 from schemas.summary import ENSEMBLE_DELTA, ENSEMBLE_ERROR, Fit
 from workers.fits import NO_N_STAR, assess, explained
@@ -40,10 +42,10 @@ MIN_MEMBERS = 3  # a width with fewer averaged seeds has no point n < M beyond i
 
 
 def fit_finite_m(
-    n: np.ndarray,
-    m: np.ndarray,
-    width_n: np.ndarray,
-    y: np.ndarray,
+    n: ArrayLike,
+    m: ArrayLike,
+    width_n: ArrayLike,
+    y: ArrayLike,
     *,
     law: str,
     exponent: str,
@@ -54,36 +56,22 @@ def fit_finite_m(
     """y = a_w (n^-p - M_w^-p) with p = power * `exponent` shared by every width w (named by
     its N, `width_n`) and one `amplitude` a_w per width; rows with n >= M are left out (their
     excess is 0 by construction). Arrays (rows,)."""
-    n, m, width_n, y = (np.asarray(v, float) for v in (n, m, width_n, y))
-    keep = (n < m) & np.isfinite(y)
-    n, m, width_n, y = n[keep], m[keep], width_n[keep], y[keep]
-    fit = _profile_fit(
-        n, m, width_n, y, law=law, exponent=exponent, amplitude=amplitude, paper=paper, power=power
+    arrays = np.array([np.asarray(v, float) for v in (n, m, width_n, y)])  # (4, rows)
+    rows = arrays[:, (arrays[0] < arrays[1]) & np.isfinite(arrays[3])]
+    law_of = functools.partial(
+        _profile_fit, law=law, exponent=exponent, amplitude=amplitude, paper=paper, power=power
     )
+    fit = law_of(*rows)
     if not fit.ok:
         return fit
-    widths = np.unique(width_n)
+    widths = np.unique(rows[2])
     why = []
     if len(widths) >= 3:
-        leave_one_out = [
-            _profile_fit(
-                n[w != width_n],
-                m[w != width_n],
-                width_n[w != width_n],
-                y[w != width_n],
-                law=law,
-                exponent=exponent,
-                amplitude=amplitude,
-                paper=paper,
-                power=power,
-            )
-            for w in widths
-        ]
-        values = np.array([f.params[exponent] for f in leave_one_out if f.ok])
+        others = [law_of(*rows[:, rows[2] != w]) for w in widths]  # leave one width out
+        values = np.array([f.params[exponent] for f in others if f.ok])
         if len(values) == len(widths):
-            jackknife = math.sqrt(
-                (len(values) - 1) / len(values) * np.sum((values - values.mean()) ** 2)
-            )
+            spread = np.sum((values - values.mean()) ** 2)
+            jackknife = math.sqrt((len(values) - 1) / len(values) * spread)
             errors = fit.errors | {exponent: max(fit.errors[exponent], jackknife)}
             fit = fit.model_copy(update={"errors": errors})
     else:

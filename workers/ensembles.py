@@ -20,7 +20,8 @@ import math
 
 import numpy as np
 
-from workers.reduce import WidthOutputs, distances_to, ensemble_mean, error_rate, misclassified
+from workers.outputs import WidthOutputs
+from workers.reduce import distances_to, ensemble_mean, error_rate, misclassified
 
 MAX_SUBSETS = 64  # subsets of n seeds per n in ensemble.parquet (all of them when fewer)
 

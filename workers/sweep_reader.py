@@ -20,7 +20,8 @@ from schemas.errors import JamsweepError
 from schemas.layout import SweepLayout
 from workers import io
 from workers.history import TRACE_READ, RunTrace
-from workers.reduce import WIDTH_KEY, WidthOutputs, WidthOutputsBuilder
+from workers.outputs import WidthOutputs, WidthOutputsBuilder
+from workers.reduce import WIDTH_KEY
 
 
 @dataclass(frozen=True)

@@ -10,18 +10,21 @@ from schemas.summary import Fit
 MISSING = "—"  # a value that does not exist (no N*, no ensemble, a width not finished)
 
 
-def number(value: float | int | None, spec: str = ".4g") -> str:
-    """`value` formatted, or MISSING for None and NaN."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+def number(value: object, spec: str = ".4g") -> str:
+    """A number (int, float, numpy scalar) formatted, or MISSING for None and NaN."""
+    if value is None:
         return MISSING
-    return format(value, spec)
+    x = float(value)  # type: ignore[arg-type]  # numbers only: a table cell, a fit value
+    if not math.isfinite(x):
+        return MISSING
+    return format(int(x) if spec.endswith("d") else x, spec)
 
 
-def k_of_n(k: float | int | None, n: float | int | None) -> str:
+def k_of_n(k: object, n: object) -> str:
     """'3/4': k of n runs (MISSING without n)."""
-    if n is None or (isinstance(n, float) and not math.isfinite(n)):
+    if number(n) == MISSING:
         return MISSING
-    return f"{int(k or 0)}/{int(n)}"
+    return f"{int(float(k or 0))}/{int(float(n))}"  # type: ignore[arg-type]
 
 
 def fit_values(fit: Fit, *, amplitudes: bool = False) -> str:

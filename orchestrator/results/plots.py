@@ -24,7 +24,7 @@ from orchestrator.results.figures import (
     training_curves,
 )
 from orchestrator.results.figures.style import DPI
-from orchestrator.results.reduction import Reduced, read_reduced
+from orchestrator.results.reduced import Reduced, read_reduced
 from schemas.errors import JamsweepError
 from schemas.layout import RESULTS_DEFAULT, SweepLayout
 from workers import io

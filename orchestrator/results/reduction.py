@@ -1,7 +1,7 @@
 """reduce: a sweep's result files to curves.parquet, ensemble.parquet, training.parquet,
 snapshots.parquet and summary.json (then the figures). Streams one width at a time through
 workers.sweep_reader; the numbers come from workers.reduce, .ensembles, .history, .fits and
-.ensemble_fits. `read_reduced` gives the written tables back, for the figures and the report.
+.ensemble_fits. orchestrator.results.reduced reads the written tables back.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 import pyarrow as pa
 
+from orchestrator.results.reduced import Reduced
 from orchestrator.results.store import existing
 from schemas.errors import JamsweepError
 from schemas.layout import RESULTS_DEFAULT, SweepLayout
@@ -50,17 +51,6 @@ from workers.sweep_reader import (
     trim_heap,
     width_traces,
 )
-
-
-@dataclass(frozen=True)
-class Reduced:
-    """A reduced sweep's tables, as the figures and the report take them."""
-
-    summary: Summary
-    curves: pd.DataFrame
-    ensemble: pd.DataFrame
-    training: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=TRAINING_COLUMNS))
-    snapshots: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=SNAPSHOT_COLUMNS))
 
 
 @dataclass
@@ -270,35 +260,3 @@ def _notes(rows: _Rows, curves: pd.DataFrame, snapshots: pd.DataFrame) -> list[s
             "is empty, or every run had stopped by then)"
         )
     return notes
-
-
-def load_summary(sweep: str, *, results: str = RESULTS_DEFAULT) -> Summary:
-    """summary.json of a reduced sweep."""
-    layout = existing(sweep, results)
-    if not io.exists(layout.summary):
-        raise JamsweepError(
-            f"sweep {sweep!r} has not been reduced yet: run `jamsweep reduce {sweep}` first"
-        )
-    return Summary.from_json(io.read_text(layout.summary), source=layout.summary)
-
-
-def read_reduced(sweep: str, results: str) -> tuple[SweepLayout, Reduced]:
-    """The reducer's outputs of a sweep, refused (with what to do) when an older jamsweep
-    wrote them without the columns the figures need."""
-    summary = load_summary(sweep, results=results)
-    layout = existing(sweep, results)
-    tables = {}
-    for name, path, columns in (
-        ("curves", layout.curves, CURVE_COLUMNS),
-        ("ensemble", layout.ensemble, ENSEMBLE_COLUMNS),
-        ("training", layout.training, TRAINING_COLUMNS),
-        ("snapshots", layout.snapshots, SNAPSHOT_COLUMNS),
-    ):
-        frame = io.read_table(path).to_pandas() if io.exists(path) else pd.DataFrame()
-        if set(columns) - set(frame.columns):
-            raise JamsweepError(
-                f"{path} was written by an older jamsweep (or is missing): run "
-                f"`jamsweep reduce {layout.root}` again to write every table the figures need"
-            )
-        tables[name] = frame
-    return layout, Reduced(summary, **tables)

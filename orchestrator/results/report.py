@@ -19,7 +19,7 @@ from orchestrator.results.formats import (
     paper_comparison,
 )
 from orchestrator.results.plots import render_figures
-from orchestrator.results.reduction import Reduced, read_reduced
+from orchestrator.results.reduced import Reduced, read_reduced
 from schemas.layout import RESULTS_DEFAULT
 from schemas.summary import Summary
 from workers import io

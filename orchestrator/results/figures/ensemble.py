@@ -7,13 +7,13 @@ import numpy as np
 import pandas as pd
 from matplotlib import colormaps
 from matplotlib.axes import Axes
-from matplotlib.cm import ScalarMappable
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator
 
 from orchestrator.results.figures.style import (
     NothingToDraw,
+    colour_bar,
     compose,
     finish,
     fit_box,
@@ -142,5 +142,5 @@ def fig4(ensemble: pd.DataFrame, summary: Summary) -> Figure:
         columns=2,
         why_empty="no ensemble of two or more seeds to draw",
     )
-    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=fig.axes, label=r"$N$ (weights)")
+    colour_bar(fig, norm, cmap, r"$N$ (weights)")
     return fig

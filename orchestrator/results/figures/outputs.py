@@ -4,17 +4,19 @@ earlier times (Fig. 7A, 7B)."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
 from matplotlib.axes import Axes
-from matplotlib.cm import ScalarMappable
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
 from orchestrator.results.figures.style import (
     AXIS_N,
     NothingToDraw,
+    colour_bar,
     compose,
     finish,
     fit_box,
@@ -195,7 +197,9 @@ def fig7a(curves: pd.DataFrame, summary: Summary) -> Figure:
             n_star = n_star_of(summary, s.name)
             if n_star is None:
                 continue
-            x, y = positive((s.rows["n_params"] - n_star) / n_star, s.rows["f_norm"] ** 2)
+            x, y = positive(
+                distance_to(n_star, s.rows["n_params"].to_numpy(float)), s.rows["f_norm"] ** 2
+            )
             ax.plot(x, y, "o", color=s.colour, ms=4, label=s.label)
             fit = fitted(summary, s.name, "divergence")
             fit_curve(
@@ -205,7 +209,7 @@ def fig7a(curves: pd.DataFrame, summary: Summary) -> Figure:
                 r"fit $C^2 x^{-2\beta}$",
                 transform=np.square,
                 n_star=n_star,
-                x_of=lambda n, m=n_star: (n - m) / m,
+                x_of=functools.partial(distance_to, n_star),
             )
             if fit is not None:
                 boxes.append((s.label, fit))
@@ -217,6 +221,11 @@ def fig7a(curves: pd.DataFrame, summary: Summary) -> Figure:
     return compose(
         [against_n, past_n_star], panel=(5.6, 4.4), columns=2, why_empty="no output norms to draw"
     )
+
+
+def distance_to(n_star: float, n: np.ndarray) -> np.ndarray:
+    """x = (N - N*) / N*."""
+    return (n - n_star) / n_star
 
 
 def fig7b(snapshots: pd.DataFrame, summary: Summary) -> Figure:
@@ -259,5 +268,5 @@ def fig7b(snapshots: pd.DataFrame, summary: Summary) -> Figure:
 
     fig = compose([at_times], panel=(6.6, 4.6), columns=1, why_empty="no snapshot norms")
     if many:
-        fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=fig.axes, label="training step $t$")
+        colour_bar(fig, norm, cmap, "training step $t$")
     return fig

@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.axis import Axis
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Colormap, LogNorm, Normalize
 from matplotlib.container import Container
 from matplotlib.figure import Figure
 from matplotlib.ticker import (
@@ -189,6 +191,8 @@ def log_ticks(axis: Axis, lo: float, hi: float) -> None:
     """At least two labelled ticks on a log axis whatever its span: the decades when two or
     more are in view; else 1-2-5 steps when three or more are; else evenly spaced round
     numbers (a span under a factor of about 3)."""
+    if not (0 < lo < hi and math.isfinite(hi)):
+        return  # nothing positive drawn: compose leaves such a panel out
     decades = [10.0**k for k in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)]
     if sum(lo <= d <= hi for d in decades) >= 2:
         axis.set_major_locator(LogLocator(base=10))
@@ -309,6 +313,13 @@ def fit_box(ax: Axes, fits: list[tuple[str, Fit]]) -> None:
         ha="left",
         bbox={"boxstyle": "round", "fc": "#fbfbfb", "ec": "#bbbbbb"},
     )
+
+
+def colour_bar(fig: Figure, norm: Normalize, cmap: str | Colormap, label: str) -> None:
+    """A colour bar for the panels of `fig`; a log scale gets labelled ticks as the axes do."""
+    bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=fig.axes, label=label)
+    if isinstance(norm, LogNorm) and norm.vmin is not None and norm.vmax is not None:
+        log_ticks(bar.ax.yaxis, float(norm.vmin), float(norm.vmax))
 
 
 def to_bytes(fig: Figure, fmt: str = "png", dpi: int = DPI) -> bytes:

@@ -6,11 +6,16 @@ from __future__ import annotations
 import pandas as pd
 from matplotlib import colormaps
 from matplotlib.axes import Axes
-from matplotlib.cm import ScalarMappable
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
-from orchestrator.results.figures.style import NothingToDraw, compose, finish, positive
+from orchestrator.results.figures.style import (
+    NothingToDraw,
+    colour_bar,
+    compose,
+    finish,
+    positive,
+)
 from schemas.summary import Summary
 from workers.history import LATE_FRACTION
 
@@ -68,7 +73,7 @@ def training_curves(training: pd.DataFrame, curves: pd.DataFrame, summary: Summa
         columns=2,
         why_empty="no positive loss or N_Delta in the traces",
     )
-    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=fig.axes, label=r"$N$ (weights)")
+    colour_bar(fig, norm, cmap, r"$N$ (weights)")
     if warned:
         text = warned.replace("training.max_steps", "the step budget").replace(
             "max_steps", "budget"
