@@ -186,6 +186,7 @@ def test_a_budget_limited_n_star_is_warned_in_reduce_show_and_the_report(tmp_pat
     assert "N = 108 (h=4) 2 of 2 runs' loss was still falling at the end" in warning
     assert "N = 210 (h=6) 2 of 2 runs converged only in the last tenth" in warning
     assert f"warning: fc5: {warning}" in reduced.output.replace("\n", " ")
+    assert "fit variance: none (1 usable point(s)" in reduced.output  # every fit, or why not
     curves = pd.read_parquet(files.layout.curves)
     assert curves["n_late"].tolist() == [0, 0, 2, 0]
     assert curves["n_still_falling"].tolist() == [2, 2, 0, 0]  # every unconverged run falls

@@ -222,6 +222,15 @@ def test_importing_the_figures_chooses_no_matplotlib_backend():
     assert done.stdout.split() == ["svg", "False"]
 
 
+def test_the_readmes_notebook_example_draws_fig2(root, tmp_path, monkeypatch):
+    readme = (ROOT / "README.md").read_text()
+    code = readme[readme.index("```python\nfrom orchestrator.results import open_sweep") + 10 :]
+    code = code[: code.index("```")].replace('"results/demo"', repr(f"{root}/fc"))
+    monkeypatch.chdir(tmp_path)  # it writes fig2.pdf where it runs
+    exec(compile(code, "README.md", "exec"), {})
+    assert (tmp_path / "fig2.pdf").read_bytes().startswith(b"%PDF")
+
+
 def test_the_figures_seam_for_the_trained_nets_draws_given_tables():
     t = np.linspace(-1, 1, 21)
     profile = pd.DataFrame({"seed": np.repeat([0, 1], 21), "t": np.tile(t, 2),
