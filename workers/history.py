@@ -62,14 +62,20 @@ class RunTrace:
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame) -> RunTrace:
-        frame = frame.sort_values("step", kind="stable")
-        test = frame["test_error"].to_numpy(float) if "test_error" in frame else None
+        return cls.from_columns({c: frame[c].to_numpy() for c in frame.columns})
+
+    @classmethod
+    def from_columns(cls, columns: dict[str, np.ndarray]) -> RunTrace:
+        """From a trace's columns (step, loss, n_unsat, and test_error if it has one)."""
+        order = np.argsort(columns["step"], kind="stable")
+        test = columns.get("test_error")
+        test = None if test is None else np.asarray(test, float)[order]
         if test is not None and not np.isfinite(test).any():
             test = None  # a column of nulls: nothing was recorded
         return cls(
-            frame["step"].to_numpy(np.int64),
-            frame["loss"].to_numpy(float),
-            frame["n_unsat"].to_numpy(float),
+            np.asarray(columns["step"], np.int64)[order],
+            np.asarray(columns["loss"], float)[order],
+            np.asarray(columns["n_unsat"], float)[order],
             test,
         )
 

@@ -15,9 +15,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import yaml
 
 from schemas.errors import JamsweepError
 from schemas.layout import SweepLayout
+from schemas.specs import TrainingSpec
 from workers import io
 from workers.history import TRACE_READ, RunTrace
 from workers.outputs import WidthOutputs, WidthOutputsBuilder
@@ -26,8 +28,8 @@ from workers.reduce import WIDTH_KEY
 
 @dataclass(frozen=True)
 class ManifestRun:
-    """What the reducer needs of a run: the manifest's light columns and, of its spec, the
-    step budget and the snapshot steps (read from the JSON, not validated)."""
+    """What the reducer needs of a run: the manifest's light columns and, of the sweep's
+    training, the step budget and the snapshot steps (read from the JSON, not validated)."""
 
     run_id: str
     arch: str
@@ -45,15 +47,27 @@ class ManifestRun:
 def manifest_runs(layout: SweepLayout) -> list[ManifestRun]:
     if not io.exists(layout.manifest):
         return []
-    table = io.read_table(layout.manifest, ["run_id", "arch", "width", "seed", "n_params", "spec"])
-    runs = []
-    for row in table.to_pylist():
-        training = json.loads(row.pop("spec") or "{}").get("training", {})
-        steps = tuple(int(s) for s in training.get("snapshot_steps", ()))
-        runs.append(
-            ManifestRun(**row, max_steps=int(training.get("max_steps", 0)), snapshot_steps=steps)
-        )
-    return runs
+    table = io.read_table(layout.manifest, ["run_id", "arch", "width", "seed", "n_params"])
+    max_steps, snapshot_steps = _training_of(layout)
+    return [
+        ManifestRun(**row, max_steps=max_steps, snapshot_steps=snapshot_steps)
+        for row in table.to_pylist()
+    ]
+
+
+def _training_of(layout: SweepLayout) -> tuple[int, tuple[int, ...]]:
+    """(max_steps, snapshot_steps) of the sweep, from its grid.yaml: every run of a sweep
+    shares its training (a grid that changes it replaces the sweep). Read there, not from
+    the manifest's spec column, which is most of the manifest (it doubled the reducer's
+    memory for reading it at 120 runs); the first run's spec when the grid does not parse."""
+    try:
+        raw = yaml.safe_load(io.read_text(layout.grid_yaml)) or {}
+        training = TrainingSpec.model_validate(raw.get("training") or {})
+        return training.max_steps, tuple(training.snapshot_steps)
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+        first = io.read_table(layout.manifest, ["spec"]).column(0)[0].as_py()
+        found = json.loads(first or "{}").get("training", {})
+        return int(found.get("max_steps", 0)), tuple(found.get("snapshot_steps", ()))
 
 
 def by_width(runs: list[ManifestRun]) -> dict[tuple, list[ManifestRun]]:
@@ -177,20 +191,24 @@ def snapshot_norms(test_rows: pa.Table) -> dict[int, float]:
 def width_traces(
     layout: SweepLayout, runs: list[ManifestRun], present: set[str]
 ) -> list[RunTrace | None]:
-    """Each run's trace (None where it has no readable trace file), in `runs`' order."""
+    """Each run's trace (None where it has no readable trace file), in `runs`' order; only
+    the columns the reducer uses, with a plain ParquetFile read (the dataset scan of
+    pq.read_table costs more than the few rows of a trace)."""
     traces: list[RunTrace | None] = []
     for run in runs:
-        path = layout.trace(*run.key)
-        if path not in present:
+        location = layout.trace(*run.key)
+        if location not in present:
             traces.append(None)
             continue
         try:
-            table = io.read_table(path)
+            fs, path = io.resolve(location)
+            file = pq.ParquetFile(path, filesystem=fs)
+            columns = [c for c in TRACE_READ if c in file.schema_arrow.names]
+            table = file.read(columns=columns, use_threads=False)
         except (OSError, pa.ArrowException):
             traces.append(None)  # unreadable: as if absent (the run's results stand)
             continue
-        columns = [c for c in TRACE_READ if c in table.column_names]
-        traces.append(RunTrace.from_frame(table.select(columns).to_pandas()))
+        traces.append(RunTrace.from_columns({c: table.column(c).to_numpy() for c in columns}))
     return traces
 
 
