@@ -379,3 +379,16 @@ def test_show_prints_the_curve_table_fits_with_quality_and_warnings(root):
     assert "warning: fc5: N* may be the step budget's" in out.replace("\n", " ")
     summary = json.loads(Path(root, "fc", "summary.json").read_text())
     assert f"N* = {summary['n_star']['fc5']}" in out
+
+
+def test_tables_of_an_older_reduce_are_refused_with_what_to_do(tmp_path):
+    import pyarrow.parquet as pq
+
+    files = write_sweep(str(tmp_path), seeds=2, widths=[2, 4])
+    api.reduce("synth", results=str(tmp_path), figures=False)
+    older = pq.read_table(files.layout.curves).drop(["f_var_all", "early_stop_error"])
+    pq.write_table(older, files.layout.curves)
+    result = CliRunner().invoke(app, ["plot", "synth", "--results", str(tmp_path)])
+    assert result.exit_code == 1, result.output
+    assert "written by an older jamsweep" in result.output
+    assert f"jamsweep reduce {files.layout.root}" in result.output.replace("\n", "")

@@ -427,3 +427,15 @@ def test_n_over_nstar_divides_by_the_rows_own_architecture():
     out = with_n_over_nstar(curves, jamming_points(curves))
     assert out["n_over_nstar"].iloc[:3].tolist() == [0.1, 1.0, 10.0]
     assert out["n_over_nstar"].iloc[3:].isna().all()
+
+
+def test_a_gap_between_equal_errors_is_exactly_zero_not_float_residue():
+    """Three identical nets with error 1/10: (0.1 + 0.1 + 0.1) / 3 - 0.1 is 1.4e-17 in
+    floats, which a log axis would show as a point; the gap is a multiple of 1/(m S)."""
+    f = np.tile(np.array([1.0, 1, 1, 1, 1, 1, 1, 1, 1, -1]), (3, 1))
+    labels = np.ones(10)
+    outputs = WidthOutputs(["a", "b", "c"], f, np.ones(3), labels)
+    metrics = pd.DataFrame({"run_id": ["a", "b", "c"], "n_params": 5, "converged": True,
+                            "train_error": 0.0, "train_loss": 0.0, "steps": 1})  # fmt: skip
+    assert (0.1 + 0.1 + 0.1) / 3 - 0.1 != 0.0
+    assert width_curve(metrics, outputs)["gap"] == 0.0

@@ -217,10 +217,13 @@ def _ensemble_columns(outputs: WidthOutputs, members: np.ndarray, errors: np.nda
     ens_error = error_rate(f_bar, outputs.labels)
     member_error = float(errors[members].mean())
     f_var = float(distances_to(outputs, f_bar, members).mean())
+    # error rates are multiples of 1/S, their mean over m members of 1/(m S), and so is the
+    # gap: rounding to that removes the float residue (1e-17 for equal errors, on a log axis)
+    unit = 1.0 / (len(members) * outputs.f.shape[1])
     return {
         "ens_test_error": ens_error,
         "ens_member_error_mean": member_error,
-        "gap": member_error - ens_error,
+        "gap": round((member_error - ens_error) / unit) * unit,
         "f_var": f_var,
         "delta": _delta(f_var, outputs.grad_norm[members]),
     }

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from matplotlib.figure import Figure
 
 from orchestrator.results.figures import (
+    FORMATS,
     NothingToDraw,
     fig2,
     fig4,
@@ -130,12 +131,10 @@ def compare(
 
 
 def _check(fmt: str, dpi: int) -> None:
-    from orchestrator.results.figures import FORMATS
-
     if fmt not in FORMATS:
-        raise JamsweepError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+        raise JamsweepError(f"the format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     if not 20 <= dpi <= 1200:
-        raise JamsweepError(f"--dpi must be between 20 and 1200, not {dpi}")
+        raise JamsweepError(f"the dpi must be between 20 and 1200, not {dpi}")
 
 
 __all__ = ["FIGURES", "Plotted", "Rendered", "compare", "plot", "render_figures"]

@@ -17,7 +17,7 @@ from orchestrator.results.figures.style import (
     compose,
     finish,
     fit_box,
-    fitted,
+    fit_of,
     guide,
     positive,
 )
@@ -59,14 +59,14 @@ def fig4(ensemble: pd.DataFrame, summary: Summary) -> Figure:
             )
 
     def error(ax: Axes) -> None:
-        fits = [(n, f) for n in names if (f := fitted(summary, n, "ensemble_error"))]
+        fits = [(n, f) for n in names if (f := fit_of(summary, n, "ensemble_error"))]
         extrapolated = rows["excess_error_inf"].notna().any()
         column = "excess_error_inf" if extrapolated else "excess_error"
         by_width(ax, column)
         n = np.arange(1, int(rows["n"].max()) + 1, dtype=float)
         for _, fit in fits:
             if not fit.trusted:
-                continue  # no lines from a fit that the points do not support
+                continue  # no lines from a fit not made, or that the points do not support
             first = True
             for w in widths:
                 amp = fit.amplitude(int(w))
@@ -99,10 +99,12 @@ def fig4(ensemble: pd.DataFrame, summary: Summary) -> Figure:
         integer_ticks(ax)
 
     def delta(ax: Axes) -> None:
-        fits = [(n, f) for n in names if (f := fitted(summary, n, "ensemble_delta"))]
+        fits = [(n, f) for n in names if (f := fit_of(summary, n, "ensemble_delta"))]
         by_width(ax, "delta_inf")
         n = np.arange(1, int(rows["n"].max()) + 1, dtype=float)
         for _, fit in fits:
+            if not fit.ok:
+                continue
             first = True
             for w in widths:
                 amp = fit.amplitude(int(w))

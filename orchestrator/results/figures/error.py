@@ -14,6 +14,7 @@ from orchestrator.results.figures.style import (
     finite,
     fit_box,
     fit_curve,
+    fit_of,
     fitted,
     mark_n_star,
     n_star_of,
@@ -74,8 +75,7 @@ def fig2(curves: pd.DataFrame, summary: Summary) -> Figure:
             )
             fit = fitted(summary, s.name, "error")
             fit_curve(ax, fit, "k", f"fit {ERROR_LAW}")
-            if fit is not None:
-                boxes.append((f"{s.label} error", fit))
+            boxes.append((f"{s.label} error", fit_of(summary, s.name, "error")))
             mark_n_star(ax, n_star_of(summary, s.name), c, rf"$N^*$ ({s.label})")
         fit_box(ax, boxes)
         finish(ax, AXIS_N, r"test error $\varepsilon_N$", r"Fig. 2: test error vs $N$")
@@ -144,8 +144,7 @@ def fig8(curves: pd.DataFrame, summary: Summary) -> Figure:
             )
             fit = fitted(summary, s.name, "gap")
             fit_curve(ax, fit, s.colour, f"fit {GAP_LAW}")
-            if fit is not None:
-                boxes.append((f"{s.label} gap", fit))
+            boxes.append((f"{s.label} gap", fit_of(summary, s.name, "gap")))
             mark_n_star(ax, n_star_of(summary, s.name), s.colour)
         fit_box(ax, boxes)
         finish(ax, AXIS_N, r"$\varepsilon_N - \bar\varepsilon_N$", r"gap vs $N$", logy=True)

@@ -21,6 +21,7 @@ from orchestrator.results.figures.style import (
     finish,
     fit_box,
     fit_curve,
+    fit_of,
     fitted,
     guide,
     mark_n_star,
@@ -77,8 +78,7 @@ def fig5(curves: pd.DataFrame, summary: Summary) -> Figure:
                 )
             fit = fitted(summary, s.name, "variance")
             fit_curve(ax, fit, s.colour, r"fit $A^2 N^{-2\alpha}$", transform=np.square)
-            if fit is not None:
-                boxes.append((s.label, fit))
+            boxes.append((s.label, fit_of(summary, s.name, "variance")))
             mark_n_star(ax, n_star_of(summary, s.name), s.colour, rf"$N^*$ ({s.label})")
         fit_box(ax, boxes)
         seeds = sorted({int(v) for v in curves["n_seeds"] if v > 0})
@@ -122,8 +122,7 @@ def fig6(curves: pd.DataFrame, summary: Summary) -> Figure:
             )
             fit = fitted(summary, s.name, "gradient")
             fit_curve(ax, fit, s.colour, r"fit $C_0 + C_1 N^{-1/4}$")
-            if fit is not None:
-                boxes.append((s.label, fit))
+            boxes.append((s.label, fit_of(summary, s.name, "gradient")))
             mark_n_star(ax, n_star_of(summary, s.name), s.colour)
         fit_box(ax, boxes)
         finish(ax, AXIS_N, r"$\|\nabla_x f\|$", "Fig. 6A: input gradient of f", logy=True)
@@ -154,8 +153,7 @@ def fig6(curves: pd.DataFrame, summary: Summary) -> Figure:
             )
             fit = fitted(summary, s.name, "gap")
             fit_curve(ax, fit, s.colour, r"fit $E_0 N^{-1/2} + E_1 N^{-3/4}$")
-            if fit is not None:
-                boxes.append((s.label, fit))
+            boxes.append((s.label, fit_of(summary, s.name, "gap")))
             mark_n_star(ax, n_star_of(summary, s.name), s.colour)
         fit_box(ax, boxes)
         finish(ax, AXIS_N, r"$\varepsilon_N - \bar\varepsilon_N$", r"gap vs $N$", logy=True)
@@ -211,8 +209,7 @@ def fig7a(curves: pd.DataFrame, summary: Summary) -> Figure:
                 n_star=n_star,
                 x_of=functools.partial(distance_to, n_star),
             )
-            if fit is not None:
-                boxes.append((s.label, fit))
+            boxes.append((s.label, fit_of(summary, s.name, "divergence")))
             if len(x):
                 guide(ax, x, y[0] * (x / x[0]) ** -2.0, r"$x^{-2}$ (paper: $\beta = 1$)")
         fit_box(ax, boxes)

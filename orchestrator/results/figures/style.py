@@ -8,7 +8,7 @@ from __future__ import annotations
 import io as bytes_io
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +30,7 @@ from matplotlib.ticker import (
 from orchestrator.results.formats import number
 from schemas.errors import JamsweepError
 from schemas.summary import Fit, Summary
+from workers.reduce import series_of
 
 FORMATS = ("png", "pdf", "svg")
 DPI = 110
@@ -86,8 +87,6 @@ def colour(i: int) -> str:
 def series(curves: pd.DataFrame, label: Callable[[str], str] = str) -> list[Series]:
     """The series of a curves-like table in name order: the same name gets the same colour
     in every figure drawn from the table."""
-    from workers.reduce import series_of
-
     return [
         Series(name, label(name), colour(i), rows.sort_values(["n_params", "width"]))
         for i, (name, rows) in enumerate(series_of(curves))
@@ -169,8 +168,14 @@ def n_star_of(summary: Summary, name: str) -> float | None:
     return float(value) if value is not None else None
 
 
+def fit_of(summary: Summary, name: str, law: str) -> Fit | None:
+    """The fit `law` of series `name`, made or not (None when the summary has none)."""
+    return summary.fits.get(name, {}).get(law)
+
+
 def fitted(summary: Summary, name: str, law: str) -> Fit | None:
-    fit = summary.fits.get(name, {}).get(law)
+    """The fit, when it was made (it has numbers to draw)."""
+    fit = fit_of(summary, name, law)
     return fit if fit is not None and fit.ok else None
 
 
@@ -280,10 +285,16 @@ def fit_curve(
     ax.plot(x, y, color=colour, lw=1.2, ls="--", label=label)
 
 
-def fit_box(ax: Axes, fits: list[tuple[str, Fit]]) -> None:
-    """Each fit's values, quality, the paper's value and flags, in a box under the panel."""
+def fit_box(ax: Axes, fits: Sequence[tuple[str, Fit | None]]) -> None:
+    """Each fit's values, quality, the paper's value and flags, or why it was not made, in a
+    box under the panel."""
     lines = []
     for label, fit in fits:
+        if fit is None:
+            continue
+        if not fit.ok:
+            lines.append(f"{label}: no fit ({as_math(fit.reason or '')})")
+            continue
         values = ", ".join(
             f"{PARAM_TEX.get(k, k)} = {v:.3g} ± {number(fit.errors.get(k), '.2g')}"
             for k, v in fit.params.items()
