@@ -24,7 +24,7 @@ DIVERGENCE = "||f|| = C (N/N* - 1)^-beta"
 GRADIENT = "||grad f|| = C0 + C1 N^-1/4"
 ENSEMBLE_ERROR = "eps_bar^n - eps_bar^M = B_N (n^-b - M^-b)"
 ENSEMBLE_DELTA = "delta_n^2 = A_N (n^-2g - M^-2g)"
-FLAG_KINDS = ("underdetermined", "implausible", "unlike the paper")
+FLAG_KINDS = ("underdetermined", "implausible", "unlike the paper", "by construction")
 
 
 def gap_law(n: np.ndarray, e0: float, e1: float) -> np.ndarray:
@@ -57,7 +57,8 @@ class Fit(BaseModel):
     dof: int | None = None  # degrees of freedom: points - parameters
     r2: float | None = None  # fraction of the points' variance the law explains
     chi2_dof: float | None = None  # chi^2 / dof with the points' errors (weighted fits)
-    flags: list[str] = []  # "underdetermined: ...", "implausible: ...", "unlike the paper: ..."
+    flags: list[str] = []  # "underdetermined: ...", "implausible: ...", "unlike the paper: ...",
+    # "by construction: ..." (a value the method forces, not a measurement)
     paper: dict[str, float] = {}  # the paper's value of a parameter, to compare with
 
     @property

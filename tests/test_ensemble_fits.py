@@ -197,3 +197,36 @@ def test_the_error_exponent_is_that_of_the_exact_expected_curve_and_eps_inf_is_f
         rows = ensemble[ensemble["n_params"] == w]
         eps_inf = rows["test_error_mean"].iloc[-1] - fit.amplitude(w) * M ** -fit.params["b"]
         assert eps_inf == pytest.approx(e_inf, abs=0.005)
+
+
+def test_delta_over_every_subset_is_flagged_as_holding_by_construction():
+    """With every subset of M = 4 seeds averaged, delta_n^2 = s^2 (1/n - 1/M) exactly, for
+    seeds that are anything but independent draws (here: one seed repeated with a shift)."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for w in WIDTHS:
+        base = rng.normal(size=500)
+        f = np.stack([base + k * 0.3 for k in range(4)])  # far from independent noise
+        out = WidthOutputs([f"r{k}" for k in range(4)], f, np.ones(4), np.sign(base))
+        rows += [
+            {"arch": "a", "width": w, "n_params": w, **r} for r in ensemble_curve(out, np.arange(4))
+        ]
+    ensemble = pd.DataFrame(rows)
+    delta = fit_ensembles(ensemble, n_star=50)["ensemble_delta"]
+    assert delta.params["g"] == pytest.approx(0.5, abs=1e-9)
+    [flag] = delta.flagged("by construction")
+    assert "g = 1/2 is not a measurement" in flag and delta.trusted
+    sampled = fit_ensembles(known_rows_sampled(), n_star=50)["ensemble_delta"]
+    assert not sampled.flagged("by construction")
+
+
+def known_rows_sampled() -> pd.DataFrame:
+    """M = 10 seeds with at most 20 subsets per n: most n are sampled, not exact."""
+    rng = np.random.default_rng(2)
+    rows = []
+    for w in WIDTHS[:3]:
+        f = rng.normal(size=(10, 300))
+        out = WidthOutputs([f"r{k}" for k in range(10)], f, np.ones(10), np.ones(300))
+        rows += [{"arch": "a", "width": w, "n_params": w, **r}
+                 for r in ensemble_curve(out, np.arange(10), max_subsets=20)]  # fmt: skip
+    return pd.DataFrame(rows)

@@ -94,6 +94,7 @@ def assert_paper_ready(fig: Figure, names: tuple[str, ...] = ()) -> None:
     assert (ink[..., :3] < 0.5).mean() > 0.005
     for ax in data_axes(fig):
         assert has_data(ax), ax.get_title()
+        assert ax.get_position().width > 0.15, ax.get_title()  # no box squeezed the panel
         legend = ax.get_legend()
         if legend is not None:
             artists = dict(zip(*reversed(ax.get_legend_handles_labels()), strict=False))

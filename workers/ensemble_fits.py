@@ -195,18 +195,35 @@ def fit_ensembles(ensemble: pd.DataFrame, n_star: float | None) -> dict[str, Fit
             amplitude="B",
             paper=PAPER_B,
         ),
-        "ensemble_delta": fit_finite_m(
-            n,
-            m,
-            w,
-            e["delta"] ** 2,
-            law=ENSEMBLE_DELTA,
-            exponent="g",
-            amplitude="A",
-            paper=PAPER_G,
-            power=2.0,
+        "ensemble_delta": _by_construction(
+            fit_finite_m(
+                n,
+                m,
+                w,
+                e["delta"] ** 2,
+                law=ENSEMBLE_DELTA,
+                exponent="g",
+                amplitude="A",
+                paper=PAPER_G,
+                power=2.0,
+            ),
+            bool(e.loc[e["n"] < e["n_members"], "exact"].all()),
         ),
     }
+
+
+def _by_construction(fit: Fit, every_subset: bool) -> Fit:
+    """Averaged over every subset of M seeds, delta_n^2 = s^2 (1/n - 1/M) / ||grad f||^2
+    holds exactly, whatever the seeds (a sampling-without-replacement identity): g = 1/2
+    then says nothing, and the fit says so; A_N, the seeds' variance, is still measured."""
+    if not fit.ok or not every_subset:
+        return fit
+    why = (
+        "by construction: every subset of the M seeds was averaged, so the law holds "
+        "exactly for any seeds; g = 1/2 is not a measurement, the amplitudes (the seeds' "
+        "variance) are"
+    )
+    return fit.model_copy(update={"flags": [*fit.flags, why]})
 
 
 def with_excess_inf(ensemble: pd.DataFrame, fit: Fit) -> pd.DataFrame:

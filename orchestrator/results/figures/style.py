@@ -8,6 +8,7 @@ from __future__ import annotations
 import io as bytes_io
 import math
 import re
+import textwrap
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -285,6 +286,14 @@ def fit_curve(
     ax.plot(x, y, color=colour, lw=1.2, ls="--", label=label)
 
 
+BOX_WIDTH = 78  # characters per line of a fit box: a long flag must not widen the figure
+
+
+def wrap(text: str, indent: str = "") -> list[str]:
+    """Lines of at most BOX_WIDTH characters (math, which has no spaces here, stays whole)."""
+    return textwrap.wrap(text, BOX_WIDTH, initial_indent=indent, subsequent_indent=indent + "  ")
+
+
 def fit_box(ax: Axes, fits: Sequence[tuple[str, Fit | None]]) -> None:
     """Each fit's values, quality, the paper's value and flags, or why it was not made, in a
     box under the panel."""
@@ -293,7 +302,7 @@ def fit_box(ax: Axes, fits: Sequence[tuple[str, Fit | None]]) -> None:
         if fit is None:
             continue
         if not fit.ok:
-            lines.append(f"{label}: no fit ({as_math(fit.reason or '')})")
+            lines += wrap(f"{label}: no fit ({as_math(fit.reason or '')})")
             continue
         values = ", ".join(
             f"{PARAM_TEX.get(k, k)} = {v:.3g} ± {number(fit.errors.get(k), '.2g')}"
@@ -305,11 +314,12 @@ def fit_box(ax: Axes, fits: Sequence[tuple[str, Fit | None]]) -> None:
             quality.append(rf"$\chi^2/\mathrm{{dof}}$ {number(fit.chi2_dof, '.2g')}")
         if fit.r2 is not None:
             quality.append(f"$R^2$ {number(fit.r2, '.3f')}")
-        lines.append(f"{label}: {values}; {', '.join(quality)}")
+        lines += wrap(f"{label}: {values}; {', '.join(quality)}")
         paper = ", ".join(f"{PARAM_TEX.get(k, k)} = {v:g}" for k, v in fit.paper.items())
         if paper:
             lines.append(f"    paper: {paper}")
-        lines += [f"    ⚠ {as_math(flag)}" for flag in fit.flags]
+        for flag in fit.flags:
+            lines += wrap(f"⚠ {as_math(flag)}", indent="    ")
     if not lines:
         return
     # under the panel, below its x label: constrained layout makes room, no data is covered
