@@ -122,7 +122,7 @@ def run_pandas(results: str, max_subsets: int) -> None:
 
     from schemas.layout import SweepLayout
     from workers import io
-    from workers.reduce import seed_subsets
+    from workers.ensembles import seed_subsets
 
     layout = SweepLayout(results, SWEEP)
     logits = pd.read_parquet(layout.logits_dir)  # every run, every row

@@ -1,23 +1,30 @@
 """The typed API the CLI calls and a notebook user can call directly: submit, status,
-cancel, ls, refine, reduce, plot, report. Each picks its executor once from the address
+cancel, ls, refine, reduce, plot, compare, report. Each picks its executor once from the address
 (orchestrator.cluster.executors); reduce, plot and report only read and write files. No ray here:
 the cluster is behind `orchestrator.cluster.backend`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from orchestrator.cluster.executors import executor_for, is_jobs_address
 from orchestrator.cluster.progress import ProgressHook
 from orchestrator.reports import Echo, RefineReport, SubmitReport, SweepStatus, quiet, width_symbol
-from orchestrator.results.reduction import load_summary, plot, reduce, report
+from orchestrator.results.reduced import load_summary
+from orchestrator.results.reduction import reduce
 from orchestrator.results.store import sweep_names
 from schemas.errors import JamsweepError
 from schemas.grid import load_grid
 from schemas.layout import RESULTS_DEFAULT
 from workers import io
+
+if TYPE_CHECKING:
+    from orchestrator.results.plots import Plotted
+
+FIGURE_DPI = 110  # orchestrator.results.figures.style.DPI (matplotlib is imported only to draw)
 
 __all__ = [
     "RefineReport",
@@ -25,6 +32,7 @@ __all__ = [
     "SubmitReport",
     "SweepStatus",
     "cancel",
+    "compare",
     "load_summary",
     "ls",
     "plot",
@@ -133,3 +141,36 @@ def refine(
         dry_run=dry_run,
         progress=progress,
     )
+
+
+def plot(
+    sweep: str, *, results: str = RESULTS_DEFAULT, fmt: str = "png", dpi: int = FIGURE_DPI
+) -> Plotted:
+    """Draw the paper's figures of a reduced sweep into SWEEP/figures/NAME.FMT (png, pdf or
+    svg); returns the paths written and the figures not drawn, with why."""
+    from orchestrator.results.plots import plot as draw
+
+    return draw(sweep, results=results, fmt=fmt, dpi=dpi)
+
+
+def compare(
+    sweeps: Sequence[tuple[str, str]],
+    *,
+    output: str | None = None,
+    fmt: str = "png",
+    dpi: int = FIGURE_DPI,
+) -> Plotted:
+    """Overlay several reduced sweeps, each (results, sweep), on one figure labelled by
+    what their grids change; written to `output`, else the first sweep's
+    figures/compare_A_B.FMT. Returns the path written."""
+    from orchestrator.results.plots import compare as overlay
+
+    return overlay(sweeps, output=output, fmt=fmt, dpi=dpi)
+
+
+def report(sweep: str, *, results: str = RESULTS_DEFAULT, output: str | None = None) -> str:
+    """Write one self-contained HTML page (warnings, N*, fits with their quality, figures,
+    curve table); return its path (default SWEEP/report.html)."""
+    from orchestrator.results.report import report as write
+
+    return write(sweep, results=results, output=output)

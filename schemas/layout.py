@@ -84,6 +84,14 @@ class SweepLayout:
         return _join(self.root, "ensemble.parquet")
 
     @property
+    def training(self) -> str:
+        return _join(self.root, "training.parquet")
+
+    @property
+    def snapshots(self) -> str:
+        return _join(self.root, "snapshots.parquet")
+
+    @property
     def summary(self) -> str:
         return _join(self.root, "summary.json")
 
@@ -91,8 +99,12 @@ class SweepLayout:
     def figures_dir(self) -> str:
         return _join(self.root, "figures")
 
-    def figure(self, name: str) -> str:
-        return _join(self.figures_dir, f"{name}.png")
+    def figure(self, name: str, fmt: str = "png") -> str:
+        return _join(self.figures_dir, f"{name}.{fmt}")
+
+    def comparison(self, others: list[str], fmt: str = "png") -> str:
+        """The figure that overlays this sweep's curves and those of the sweeps `others`."""
+        return self.figure("compare_" + "_".join([self.sweep, *others]), fmt)
 
     @property
     def report(self) -> str:

@@ -1,6 +1,7 @@
-"""summary.json: what `jamsweep reduce` found in a sweep (N* and the fitted laws), written
-and read through `Summary`; `Fit` is one fitted law, and the laws themselves are here too
-so that a Fit read back from the file can be drawn (`Fit.predict`).
+"""summary.json: what `jamsweep reduce` found in a sweep (N*, the fitted laws and their
+quality, warnings), written and read through `Summary`; `Fit` is one fitted law, and the
+laws themselves are here too so that a Fit read back from the file can be drawn
+(`Fit.predict`).
 
 Written by one version and read by another, so the models are lenient (unknown keys are
 ignored). NaN errors (a fit whose covariance is undefined) are kept as NaN, as json.dumps
@@ -20,6 +21,10 @@ GAP = "eps_N - eps_bar_N = E0 N^-1/2 + E1 N^-3/4"
 ERROR = "eps_N = eps_inf + B0 N^-1/2 + B1 N^-3/4"
 VARIANCE = "||f - f_bar|| = A N^-alpha"
 DIVERGENCE = "||f|| = C (N/N* - 1)^-beta"
+GRADIENT = "||grad f|| = C0 + C1 N^-1/4"
+ENSEMBLE_ERROR = "eps_bar^n - eps_bar^M = B_N (n^-b - M^-b)"
+ENSEMBLE_DELTA = "delta_n^2 = A_N (n^-2g - M^-2g)"
+FLAG_KINDS = ("underdetermined", "implausible", "unlike the paper", "by construction")
 
 
 def gap_law(n: np.ndarray, e0: float, e1: float) -> np.ndarray:
@@ -38,7 +43,8 @@ class EnsembleOver(str, enum.Enum):
 
 
 class Fit(BaseModel):
-    """One fitted law: parameter values and one-sigma errors by name, and where it holds."""
+    """One fitted law: parameter values and one-sigma errors by name, where it holds, and how
+    good it is (workers.fits says how each is computed)."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -48,10 +54,25 @@ class Fit(BaseModel):
     n_points: int = 0
     n_range: tuple[float, float] | None = None  # the smallest and largest N fitted
     reason: str | None = None  # why there are no numbers
+    dof: int | None = None  # degrees of freedom: points - parameters
+    r2: float | None = None  # fraction of the points' variance the law explains
+    chi2_dof: float | None = None  # chi^2 / dof with the points' errors (weighted fits)
+    flags: list[str] = []  # "underdetermined: ...", "implausible: ...", "unlike the paper: ...",
+    # "by construction: ..." (a value the method forces, not a measurement)
+    paper: dict[str, float] = {}  # the paper's value of a parameter, to compare with
 
     @property
     def ok(self) -> bool:
         return self.reason is None
+
+    def flagged(self, kind: str) -> list[str]:
+        """The flags of one kind of FLAG_KINDS."""
+        return [f for f in self.flags if f.startswith(kind)]
+
+    @property
+    def trusted(self) -> bool:
+        """Fitted, and neither underdetermined nor implausible."""
+        return self.ok and not self.flagged("underdetermined") and not self.flagged("implausible")
 
     def predict(self, n: np.ndarray, n_star: float | None = None) -> np.ndarray:
         """The fitted curve at N. A fit that was not made (`ok` is False) has no curve:
@@ -73,9 +94,21 @@ class Fit(BaseModel):
             return error_law(n, p["eps_inf"], p["B0"], p["B1"])
         if self.law == VARIANCE:
             return p["A"] * n ** (-p["alpha"])
+        if self.law == GRADIENT:
+            return p["C0"] + p["C1"] * n**-0.25
+        if self.law in (ENSEMBLE_ERROR, ENSEMBLE_DELTA):
+            raise ValueError(f"the law {self.law!r} is drawn per width: see Fit.amplitude")
         if n_star is None:
             raise ValueError(f"the law {self.law!r} needs n_star")
         return p["C"] * (n / n_star - 1.0) ** (-p["beta"])
+
+    def amplitude(self, n_params: int) -> float | None:
+        """B_N or A_N of an ensemble law at the width of N weights (None when not fitted)."""
+        for name in ("B", "A"):
+            value = self.params.get(f"{name}(N={n_params})")
+            if value is not None:
+                return value
+        return None
 
 
 class Summary(BaseModel):
@@ -100,9 +133,15 @@ class Summary(BaseModel):
         default={}, description="only where it differs from N*"
     )
     fits: dict[str, dict[str, Fit]] = Field(
-        default={}, description="arch -> gap, error, variance, divergence -> Fit"
+        default={},
+        description="arch -> gap, error, variance, divergence, gradient, ensemble_error, "
+        "ensemble_delta -> Fit",
     )
     reduced_at: str = Field(default="", description="UTC, ISO 8601")
+    budget: dict[str, str] = Field(
+        default={}, description="arch -> why N* may be the step budget's (only where it may)"
+    )
+    notes: list[str] = Field(default=[], description="what the reducer could not compute, and why")
 
     def to_json(self) -> str:
         """The file's text: json.dumps of the plain data (NaN stays NaN), indented."""

@@ -2,8 +2,11 @@
 
 Outputs are synthetic but shaped like the paper's: f_i(x) = g(x) + sigma_N eta_i(x), with
 g a fixed function of the sample, eta_i seed noise and sigma_N ~ N^-1/4; labels follow g
-with a little label noise. Every run file also holds train rows and a step-0 snapshot
-(whose f differs), so a reducer that reads the wrong rows gets different numbers.
+with a little label noise. Every run file also holds train rows and snapshots at the grid's
+snapshot_steps 0 and 50 (whose f differ), so a reducer that reads the wrong rows gets
+different numbers. Each run's trace has the measurement steps up to its final step, a loss
+that falls (to 0 for converged runs) and, unless `trace="old"`, a test error whose best
+value is the final one minus EARLY_GAIN, reached at the middle measurement step.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ dataset: {{name: digits_parity_pca, train_size: {n_train}, pca_dim: 10}}
 architectures:
   - {{name: fc5, depth: 5, widths: {widths}}}
 seeds: {seeds}
-training: {{max_steps: 1000}}
+training: {{max_steps: {max_steps}{snapshots}}}
 """
 
 CNN_GRID = """
@@ -35,10 +38,14 @@ dataset: {{name: cifar10, root: /nonexistent, train_size: {n_train}}}
 architectures:
   - {{kind: cnn, name: cnn3, widths: {widths}}}
 seeds: {seeds}
-training: {{max_steps: 1000, loss: hinge, optimizer: sgd}}
+training: {{max_steps: {max_steps}, loss: hinge, optimizer: sgd{snapshots}}}
 """
 
+SNAPSHOT_STEPS = [0, 50]
+EARLY_GAIN = 0.02  # a run's best test error along training is its final one minus this
+
 Converged = Callable[[int, int], bool]  # (width index, seed) -> reached zero loss
+Steps = Callable[[int, int, bool], int]  # (width index, seed, converged) -> its final step
 
 
 def default_converged(jam_index: int) -> Converged:
@@ -65,12 +72,28 @@ def write_sweep(
     converged: Converged | None = None,
     snapshot: bool = True,
     data_seed: int = 0,
+    trace: str | None = "new",
+    steps: Steps | None = None,
+    max_steps: int = 1000,
+    training: str = "",
 ) -> SweepFiles:
-    """Write grid.yaml, manifest.parquet, and the logits and metrics files of every run."""
+    """Write grid.yaml, manifest.parquet, and the logits, trace and metrics files of every
+    run. `trace`: "new" (with test_error), "old" (without, as before it was recorded) or
+    None (no trace files). `steps` gives each run's final step (default 100 + 10 k + seed).
+    `training` adds fields to the grid's training (", lr_max: 0.0003")."""
     widths = widths or [2, 3, 4, 6, 8, 12, 16, 24]
     converged = converged or default_converged(len(widths) // 2)
+    steps = steps or (lambda k, seed, conv: 100 + 10 * k + seed)
     template = CNN_GRID if n_outputs > 1 else FC_GRID
-    text = template.format(sweep=sweep, widths=widths, seeds=seeds, n_train=n_train)
+    snapshots = (f", snapshot_steps: {SNAPSHOT_STEPS}" if snapshot else "") + training
+    text = template.format(
+        sweep=sweep,
+        widths=widths,
+        seeds=seeds,
+        n_train=n_train,
+        max_steps=max_steps,
+        snapshots=snapshots,
+    )
     specs = parse_grid(text).expand()
     layout = SweepLayout(results, sweep)
     io.write_text(layout.grid_yaml, text)
@@ -82,11 +105,61 @@ def write_sweep(
     index = {w: k for k, w in enumerate(widths)}
     for spec in specs:
         k = index[int(spec.width)]
-        step = 100 + 10 * k + spec.seed
+        conv = converged(k, spec.seed)
+        step = steps(k, spec.seed, conv)
         final_step[spec.run_id] = step
         f = _outputs(truth, spec, k)
-        write_run(layout, spec, f, labels, n_train, step, converged(k, spec.seed), snapshot)
+        write_run(layout, spec, f, labels, n_train, step, conv, snapshot)
+        if trace is not None:
+            write_trace(layout, spec, step, conv, max_steps, test_error=trace == "new")
     return SweepFiles(layout, specs, final_step)
+
+
+def measurement_steps(last: int) -> list[int]:
+    """~20 log-spaced steps per decade and every 1000th up to `last`, and `last` (as the
+    trainer measures; written here without importing it)."""
+    found = {0, last, *range(0, last + 1, 1000)}
+    k = 0
+    while (s := int(10 ** (k / 20))) <= last:
+        found.add(s)
+        k += 1
+    return sorted(found)
+
+
+def write_trace(
+    layout: SweepLayout,
+    spec: RunSpec,
+    last: int,
+    converged: bool,
+    max_steps: int,
+    *,
+    test_error: bool = True,
+) -> None:
+    """A run's trace: loss 1/sqrt(1 + step) (0 at the end if converged: then N_Delta is 0
+    too), and the test error of its metrics + 0.001 |k - k_best| except EARLY_GAIN below
+    it at the middle measurement step k_best."""
+    import pyarrow.parquet as pq
+
+    metrics = pq.read_table(layout.metrics(*spec.key)).to_pylist()[0]
+    steps = measurement_steps(last)
+    best = len(steps) // 2
+    rows = []
+    for k, step in enumerate(steps):
+        end = k == len(steps) - 1
+        row = {
+            "run_id": spec.run_id,
+            "step": step,
+            "loss": 0.0 if end and converged else (1.0 + step) ** -0.5,
+            "n_unsat": 0 if end and converged else 40 - k // 4,
+            "max_delta": 0.5,
+            "train_error": 0.01,
+            "f_norm": 1.0,
+        }
+        if test_error:
+            final = metrics["test_error"]
+            row["test_error"] = final - EARLY_GAIN if k == best else final + 0.001 * abs(k - best)
+        rows.append(row)
+    io.write_table(layout.trace(*spec.key), pa.Table.from_pylist(rows))
 
 
 def _labels(truth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -117,11 +190,12 @@ def write_run(
     f (samples, C) and labels (samples,) list the train samples first, then the test ones."""
     n_out = f.shape[1]
     parts = [("train", slice(0, n_train), step), ("test", slice(n_train, None), step)]
-    if snapshot:
-        parts += [("train", slice(0, n_train), 0), ("test", slice(n_train, None), 0)]
+    if snapshot:  # the trainer keeps no snapshot at or after the final step
+        for at in (t for t in SNAPSHOT_STEPS if t < step):
+            parts += [("train", slice(0, n_train), at), ("test", slice(n_train, None), at)]
     tables = []
     for split, rows, at in parts:
-        values = f[rows] if at == step else -f[rows] + 0.5  # a snapshot differs from the end
+        values = f[rows] if at == step else snapshot_f(f[rows], at)  # a snapshot differs
         tables.append(_logits_part(spec, split, np.arange(len(f))[rows], labels[rows], values, at))
     io.write_table(layout.logits(*spec.key), pa.concat_tables(tables))
     test_f = f[n_train:] if n_out > 1 else f[n_train:, 0]
@@ -143,6 +217,11 @@ def write_run(
         "device": "cpu",
     }
     io.write_table(layout.metrics(*spec.key), pa.Table.from_pylist([metrics], METRICS_FILE_SCHEMA))
+
+
+def snapshot_f(f: np.ndarray, step: int) -> np.ndarray:
+    """What a run's snapshot at `step` holds, given its final outputs f (samples, C)."""
+    return -f + 0.5 if step == 0 else 0.5 * f
 
 
 def _logits_part(

@@ -6,6 +6,7 @@ tests/sweepfiles.py (no Ray); the CLI runs in a fresh process, or on a pseudo-te
 from __future__ import annotations
 
 import json
+import re
 from io import StringIO
 
 import pyarrow as pa
@@ -17,6 +18,7 @@ from orchestrator.cli.starter import write_starter
 from orchestrator.cluster.lease import Holder, acquire
 from orchestrator.cluster.progress import Progress
 from orchestrator.cluster.tracker import records_table
+from orchestrator.results.formats import MISSING
 from orchestrator.sweep import reduce
 from schemas.errors import JamsweepError
 from schemas.run import RunRecord, RunStatus
@@ -145,8 +147,9 @@ def test_show_prints_grid_n_star_fits_and_files(sweep):
     summary = json.loads(io.read_text(sweep.layout.summary))
     assert "grid.yaml:" in proc.stdout and "widths: [2, 4, 8, 16]" in proc.stdout
     n_star = summary["n_star"]["fc5"]
-    assert f"fc5: N* = {'-' if n_star is None else n_star}" in proc.stdout
+    assert f"fc5: N* = {MISSING if n_star is None else n_star}" in proc.stdout
     assert "fit " in proc.stdout
+    assert "converged" in proc.stdout and re.search(r"│ [012]/2 ", proc.stdout)  # k/n
     assert sweep.layout.figure("fig2_test_error") in proc.stdout.replace("\n", "")
     assert "report:   none yet" in proc.stdout or sweep.layout.report in proc.stdout
 

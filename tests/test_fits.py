@@ -16,6 +16,7 @@ from workers.fits import (
     fit_divergence,
     fit_error,
     fit_gap,
+    fit_gradient,
     fit_variance,
 )
 
@@ -97,6 +98,7 @@ def curves_frame(n_star):
             "test_error_std": 0.01 * n**-0.5,
             "f_var": np.where(over, (3.0 * n**-0.25) ** 2, 50.0),
             "f_norm": np.where(over, 2.0 * np.abs(n / n_star - 1) ** -1.0, 0.1),
+            "grad_norm_median": np.where(over, 1.5 + 4.0 * n**-0.25, 9.0),
         }
     )
 
@@ -110,6 +112,8 @@ def test_fit_curves_fits_every_law_above_n_star_only():
     assert fits["variance"].params["alpha"] == pytest.approx(0.25, rel=1e-6)
     assert fits["divergence"].params["beta"] == pytest.approx(1.0, rel=1e-6)
     assert fits["error"].params["eps_inf"] == pytest.approx(0.05, rel=1e-6)
+    assert fits["gradient"].params["C0"] == pytest.approx(1.5, rel=1e-6)
+    assert fits["gradient"].params["C1"] == pytest.approx(4.0, rel=1e-6)
     assert all(not f.ok for f in fit_curves(curves_frame(n_star), None).values())
 
 
@@ -162,12 +166,15 @@ def test_summary_json_round_trips_with_nan_and_keeps_the_file_format():
     )
     text = summary.to_json()
     raw = json.loads(text)
-    assert list(raw) == [  # the file's keys, in the order the reducer has always written
+    assert list(raw) == [  # the file's keys: those it has always had first, in their order
         "sweep", "n_runs", "n_done", "ensemble_over", "max_subsets", "n_star", "n_star_half",
-        "n_star_bracket", "smallest_jammed_n", "fits", "reduced_at",
+        "n_star_bracket", "smallest_jammed_n", "fits", "reduced_at", "budget", "notes",
     ]  # fmt: skip
     gap = raw["fits"]["fc5"]["gap"]
-    assert list(gap) == ["law", "params", "errors", "n_points", "n_range", "reason"]
+    assert list(gap) == [
+        "law", "params", "errors", "n_points", "n_range", "reason", "dof", "r2", "chi2_dof",
+        "flags", "paper",
+    ]  # fmt: skip
     assert raw["ensemble_over"] == "converged" and text.startswith('{\n  "sweep": "s",\n')
     assert raw["n_star"] == {"fc5": 120, "cnn": None} and '"fc5": 120,' in text  # an int stays
     assert raw["n_star_bracket"]["fc5"] == [96.0, 120.0]
@@ -179,10 +186,99 @@ def test_summary_json_round_trips_with_nan_and_keeps_the_file_format():
 
 
 def test_an_older_summary_reads_and_a_broken_one_says_what_to_do():
-    older = {"sweep": "s", "n_runs": 4, "n_done": 4, "n_star": {"fc5": 100}, "fits": {}}
+    old_fit = {"law": "x", "params": {"E0": 1.0}, "errors": {"E0": 0.1}, "n_points": 4}
+    older = {
+        "sweep": "s",
+        "n_runs": 4,
+        "n_done": 4,
+        "n_star": {"fc5": 100},
+        "fits": {"fc5": {"gap": old_fit}},
+    }
     back = Summary.from_json(json.dumps(older))  # before n_star_bracket and the others
     assert back.n_star == {"fc5": 100} and back.n_star_bracket == {}
-    assert back.ensemble_over == "converged"
+    assert back.ensemble_over == "converged" and back.budget == {} and back.notes == []
+    old = back.fits["fc5"]["gap"]  # a fit from before its quality was recorded
+    assert old.dof is None and old.flags == [] and old.trusted
     for broken in ('{"sweep": "s", "ensemble_over": "some"}', "{not json"):
         with pytest.raises(JamsweepError, match=r"x/summary.json cannot be read .*jamsweep reduce"):
             Summary.from_json(broken, source="x/summary.json")
+
+
+# -- the quality of a fit ---------------------------------------------------------------
+
+
+def test_quality_of_a_weighted_fit_matches_a_hand_computation():
+    """dof = points - parameters; chi2/dof and R^2 recomputed from the residuals by a loop."""
+    rng = np.random.default_rng(11)
+    sigma = 0.002 * (1 + rng.random(len(N)))
+    eps = 0.03 + 1.5 * N**-0.5 - 3.0 * N**-0.75 + sigma * rng.normal(size=len(N))
+    fit = fit_error(N, eps, n_min=None, sigma=sigma)
+    predicted = fit.predict(N)
+    chi2 = sum(((e - p) / s) ** 2 for e, p, s in zip(eps, predicted, sigma, strict=True))
+    w = 1 / sigma**2
+    centre = sum(w * eps) / sum(w)
+    total = sum(wi * (e - centre) ** 2 for wi, e in zip(w, eps, strict=True))
+    assert fit.dof == len(N) - 3
+    assert fit.chi2_dof == pytest.approx(chi2 / (len(N) - 3), rel=1e-9)
+    assert fit.r2 == pytest.approx(1 - sum(w * (eps - predicted) ** 2) / total, rel=1e-9)
+    assert fit.flags == [] and fit.trusted
+
+
+def test_chi2_per_dof_is_near_one_when_the_points_have_the_errors_they_say():
+    """Over many noise draws with the stated sigma, mean chi2/dof is 1 (a known law)."""
+    sigma = 0.002 * np.ones(len(N))
+    truth = 2.0 * N**-0.5 + 5.0 * N**-0.75
+    values = [
+        fit_gap(
+            N, truth + sigma * np.random.default_rng(s).normal(size=len(N)), n_min=None, sigma=sigma
+        ).chi2_dof
+        for s in range(300)
+    ]
+    # chi^2 with 12 dof has standard deviation sqrt(2/12) per dof: the mean of 300 is 1 +- 0.024
+    assert float(np.mean(values)) == pytest.approx(1.0, abs=0.08)
+
+
+def test_three_parameters_on_four_points_are_flagged_underdetermined():
+    n = np.array([344.0, 708.0, 1200.0, 2568.0])
+    fit = fit_error(n, 0.02 + 1.5 * n**-0.5 - 3.0 * n**-0.75, n_min=None)
+    assert fit.ok and fit.dof == 1 and not fit.trusted
+    assert fit.flagged("underdetermined") == [
+        "underdetermined: 3 parameters on 4 points (1 degree of freedom)"
+    ]
+
+
+def test_the_demos_error_fit_is_flagged_implausible_its_asymptote_lies_above_the_data():
+    """The demo of issue 16: errors 0.186, 0.162, 0.147, 0.146 at N = 344 ... 2568 (above
+    N* = 273), each known to +-0.002: eps_inf comes out above the three largest-N errors."""
+    n = np.array([344.0, 708.0, 1200.0, 2568.0])
+    eps = np.array([0.186, 0.162, 0.147, 0.146])
+    fit = fit_error(n, eps, n_min=None, sigma=np.full(4, 0.002))
+    assert fit.params["eps_inf"] > 0.147  # the law bends back up to its asymptote
+    [why] = fit.flagged("implausible")
+    assert "eps_inf" in why and "lies above" in why and "of the 4 fitted errors" in why
+    assert fit.flagged("underdetermined") and not fit.trusted
+
+
+def test_an_exponent_far_from_the_papers_is_said_so_and_one_near_it_is_not():
+    far = fit_variance(N, noisy(3.0 * N**-0.82, 0.01, 2), n_min=None)
+    [flag] = far.flagged("unlike the paper")
+    assert flag.startswith("unlike the paper: alpha = 0.82") and "the paper's 0.25" in flag
+    assert far.trusted  # well fixed and possible: only unlike the paper
+    near = fit_variance(N, noisy(3.0 * N**-0.25, 0.01, 3), n_min=None)
+    assert near.flags == [] and near.paper == {"alpha": 0.25}
+
+
+def test_a_variance_that_grows_with_n_or_a_negative_asymptote_is_implausible():
+    grows = fit_variance(N, 0.01 * N**0.3, n_min=None)
+    assert grows.flagged("implausible") and grows.params["alpha"] == pytest.approx(-0.3)
+    negative = fit_gradient(N, -0.5 + 30.0 * N**-0.25, n_min=None)
+    assert negative.params["C0"] == pytest.approx(-0.5, rel=1e-6)
+    assert "C0 = -0.5 of a norm is below 0" in negative.flagged("implausible")[0]
+    good = fit_gradient(N, noisy(1.5 + 4.0 * N**-0.25, 0.002, 4), n_min=None)
+    assert good.trusted and good.params["C1"] == pytest.approx(4.0, rel=0.1)
+
+
+def test_a_parameter_the_points_do_not_fix_is_flagged():
+    """A gap fit on points that alternate around zero: E0's error exceeds E0."""
+    fit = fit_gap(N[:6], 1e-3 * (-1.0) ** np.arange(6), n_min=None)
+    assert any("E0 =" in f and "is not fixed" in f for f in fit.flagged("underdetermined"))

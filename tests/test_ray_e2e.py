@@ -34,6 +34,8 @@ LAYOUT = {
     "trace",
     "curves.parquet",
     "ensemble.parquet",
+    "training.parquet",
+    "snapshots.parquet",
     "summary.json",
     "figures",
 }

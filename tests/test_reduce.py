@@ -10,18 +10,15 @@ import pandas as pd
 import pytest
 
 from schemas.errors import JamsweepError
+from workers.ensembles import ensemble_curve, seed_subsets
+from workers.outputs import WidthOutputs, WidthOutputsBuilder, outputs_matrix
 from workers.reduce import (
-    WidthOutputs,
-    WidthOutputsBuilder,
-    ensemble_curve,
     ensemble_members,
     error_rate,
     half_jamming_points,
     jamming,
     jamming_bracket,
     jamming_points,
-    outputs_matrix,
-    seed_subsets,
     width_curve,
     with_n_over_nstar,
 )
@@ -65,6 +62,10 @@ def hand_curve(f, grads, labels, converged, train_error, train_loss, members):
     n_runs, n_samples = len(f), len(labels)
     errors = [hand_error(f[r], labels) for r in range(n_runs)]
     mean = sum(errors) / n_runs
+    everyone = list(range(n_runs))
+    f_all = hand_mean_output(f, everyone)
+    grad_of = sorted(hand_rms(grads[r]) for r in everyone)
+    middle = n_runs // 2
     row = {
         "n_seeds": n_runs,
         "n_converged": sum(converged),
@@ -74,6 +75,14 @@ def hand_curve(f, grads, labels, converged, train_error, train_loss, members):
         "train_loss_mean": sum(train_loss) / n_runs,
         "f_norm": sum(hand_rms(f[r]) for r in range(n_runs)) / n_runs,
         "grad_norm": sum(hand_rms(grads[r]) for r in range(n_runs)) / n_runs,
+        "grad_norm_median": grad_of[middle]
+        if n_runs % 2
+        else (grad_of[middle - 1] + grad_of[middle]) / 2,
+        "f_var_all": sum(
+            sum(hand_sq_norm(f[r][s] - f_all[s]) for s in range(n_samples)) / n_samples
+            for r in everyone
+        )
+        / n_runs,
         "n_ensembled": len(members),
     }
     if not members:
@@ -185,6 +194,7 @@ def test_a_single_seed_has_no_spread_and_no_ensemble_gain():
     assert row["ens_test_error"] == row["test_error_mean"]
     [only] = ensemble_curve(outputs, np.array([0]))
     assert only["n"] == 1 and only["exact"] and only["excess_error"] == 0.0
+    assert math.isnan(only["delta_inf"])  # one seed says nothing of the seeds' variance
 
 
 def test_metrics_rows_are_matched_to_outputs_by_run_id_not_by_order():
@@ -200,6 +210,17 @@ def hand_ensemble(f, labels, grads, members, subsets_of_n):
     f_bar = hand_mean_output(f, members)
     full = hand_error(f_bar, labels)
     grad = sum(hand_rms(grads[r]) for r in members) / len(members)
+    m = len(members)
+    # s^2: the seeds' variance around the infinite ensemble, unbiased (M - 1)
+    spread = (
+        sum(
+            sum(hand_sq_norm(f[r][s] - f_bar[s]) for s in range(len(labels))) / len(labels)
+            for r in members
+        )
+        / (m - 1)
+        if m > 1
+        else math.nan
+    )
     rows = []
     for n, subsets in subsets_of_n.items():
         errors, dist2 = [], []
@@ -219,6 +240,8 @@ def hand_ensemble(f, labels, grads, members, subsets_of_n):
                 "test_error_std": std,
                 "excess_error": mean - full,
                 "delta": math.sqrt(sum(dist2) / len(dist2)) / grad,
+                "delta_inf": math.sqrt(sum(dist2) / len(dist2) + spread / m) / grad,
+                "n_members": m,
             }
         )
     return rows
@@ -239,6 +262,7 @@ def test_ensemble_rows_over_all_subsets_match_a_hand_loop(n_runs, n_out, ties):
         for key, value in w.items():
             assert g[key] == pytest.approx(value, rel=1e-12, abs=1e-12), key
     assert got[-1]["excess_error"] == 0.0 and got[-1]["delta"] == pytest.approx(0.0, abs=1e-15)
+    assert all(math.isnan(r["excess_error_inf"]) for r in got)  # filled by the fit, later
 
 
 def test_sampled_subsets_are_seeded_and_match_a_hand_loop_over_the_same_subsets():
@@ -394,7 +418,7 @@ def test_bracket_is_the_width_below_n_star_and_the_width_at_it():
         jamming_bracket(table("b", [10, 100], [0, 3]), "b")
     with pytest.raises(JamsweepError, match="below the sweep"):
         jamming_bracket(table("c", [10, 100], [4, 4]), "c")
-    with pytest.raises(JamsweepError, match="no finished runs"):
+    with pytest.raises(JamsweepError, match="has no runs"):
         jamming_bracket(curves, "zz")
 
 
@@ -403,3 +427,15 @@ def test_n_over_nstar_divides_by_the_rows_own_architecture():
     out = with_n_over_nstar(curves, jamming_points(curves))
     assert out["n_over_nstar"].iloc[:3].tolist() == [0.1, 1.0, 10.0]
     assert out["n_over_nstar"].iloc[3:].isna().all()
+
+
+def test_a_gap_between_equal_errors_is_exactly_zero_not_float_residue():
+    """Three identical nets with error 1/10: (0.1 + 0.1 + 0.1) / 3 - 0.1 is 1.4e-17 in
+    floats, which a log axis would show as a point; the gap is a multiple of 1/(m S)."""
+    f = np.tile(np.array([1.0, 1, 1, 1, 1, 1, 1, 1, 1, -1]), (3, 1))
+    labels = np.ones(10)
+    outputs = WidthOutputs(["a", "b", "c"], f, np.ones(3), labels)
+    metrics = pd.DataFrame({"run_id": ["a", "b", "c"], "n_params": 5, "converged": True,
+                            "train_error": 0.0, "train_loss": 0.0, "steps": 1})  # fmt: skip
+    assert (0.1 + 0.1 + 0.1) / 3 - 0.1 != 0.0
+    assert width_curve(metrics, outputs)["gap"] == 0.0

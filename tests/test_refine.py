@@ -133,3 +133,18 @@ def test_refine_appends_the_new_runs_runs_them_and_reduces(tmp_path, monkeypatch
     assert not report.status.failed
     assert report.curves["width"].tolist() == [2.0, 4.0, 6.0, 8.0, 16.0]  # the new width too
     assert report.curves.loc[report.curves["width"] == 6.0, "n_seeds"].item() == 2
+
+
+def test_refine_sees_a_largest_width_whose_runs_all_failed(tmp_path):
+    """Issue 18, defect 3: with the widest width failed (no metrics), N* is above the sweep;
+    refine must say so rather than add widths in the bracket below it."""
+    from workers import io
+
+    files = write_sweep(
+        str(tmp_path), seeds=2, widths=[2, 4, 8, 16], converged=default_converged(2)
+    )
+    for spec in files.specs:
+        if spec.width == 16:
+            io.delete(files.layout.metrics(*spec.key))
+    with pytest.raises(JamsweepError, match=r"h=16\) has 0 of 2 runs.*above the sweep"):
+        api.refine("synth", results=str(tmp_path), dry_run=True)

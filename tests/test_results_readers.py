@@ -20,11 +20,11 @@ dataset: {name: digits_parity_pca, train_size: 60, test_size: 100, pca_dim: 10}
 architectures:
   - {name: fc3, depth: 3, widths: [1.5, 6]}
 seeds: 2
-training: {lr_max: 0.01, max_steps: 300}
+training: {lr_max: 0.01, max_steps: 300, snapshot_steps: [10]}
 resources: {num_cpus: 1, max_retries: 1}
 """
 TABLES = ("logits", "metrics", "trace")
-FILES = ("manifest", "status", "curves", "ensemble")
+FILES = ("manifest", "status", "curves", "ensemble", "training", "snapshots")
 JAMSWEEP_MODULES = ("orchestrator", "workers", "schemas", "jamsweep")
 
 # Runs in a fresh interpreter from an empty folder: every reader opens every file; the

@@ -1,25 +1,31 @@
 """From stored outputs to the paper's curves: pure functions, arrays and tables in, tables out.
 
 Conventions (README, "What the reducer computes"):
-- a run's outputs are its test outputs at its final step (metrics.steps); snapshots are ignored;
+- a run's outputs are its test outputs at its final step (metrics.steps); snapshots are
+  read for Fig. 7B only (workers.sweep_reader);
 - `f` of one width is (runs, samples) for one output, (runs, samples, C) for C outputs;
   norms over outputs are Euclidean, |f(x)| = sqrt(sum_c f_c(x)^2), and a norm over the test
   set is the root mean square over samples, ||g||_mu = sqrt(mean_mu |g(x_mu)|^2);
 - an error is y f <= 0 for one output (f = 0 counts as an error), argmax f != y for several
   (ties go to the lowest class index, as numpy's and torch's argmax);
-- single-net columns (test_error_*, train_*, f_norm, grad_norm) average over every finished
-  seed of the width; spreads are standard deviations over seeds (ddof=0);
+- single-net columns (test_error_*, train_*, f_norm, grad_norm, grad_norm_median, f_var_all)
+  use every finished seed of the width; spreads are standard deviations over seeds (ddof=0);
 - the ensemble members are the converged seeds of a width (every seed with
   `ensemble_over="all"`); f_bar is their mean output; the ensemble columns (ens_test_error,
   gap, f_var, delta, and ensemble.parquet) use the members only, so that gap compares the
-  same nets averaged and alone; a width without members has NaN there.
+  same nets averaged and alone; a width without members has NaN there;
+- every width of the manifest has a row, finished or not: a width none of whose runs has
+  finished has n_seeds = 0 and NaN in the columns of numbers, and is not jammed.
+
+The curves of one *series* (today: one architecture; later also one point of the other
+sweep axes) are what N*, the fits and a line of a figure are made of. SERIES names the
+columns that make a series, in this one place.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,12 +33,13 @@ import pandas as pd
 
 from schemas.errors import JamsweepError
 from schemas.summary import EnsembleOver
+from workers.outputs import WidthOutputs, rms
 
-MAX_SUBSETS = 64  # subsets of n seeds per n in ensemble.parquet (all of them when fewer)
+SERIES = ("arch",)  # the columns whose values make one series (one curve, one N*)
+WIDTH_KEY = (*SERIES, "width")  # one row of curves.parquet
 
 CURVE_COLUMNS = [  # curves.parquet, one row per (arch, width)
-    "arch",
-    "width",
+    *WIDTH_KEY,
     "n_params",
     "n_outputs",
     "n_runs",  # the width's runs in the manifest (n_seeds counts those finished)
@@ -42,120 +49,54 @@ CURVE_COLUMNS = [  # curves.parquet, one row per (arch, width)
     "test_error_std",
     "train_error_mean",
     "train_loss_mean",
+    "early_stop_error",
+    "early_stop_step",
     "ens_test_error",
     "ens_member_error_mean",
     "gap",
     "f_norm",
     "f_var",
+    "f_var_all",
     "grad_norm",
+    "grad_norm_median",
     "delta",
     "n_ensembled",
+    "max_steps",
+    "n_late",
+    "n_still_falling",
     "n_over_nstar",
 ]
-ENSEMBLE_COLUMNS = [  # ensemble.parquet, one row per (arch, width, n)
-    "arch",
-    "width",
-    "n_params",
-    "n",
-    "n_subsets",
-    "exact",
+NUMBER_COLUMNS = [  # what a width without a finished run has no value of (NaN)
     "test_error_mean",
     "test_error_std",
-    "excess_error",
+    "train_error_mean",
+    "train_loss_mean",
+    "early_stop_error",
+    "early_stop_step",
+    "ens_test_error",
+    "ens_member_error_mean",
+    "gap",
+    "f_norm",
+    "f_var",
+    "f_var_all",
+    "grad_norm",
+    "grad_norm_median",
     "delta",
 ]
 
 
-@dataclass(frozen=True)
-class WidthOutputs:
-    """Final test outputs of every run of one (arch, width), samples aligned across runs."""
-
-    run_ids: list[str]  # (R,)
-    f: np.ndarray  # (R, S) one output, (R, S, C) several
-    grad_norm: np.ndarray  # (R,): ||grad_x f||_mu of each run on the test set
-    labels: np.ndarray  # (S,): +-1 for one output, class index for several
-
-    @property
-    def flat(self) -> np.ndarray:
-        """f as (R, S*C), a view: what a weighted average over runs multiplies."""
-        return self.f.reshape(len(self.run_ids), -1)
+def series_name(key: Mapping) -> str:
+    """The name of the series a row belongs to, as summary.json keys it: the architecture."""
+    return " ".join(str(key[c]) for c in SERIES)
 
 
-class WidthOutputsBuilder:
-    """Fills one width's output matrix run by run, so only one run's table is ever held
-    beside it (the streaming reducer's memory bound). Samples are aligned by their index."""
-
-    def __init__(self, n_runs: int) -> None:
-        self.n_runs = n_runs
-        self.run_ids: list[str] = []
-        self.samples: np.ndarray | None = None  # (S,) sorted sample indices of the first run
-        self.labels: np.ndarray | None = None  # (S,)
-        self.f: np.ndarray | None = None  # (R, S[, C])
-        self.grad_norm = np.full(n_runs, np.nan)  # (R,)
-
-    def add(
-        self,
-        run_id: str,
-        sample: np.ndarray,
-        label: np.ndarray,
-        f: np.ndarray,
-        grad_norm: np.ndarray,
-    ) -> None:
-        """One run: sample (S,), label (S,), f (S,) or (S, C), grad_norm (S,) per sample."""
-        i = len(self.run_ids)
-        if len(np.unique(sample)) != len(sample):
-            raise JamsweepError(
-                f"run {run_id} lists some test samples twice at its final step; its logits "
-                "file is not one run's outputs: delete the run's files and submit again"
-            )
-        if self.f is None:
-            order = np.argsort(sample, kind="stable")
-            self.samples = sample[order]
-            self.labels = np.asarray(label)[order]
-            self.f = np.empty((self.n_runs, *np.shape(f)), dtype=np.float64)
-        assert self.samples is not None and self.labels is not None
-        rows = self._positions(run_id, sample)
-        self.f[i, rows] = f
-        self.grad_norm[i] = _rms(np.asarray(grad_norm, dtype=np.float64))
-        self.run_ids.append(run_id)
-
-    def _positions(self, run_id: str, sample: np.ndarray) -> np.ndarray:
-        assert self.samples is not None
-        rows = np.searchsorted(self.samples, sample)
-        ok = len(sample) == len(self.samples) and np.array_equal(
-            self.samples[np.minimum(rows, len(self.samples) - 1)], sample
-        )
-        if not ok:
-            raise JamsweepError(
-                f"run {run_id} has final test outputs for other samples than the other runs of "
-                "its width; the runs of a sweep must share one test set (same dataset spec)"
-            )
-        return rows
-
-    def build(self) -> WidthOutputs:
-        if self.f is None or len(self.run_ids) != self.n_runs:
-            raise JamsweepError(f"expected {self.n_runs} runs' outputs, got {len(self.run_ids)}")
-        assert self.labels is not None
-        return WidthOutputs(self.run_ids, self.f, self.grad_norm, self.labels)
-
-
-def outputs_matrix(logits: pd.DataFrame) -> WidthOutputs:
-    """A width's outputs from a pandas frame of final test rows (run_id, sample, label, f and
-    optionally grad_norm), as `open_sweep(...).logits('test')` gives them after filtering."""
-    runs = sorted(logits["run_id"].unique())
-    builder = WidthOutputsBuilder(len(runs))
-    for run in runs:
-        rows = logits[logits["run_id"] == run]
-        f = np.stack(rows["f"].to_numpy()) if _is_multi(rows["f"]) else rows["f"].to_numpy(float)
-        grad = (
-            rows["grad_norm"].to_numpy(float) if "grad_norm" in rows else np.full(len(rows), np.nan)
-        )
-        builder.add(run, rows["sample"].to_numpy(), rows["label"].to_numpy(), f, grad)
-    return builder.build()
-
-
-def _is_multi(f: pd.Series) -> bool:
-    return len(f) > 0 and isinstance(f.iloc[0], (list, np.ndarray))
+def series_of(table: pd.DataFrame) -> Iterator[tuple[str, pd.DataFrame]]:
+    """(series name, its rows) for every series of a curves-like table, sorted by name."""
+    if table.empty:
+        return
+    for values, rows in table.groupby(list(SERIES), sort=True):
+        values = values if isinstance(values, tuple) else (values,)
+        yield series_name(dict(zip(SERIES, values, strict=True))), rows
 
 
 # -- per-sample and per-run pieces ----------------------------------------------------------
@@ -180,11 +121,9 @@ def error_rate(f: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(misclassified(f, labels)))
 
 
-def _rms(x: np.ndarray) -> float:
-    """||x||_mu = sqrt(mean over samples of |x|^2) for x (S,) or (S, C)."""
-    if len(x) == 0:
-        return math.nan
-    return float(np.sqrt(np.mean(np.sum(x.reshape(len(x), -1) ** 2, axis=1))))
+def per_run_norm2(outputs: WidthOutputs) -> np.ndarray:
+    """||f||^2_mu of each run on the test set (R,)."""
+    return np.array([rms(f) ** 2 for f in outputs.f])
 
 
 def per_run_errors(outputs: WidthOutputs) -> np.ndarray:
@@ -227,12 +166,18 @@ def width_curve(
     *,
     ensemble_over: EnsembleOver = EnsembleOver.CONVERGED,
 ) -> dict:
-    """One row of curves.parquet (without arch, width, n_over_nstar) from a width's metrics rows
-    (one per run: run_id, n_params, converged, train_error, train_loss) and test outputs."""
+    """The numbers of one row of curves.parquet from a width's metrics rows (one per run:
+    run_id, n_params, converged, train_error, train_loss) and test outputs; the key, n_runs,
+    the trace columns (workers.traces) and n_over_nstar are added by the caller.
+
+    f_var_all is ||f - f_bar_all||^2 around the mean of every finished seed, defined at
+    every width (paper Fig. 5, which shows it peak at jamming); f_var uses the members."""
     metrics = metrics.set_index("run_id").loc[outputs.run_ids].reset_index()
     errors = per_run_errors(outputs)  # (R,)
-    f_norms = np.array([_rms(f) for f in outputs.f])  # (R,)
+    f_norms = np.array([rms(f) for f in outputs.f])  # (R,)
     members = ensemble_members(metrics, outputs.run_ids, ensemble_over)
+    every = np.arange(len(outputs.run_ids))
+    f_var_all = float(distances_to(outputs, ensemble_mean(outputs, every), every).mean())
     row = {
         "n_params": int(metrics["n_params"].iloc[0]),
         "n_outputs": 1 if outputs.f.ndim == 2 else int(outputs.f.shape[2]),
@@ -244,9 +189,23 @@ def width_curve(
         "train_loss_mean": float(metrics["train_loss"].mean()),
         "f_norm": float(f_norms.mean()),
         "grad_norm": float(np.mean(outputs.grad_norm)),
+        "grad_norm_median": float(np.median(outputs.grad_norm)),
+        "f_var_all": f_var_all,
         "n_ensembled": len(members),
     }
     return row | _ensemble_columns(outputs, members, errors)
+
+
+def unfinished_width(n_params: int, n_outputs: int) -> dict:
+    """The row of a width none of whose runs has finished: no numbers, no seeds, not jammed."""
+    return {
+        "n_params": n_params,
+        "n_outputs": n_outputs,
+        "n_seeds": 0,
+        "n_converged": 0,
+        "n_ensembled": 0,
+        **dict.fromkeys(NUMBER_COLUMNS, math.nan),
+    }
 
 
 def _ensemble_columns(outputs: WidthOutputs, members: np.ndarray, errors: np.ndarray) -> dict:
@@ -258,10 +217,13 @@ def _ensemble_columns(outputs: WidthOutputs, members: np.ndarray, errors: np.nda
     ens_error = error_rate(f_bar, outputs.labels)
     member_error = float(errors[members].mean())
     f_var = float(distances_to(outputs, f_bar, members).mean())
+    # error rates are multiples of 1/S, their mean over m members of 1/(m S), and so is the
+    # gap: rounding to that removes the float residue (1e-17 for equal errors, on a log axis)
+    unit = 1.0 / (len(members) * outputs.f.shape[1])
     return {
         "ens_test_error": ens_error,
         "ens_member_error_mean": member_error,
-        "gap": member_error - ens_error,
+        "gap": round((member_error - ens_error) / unit) * unit,
         "f_var": f_var,
         "delta": _delta(f_var, outputs.grad_norm[members]),
     }
@@ -271,75 +233,6 @@ def _delta(f_var: float, grad_norms: np.ndarray) -> float:
     """Boundary shift estimate delta = ||f - f_bar|| / ||grad f|| (paper, section 4)."""
     grad = float(np.mean(grad_norms))
     return math.sqrt(f_var) / grad if grad > 0 else math.nan
-
-
-# -- ensemble.parquet: averages of n seeds ------------------------------------------------
-
-
-def seed_subsets(
-    m: int, n: int, *, max_subsets: int = MAX_SUBSETS, seed: int = 0
-) -> tuple[np.ndarray, bool]:
-    """Subsets of n of m seeds as index rows (k, n), and whether they are all C(m, n) of them.
-
-    Exact when C(m, n) <= max_subsets; otherwise max_subsets uniform random subsets drawn
-    from a generator seeded by (seed, m, n), so a reduce gives the same table every time."""
-    if math.comb(m, n) <= max_subsets:
-        return np.array(list(itertools.combinations(range(m), n)), dtype=np.int64), True
-    rng = np.random.default_rng([seed, m, n])
-    return np.sort(rng.random((max_subsets, m)).argsort(axis=1)[:, :n], axis=1), False
-
-
-def ensemble_curve(
-    outputs: WidthOutputs, members: np.ndarray, *, max_subsets: int = MAX_SUBSETS, seed: int = 0
-) -> list[dict]:
-    """Rows of ensemble.parquet for one width: for n = 1..len(members), the test error of the
-    average of n members (mean and std over subsets), its excess over the full ensemble
-    (paper Fig. 4), and delta_n = sqrt(mean ||f_bar^n - f_bar||^2) / ||grad f||."""
-    m = len(members)
-    if m == 0:
-        return []
-    f_bar = ensemble_mean(outputs, members).reshape(-1)  # (S*C,)
-    full_error = error_rate(f_bar.reshape(outputs.f.shape[1:]), outputs.labels)
-    grad = float(np.mean(outputs.grad_norm[members]))
-    rows = []
-    for n in range(1, m + 1):
-        subsets, exact = seed_subsets(m, n, max_subsets=max_subsets, seed=seed)
-        errors, dist2 = _subset_errors(outputs, members[subsets], f_bar)
-        rows.append(
-            {
-                "n": n,
-                "n_subsets": len(subsets),
-                "exact": exact,
-                "test_error_mean": float(errors.mean()),
-                "test_error_std": float(errors.std(ddof=0)),
-                "excess_error": float(errors.mean()) - full_error,
-                "delta": math.sqrt(float(dist2.mean())) / grad if grad > 0 else math.nan,
-            }
-        )
-    return rows
-
-
-def _subset_errors(
-    outputs: WidthOutputs, subsets: np.ndarray, f_bar: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Test error (k,) and ||f_bar_subset - f_bar||^2_mu (k,) of the averages of `subsets`
-    (k, n) of run indices. One matrix product per block of subsets; a block holds at most an
-    eighth of the width's rows, which bounds the temporaries."""
-    r, n_samples = len(outputs.run_ids), outputs.f.shape[1]
-    block = max(1, r // 8)
-    errors, dist2 = np.empty(len(subsets)), np.empty(len(subsets))
-    for start in range(0, len(subsets), block):
-        chunk = subsets[start : start + block]
-        indicator = np.zeros((len(chunk), r))  # (b, R)
-        np.put_along_axis(indicator, chunk, 1.0, axis=1)
-        avg = indicator @ outputs.flat  # (b, S*C): sums, then means (see ensemble_mean)
-        avg /= chunk.shape[1]
-        shaped = avg.reshape(len(chunk), *outputs.f.shape[1:])
-        wrong = misclassified(shaped, outputs.labels, multi_output=outputs.f.ndim == 3)
-        errors[start : start + len(chunk)] = wrong.mean(axis=1)
-        avg -= f_bar
-        dist2[start : start + len(chunk)] = np.einsum("ij,ij->i", avg, avg) / n_samples
-    return errors, dist2
 
 
 # -- N*, over architectures ---------------------------------------------------------------
@@ -364,11 +257,12 @@ class Jamming:
 
 
 def jamming(curves: pd.DataFrame) -> dict[str, Jamming]:
-    """N* and its companions for every architecture of `curves`: one row per (arch, width)
-    with n_params, n_converged and n_runs (the width's runs in the manifest, finished or
-    not; n_seeds, the finished ones, when n_runs is absent). The one definition of
-    "jammed" that the reducer, the summary, the figures and refine all use."""
-    return {str(arch): _jamming_of(group) for arch, group in curves.groupby("arch")}
+    """N* and its companions for every series of `curves`: one row per width of the manifest,
+    finished or not (a width left out would look jammed to its neighbours), with n_params,
+    n_converged and n_runs (the width's runs in the manifest; n_seeds, the finished ones,
+    when n_runs is absent). The one definition of "jammed" that the reducer, the summary,
+    the figures and refine all use."""
+    return {name: _jamming_of(group) for name, group in series_of(curves)}
 
 
 def _jamming_of(group: pd.DataFrame) -> Jamming:
@@ -387,8 +281,9 @@ def _jamming_of(group: pd.DataFrame) -> Jamming:
     bracket, why = None, None
     if n_star is None:
         why = (
-            "the largest width did not reach zero loss with every run, so N* is above "
-            "the sweep; add larger widths (or more steps) to the grid"
+            f"the largest width (h={widths[-1]:g}) has {converged[-1]} of {expected[-1]} runs "
+            "at zero loss (the others did not reach it or have not finished), so N* is above "
+            "the sweep; add larger widths (or more steps) to the grid, or finish its runs"
         )
     elif k == 0:
         why = (
@@ -434,7 +329,7 @@ def jamming_bracket(curves: pd.DataFrame, arch: str) -> tuple[float, float]:
     jammed, or the smallest width already is)."""
     found = jamming(curves)
     if arch not in found:
-        raise JamsweepError(f"architecture {arch!r} has no finished runs; known: {sorted(found)}")
+        raise JamsweepError(f"architecture {arch!r} has no runs; known: {sorted(found)}")
     j = found[arch]
     if j.bracket is None:
         raise JamsweepError(f"{arch}: {j.no_bracket}")
@@ -442,6 +337,7 @@ def jamming_bracket(curves: pd.DataFrame, arch: str) -> tuple[float, float]:
 
 
 def with_n_over_nstar(curves: pd.DataFrame, n_star: dict[str, int | None]) -> pd.DataFrame:
-    """curves plus n_over_nstar = N / N* of the row's architecture (NaN without N*)."""
-    stars = curves["arch"].map(lambda a: n_star.get(a) or math.nan).astype(float)
+    """curves plus n_over_nstar = N / N* of the row's series (NaN without N*)."""
+    names = curves[list(SERIES)].apply(series_name, axis=1) if len(curves) else curves["arch"]
+    stars = names.map(lambda a: n_star.get(a) or math.nan).astype(float)
     return curves.assign(n_over_nstar=curves["n_params"] / stars)

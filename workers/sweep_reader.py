@@ -2,32 +2,42 @@
 
 `final_test_outputs` fills a width's output matrix run file by run file with pyarrow (only
 the rows and columns needed), so no table of every run's outputs is ever built; memory
-goes back to the OS between widths (`returning_memory`, `trim_heap`).
+goes back to the OS between widths (`returning_memory`, `trim_heap`). The same read of a
+run's logits file gives its snapshots' ||f||^2; `width_traces` reads the runs' traces.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import yaml
 
 from schemas.errors import JamsweepError
 from schemas.layout import SweepLayout
+from schemas.specs import TrainingSpec
 from workers import io
-from workers.reduce import WidthOutputs, WidthOutputsBuilder
+from workers.history import TRACE_READ, RunTrace
+from workers.outputs import WidthOutputs, WidthOutputsBuilder
+from workers.reduce import WIDTH_KEY
 
 
 @dataclass(frozen=True)
 class ManifestRun:
-    """What the reducer needs of a run: the manifest's light columns (no spec to validate)."""
+    """What the reducer needs of a run: the manifest's light columns and, of the sweep's
+    training, the step budget and the snapshot steps (read from the JSON, not validated)."""
 
     run_id: str
     arch: str
     width: float
     seed: int
     n_params: int
+    max_steps: int = 0
+    snapshot_steps: tuple[int, ...] = ()
 
     @property
     def key(self) -> tuple[str, float, int]:
@@ -38,14 +48,34 @@ def manifest_runs(layout: SweepLayout) -> list[ManifestRun]:
     if not io.exists(layout.manifest):
         return []
     table = io.read_table(layout.manifest, ["run_id", "arch", "width", "seed", "n_params"])
-    return [ManifestRun(**row) for row in table.to_pylist()]
+    max_steps, snapshot_steps = _training_of(layout)
+    return [
+        ManifestRun(**row, max_steps=max_steps, snapshot_steps=snapshot_steps)
+        for row in table.to_pylist()
+    ]
 
 
-def by_width(runs: list[ManifestRun]) -> dict[tuple[str, float], list[ManifestRun]]:
-    """Runs grouped by (arch, width), in first-seen order; seeds sorted within a group."""
-    groups: dict[tuple[str, float], list[ManifestRun]] = {}
+def _training_of(layout: SweepLayout) -> tuple[int, tuple[int, ...]]:
+    """(max_steps, snapshot_steps) of the sweep, from its grid.yaml: every run of a sweep
+    shares its training (a grid that changes it replaces the sweep). Read there, not from
+    the manifest's spec column, which is most of the manifest (it doubled the reducer's
+    memory for reading it at 120 runs); the first run's spec when the grid does not parse."""
+    try:
+        raw = yaml.safe_load(io.read_text(layout.grid_yaml)) or {}
+        training = TrainingSpec.model_validate(raw.get("training") or {})
+        return training.max_steps, tuple(training.snapshot_steps)
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+        first = io.read_table(layout.manifest, ["spec"]).column(0)[0].as_py()
+        found = json.loads(first or "{}").get("training", {})
+        return int(found.get("max_steps", 0)), tuple(found.get("snapshot_steps", ()))
+
+
+def by_width(runs: list[ManifestRun]) -> dict[tuple, list[ManifestRun]]:
+    """Runs grouped by their row of curves.parquet (workers.reduce.WIDTH_KEY: arch, width),
+    in first-seen order; seeds sorted within a group."""
+    groups: dict[tuple, list[ManifestRun]] = {}
     for r in runs:
-        groups.setdefault((r.arch, r.width), []).append(r)
+        groups.setdefault(tuple(getattr(r, c) for c in WIDTH_KEY), []).append(r)
     return {key: sorted(group, key=lambda r: r.seed) for key, group in groups.items()}
 
 
@@ -73,22 +103,47 @@ def finished_width(
     return done, pa.concat_tables(tables, promote_options="default").to_pandas()
 
 
+def convergence_table(layout: SweepLayout) -> pd.DataFrame:
+    """One row per width of the manifest, finished or not: the WIDTH_KEY columns, n_params,
+    n_runs (in the manifest), n_seeds and n_converged (of its finished runs), from the
+    metrics files alone: what workers.reduce.jamming decides from, without the outputs."""
+    present = set(io.list_files(layout.metrics_dir))
+    rows = []
+    for key, group in by_width(manifest_runs(layout)).items():
+        done, metrics = finished_width(layout, group, present)
+        rows.append(
+            dict(zip(WIDTH_KEY, key, strict=True))
+            | {
+                "n_params": group[0].n_params,
+                "n_runs": len(group),
+                "n_seeds": len(done),
+                "n_converged": int(metrics["converged"].astype(bool).sum()) if done else 0,
+            }
+        )
+    return pd.DataFrame(rows, columns=[*WIDTH_KEY, "n_params", "n_runs", "n_seeds", "n_converged"])
+
+
 def final_test_outputs(
     layout: SweepLayout, runs: list[ManifestRun], metrics: pd.DataFrame
-) -> WidthOutputs:
+) -> tuple[WidthOutputs, list[dict[int, float]]]:
     """The width's final test outputs (a workers.reduce.WidthOutputs), one run file at a time:
-    only the output matrix (runs, samples[, C]) and one run's rows are held."""
+    only the output matrix (runs, samples[, C]) and one run's rows are held; and for each
+    run (in the outputs' order), step -> ||f||^2 of its test snapshots."""
     steps = dict(zip(metrics["run_id"], metrics["steps"], strict=True))
     builder = WidthOutputsBuilder(len(runs))
+    snapshots = []
     for run in runs:
-        builder.add(run.run_id, *run_final_test(layout, run, int(steps[run.run_id])))
-    return builder.build()
+        *final, snapshot = run_final_test(layout, run, int(steps[run.run_id]))
+        builder.add(run.run_id, *final)
+        snapshots.append(snapshot)
+    return builder.build(), snapshots
 
 
 def run_final_test(layout: SweepLayout, run: ManifestRun, steps: int) -> tuple:
-    """(sample (S,), label (S,), f (S,) or (S, C), grad_norm (S,)) of one run's test split at
-    its final step, read with pyarrow: only these columns, then only these rows. (A plain
-    ParquetFile read and a filter keep less memory than pq.read_table's dataset scan.)"""
+    """(sample (S,), label (S,), f (S,) or (S, C), grad_norm (S,), {step: ||f||^2}) of one
+    run's test split: its final step, and the norms of its earlier snapshots. Read with
+    pyarrow: only these columns, then only these rows. (A plain ParquetFile read and a
+    filter keep less memory than pq.read_table's dataset scan.)"""
     import pyarrow.compute as pc
 
     fs, path = io.resolve(layout.logits(*run.key))
@@ -102,8 +157,10 @@ def run_final_test(layout: SweepLayout, run: ManifestRun, steps: int) -> tuple:
             f"logits file ({exc}); delete its metrics file ({layout.metrics(*run.key)}) and "
             "submit again to retrain it"
         ) from None
-    final_test = pc.and_(pc.equal(whole["split"], "test"), pc.equal(whole["step"], steps))
+    test = pc.equal(whole["split"], "test")
+    final_test = pc.and_(test, pc.equal(whole["step"], steps))
     table = whole.filter(final_test)
+    earlier = whole.filter(pc.and_(test, pc.not_equal(whole["step"], steps)))
     del whole
     if table.num_rows == 0:
         raise JamsweepError(
@@ -117,7 +174,42 @@ def run_final_test(layout: SweepLayout, run: ManifestRun, steps: int) -> tuple:
         table.column("label").to_numpy(),
         f_matrix(table.column("f")),
         grad,
+        snapshot_norms(earlier),
     )
+
+
+def snapshot_norms(test_rows: pa.Table) -> dict[int, float]:
+    """step -> ||f||^2 over the test samples (mean over samples of |f(x)|^2) of the rows."""
+    if test_rows.num_rows == 0:
+        return {}
+    steps = test_rows.column("step").to_numpy()
+    f = f_matrix(test_rows.column("f"))
+    squares = (f.reshape(len(f), -1) ** 2).sum(axis=1)  # (rows,)
+    return {int(s): float(squares[steps == s].mean()) for s in np.unique(steps)}
+
+
+def width_traces(
+    layout: SweepLayout, runs: list[ManifestRun], present: set[str]
+) -> list[RunTrace | None]:
+    """Each run's trace (None where it has no readable trace file), in `runs`' order; only
+    the columns the reducer uses, with a plain ParquetFile read (the dataset scan of
+    pq.read_table costs more than the few rows of a trace)."""
+    traces: list[RunTrace | None] = []
+    for run in runs:
+        location = layout.trace(*run.key)
+        if location not in present:
+            traces.append(None)
+            continue
+        try:
+            fs, path = io.resolve(location)
+            file = pq.ParquetFile(path, filesystem=fs)
+            columns = [c for c in TRACE_READ if c in file.schema_arrow.names]
+            table = file.read(columns=columns, use_threads=False)
+        except (OSError, pa.ArrowException):
+            traces.append(None)  # unreadable: as if absent (the run's results stand)
+            continue
+        traces.append(RunTrace.from_columns({c: table.column(c).to_numpy() for c in columns}))
+    return traces
 
 
 def f_matrix(column: pa.ChunkedArray):  # noqa: ANN202

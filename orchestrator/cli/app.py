@@ -18,6 +18,7 @@ from typer.core import TyperGroup
 
 from orchestrator import sweep as api
 from orchestrator.cli import console as show_
+from orchestrator.cli import reading
 from orchestrator.cli.console import err, out
 from orchestrator.cli.options import (
     Address,
@@ -30,12 +31,10 @@ from orchestrator.cli.options import (
     unused_options,
     unused_status_options,
 )
-from orchestrator.cli.overview import locate, overview, run_detail
-from orchestrator.cli.starter import StarterDataset, write_starter
+from orchestrator.cli.overview import locate, run_detail
 from schemas.errors import JamsweepError
 from schemas.layout import default_results
 from schemas.run import RunStatus
-from schemas.summary import EnsembleOver
 
 
 class JamsweepGroup(TyperGroup):
@@ -278,59 +277,6 @@ def cancel(sweep: Sweep, results: Results = None, address: Address = None) -> No
     out.print(f"sweep {sweep}: cancelled {len(ids)} run(s)")
 
 
-@app.command(epilog="Example: jamsweep reduce results/demo --ensemble-over all")
-def reduce(
-    sweep: Sweep,
-    results: Results = None,
-    ensemble_over: Annotated[
-        EnsembleOver, typer.Option("--ensemble-over", help="Seeds averaged into f_bar.")
-    ] = EnsembleOver.CONVERGED,
-    max_subsets: Annotated[
-        int,
-        typer.Option(
-            "--max-subsets",
-            min=1,
-            help="Seed subsets averaged per n in ensemble.parquet (all if fewer).",
-        ),
-    ] = 64,
-    figures: Annotated[
-        bool, typer.Option("--figures/--no-figures", help="Also draw figures/*.png.")
-    ] = True,
-) -> None:
-    """Write curves.parquet, ensemble.parquet, summary.json and the figures."""
-    results, sweep = locate(sweep, results)
-    curves = api.reduce(
-        sweep,
-        results=results,
-        ensemble_over=ensemble_over,
-        max_subsets=max_subsets,
-        figures=figures,
-    )
-    show_.print_curves(curves)
-    show_.print_summary(api.load_summary(sweep, results=results))
-
-
-@app.command(epilog="Example: jamsweep plot results/demo")
-def plot(sweep: Sweep, results: Results = None) -> None:
-    """Draw the paper's figures (figures/*.png) from the reduced tables."""
-    results, sweep = locate(sweep, results)
-    for path in api.plot(sweep, results=results):
-        out.print(path)
-
-
-@app.command(epilog="Example: jamsweep report demo --output demo.html")
-def report(
-    sweep: Sweep,
-    results: Results = None,
-    output: Annotated[
-        str | None, typer.Option("--output", help="Where to write (default: SWEEP/report.html).")
-    ] = None,
-) -> None:
-    """Write one self-contained HTML page: figures, curve table, fitted numbers."""
-    results, sweep = locate(sweep, results)
-    out.print(api.report(sweep, results=results, output=output))
-
-
 @app.command(epilog="Example: jamsweep refine results/demo --n-widths 2 --dry-run")
 def refine(
     sweep: Sweep,
@@ -381,50 +327,8 @@ def refine(
         raise typer.Exit(1)
 
 
-@app.command("ls", epilog="Example: JAMSWEEP_RESULTS=/data/sweeps jamsweep ls")
-def list_sweeps(results: Results = None) -> None:
-    """List the sweeps under the results folder."""
-    where = results or default_results()
-    sweeps = api.ls(where)
-    if not sweeps:
-        out.print(f"no sweeps under {where}")
-    for st in sweeps:
-        out.print(show_.counts_line(st), soft_wrap=True)
-
-
-@app.command(
-    epilog="Examples:\n\n"
-    "jamsweep init mnist.yaml --dataset mnist --root ../shared/data\n\n"
-    "jamsweep submit mnist.yaml --dry-run"
-)
-def init(
-    file: Annotated[str, typer.Argument(help="The grid file to write.")] = "grid.yaml",
-    dataset: Annotated[
-        StarterDataset, typer.Option("--dataset", help="The dataset of the starter grid.")
-    ] = StarterDataset.DIGITS,
-    root: Annotated[
-        str | None,
-        typer.Option(
-            "--root",
-            help="mnist: the folder holding MNIST/raw; cifar10: the folder holding train/ and "
-            "test/ (default: ./data, ./data/cifar10-jpeg).",
-        ),
-    ] = None,
-    sweep: Annotated[
-        str | None, typer.Option("--sweep", help="The sweep's name (default: FILE's stem).")
-    ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite FILE if it exists.")] = False,
-) -> None:
-    """Write a commented starter grid for DATASET to FILE."""
-    write_starter(file, dataset=dataset.value, sweep=sweep, root=root, force=force)
-    out.print(f"wrote {file}; check it with: jamsweep submit {file} --dry-run", soft_wrap=True)
-
-
-@app.command(epilog="Example: jamsweep show results/demo")
-def show(sweep: Sweep, results: Results = None) -> None:
-    """Print SWEEP's grid, run counts, N*, the fits, and where its figures and report are."""
-    results, sweep = locate(sweep, results)
-    show_.print_overview(overview(sweep, results=results))
+for _function, _options_of in reading.COMMANDS:  # reduce, plot, report, show, ls, init
+    app.command(**_options_of)(_function)
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ from rich.text import Text
 from orchestrator import sweep as api
 from orchestrator.cli.overview import RunDetail, SweepOverview
 from orchestrator.cluster.progress import Progress, format_duration
+from orchestrator.results.formats import fit_line, k_of_n, number
 from schemas.run import RunRecord
 from schemas.summary import Summary
 
@@ -197,6 +198,8 @@ def print_overview(o: SweepOverview) -> None:
     if o.summary is None:
         out.print(f"not reduced yet: jamsweep reduce {o.layout.root}", soft_wrap=True)
     else:
+        if o.curves is not None:
+            print_curves(o.curves)
         print_summary(o.summary)
     out.print(f"figures:  {', '.join(o.figures) if o.figures else 'none yet'}", soft_wrap=True)
     out.print(f"report:   {o.report or f'none yet (jamsweep report {o.layout.root})'}")
@@ -245,27 +248,30 @@ def print_failed(records: list) -> None:
 
 
 def print_summary(summary: Summary) -> None:
-    """N* (all seeds / half the seeds) and the fitted numbers of every architecture."""
+    """N* (all runs / half the runs), every fit with its quality and flags, the budget's
+    warnings and the reducer's notes."""
     for arch, n_star in summary.n_star.items():
         half = summary.n_star_half.get(arch)
-        half_text = f"{half:.1f}" if half is not None else "-"
         smallest = summary.smallest_jammed_n.get(arch)
         smallest_text = f"; smallest jammed N = {smallest}" if smallest is not None else ""
         out.print(
-            f"{arch}: N* = {n_star if n_star is not None else '-'} (every run, at every larger "
-            f"width too), {half_text} (half the runs){smallest_text}"
+            f"{arch}: N* = {number(n_star, 'd')} (every run, at every larger width too), "
+            f"{number(half, '.1f')} (half the runs){smallest_text}",
+            soft_wrap=True,
         )
         for name, fit in summary.fits.get(arch, {}).items():
-            if not fit.ok:
-                out.print(f"  fit {name}: none ({fit.reason})")
-                continue
-            values = ", ".join(
-                f"{k} = {v:.4g} ± {fit.errors[k]:.2g}" for k, v in fit.params.items()
-            )
-            out.print(f"  fit {name}: {fit.law}: {values}")
+            out.print(f"  {fit_line(name, fit)}", soft_wrap=True, markup=False)
+            for flag in fit.flags:
+                out.print(f"    ! {flag}", soft_wrap=True, markup=False)
+    for arch, warning in summary.budget.items():
+        err.print(f"warning: {arch}: {warning}", soft_wrap=True, markup=False)
+    for note in summary.notes:
+        out.print(f"note: {note}", soft_wrap=True, markup=False)
 
 
 def print_curves(curves: pd.DataFrame) -> None:
+    """The curve table: one row per width, `converged` as k/n of the width's runs, MISSING
+    where a value does not exist (no ensemble, a width not finished)."""
     if curves.empty:
         out.print("no finished runs to reduce yet")
         return
@@ -273,11 +279,12 @@ def print_curves(curves: pd.DataFrame) -> None:
         "arch",
         "width",
         "N",
-        "seeds",
         "converged",
         "test err",
         "± std",
+        "early stop",
         "ensemble err",
+        "gap",
         "train loss",
     )
     for r in curves.itertuples():
@@ -285,11 +292,12 @@ def print_curves(curves: pd.DataFrame) -> None:
             str(r.arch),
             f"{r.width:g}",
             str(r.n_params),
-            str(r.n_seeds),
-            str(r.n_converged),
-            f"{r.test_error_mean:.4f}",
-            f"{r.test_error_std:.4f}",
-            f"{r.ens_test_error:.4f}",
-            f"{r.train_loss_mean:.2e}",
+            k_of_n(r.n_converged, r.n_runs),
+            number(r.test_error_mean, ".4f"),
+            number(r.test_error_std, ".4f"),
+            number(getattr(r, "early_stop_error", None), ".4f"),
+            number(r.ens_test_error, ".4f"),
+            number(r.gap, ".3g"),
+            number(r.train_loss_mean, ".2e"),
         )
     out.print(table)

@@ -81,24 +81,31 @@ class SweepOverview:
     grid_text: str
     status: api.SweepStatus
     summary: Summary | None  # summary.json, once reduced
-    figures: list[str]  # figures/*.png present
+    curves: pd.DataFrame | None  # curves.parquet, once reduced
+    figures: list[str]  # figures/* present (png, pdf, svg)
     report: str | None  # report.html, if written
     data: str | None = None  # the labels' mapping, the label noise, the files' facts
 
 
 def overview(sweep: str, *, results: str) -> SweepOverview:
     """What `jamsweep show` prints: the grid as submitted, how its labels became targets,
-    run counts, N* and fits (once reduced) and where the figures and the report are."""
+    run counts, the curve table, N* and the fits with their quality (once reduced) and
+    where the figures and the report are."""
     layout = existing(sweep, absolute(results))
-    summary = None
+    summary, curves = None, None
     if io.exists(layout.summary):
         summary = api.load_summary(sweep, results=layout.results)
-    figures = sorted(io.list_files(layout.figures_dir, ".png"))
+    if io.exists(layout.curves):
+        curves = io.read_table(layout.curves).to_pandas()
+    figures = sorted(
+        p for fmt in (".png", ".pdf", ".svg") for p in io.list_files(layout.figures_dir, fmt)
+    )
     return SweepOverview(
         layout=layout,
         grid_text=io.read_text(layout.grid_yaml),
         status=api.status(sweep, results=layout.results),
         summary=summary,
+        curves=curves,
         figures=figures,
         report=layout.report if io.exists(layout.report) else None,
         data=data_line(layout),

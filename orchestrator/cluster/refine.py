@@ -30,9 +30,8 @@ from orchestrator.results.store import (
 from schemas.errors import JamsweepError
 from schemas.layout import RESULTS_DEFAULT, SweepLayout
 from schemas.run import RunSpec
-from workers import io
 from workers.reduce import jamming_bracket
-from workers.sweep_reader import by_width, finished_width, manifest_runs
+from workers.sweep_reader import convergence_table
 
 
 def width_step(spec: RunSpec) -> float:
@@ -175,28 +174,13 @@ def _n_params_at(template: RunSpec, width: float) -> int:
 
 
 def _convergence_table(layout: SweepLayout) -> pd.DataFrame:
-    """Per (arch, width): n_params, n_runs (in the manifest), n_seeds and n_converged (of the
-    finished runs): what `workers.reduce.jamming` decides from (metrics only)."""
-    present = set(io.list_files(layout.metrics_dir))
-    rows = []
-    for (arch, width), group in by_width(manifest_runs(layout)).items():
-        n_runs = len(group)  # finished or not: a width with an unfinished run is not jammed
-        group, metrics = finished_width(layout, group, present)
-        if not group:
-            continue
-        rows.append(
-            {
-                "arch": arch,
-                "width": width,
-                "n_params": group[0].n_params,
-                "n_seeds": len(group),
-                "n_runs": n_runs,
-                "n_converged": int(metrics["converged"].sum()),
-            }
-        )
-    if not rows:
+    """Per width of the manifest, finished or not: what `workers.reduce.jamming` decides
+    from (workers.sweep_reader.convergence_table: a width none of whose runs finished is
+    kept, not jammed; leaving it out would put N*, and the new widths, in the wrong place)."""
+    table = convergence_table(layout)
+    if not table["n_seeds"].any():
         raise JamsweepError(
             f"sweep {layout.sweep!r} has no finished runs yet: nothing brackets "
             "N*; wait for the sweep (jamsweep status) before refining"
         )
-    return pd.DataFrame(rows)
+    return table

@@ -175,6 +175,30 @@ class Sweep:
 
     # -- the whole-sweep files ----------------------------------------------------------
 
+    def training(self) -> pd.DataFrame:
+        """One row per (arch, width, measurement step), as written by `jamsweep reduce`:
+        the mean over seeds of the loss, N_Delta and the test error (the training curves).
+
+        >>> t = open_sweep("demo").training()
+        >>> t[t.width == 8].plot(x="step", y="loss_mean", logx=True, logy=True)
+        """
+        return io.read_table(self._reduced(self.layout.training)).to_pandas()
+
+    def snapshots(self) -> pd.DataFrame:
+        """One row per (arch, width, snapshot step), as written by `jamsweep reduce`: the
+        mean over seeds of ||f||^2 on the test set at `training.snapshot_steps` (Fig. 7B).
+
+        >>> open_sweep("demo").snapshots().pivot(index="n_params", columns="step")
+        """
+        return io.read_table(self._reduced(self.layout.snapshots)).to_pandas()
+
+    def grid_text(self) -> str:
+        """grid.yaml as submitted, verbatim.
+
+        >>> print(open_sweep("demo").grid_text())
+        """
+        return io.read_text(self.layout.grid_yaml)
+
     def manifest(self) -> pd.DataFrame:
         """One row per run of the sweep: run_id, arch, width, seed, n_params, spec (the
         RunSpec as JSON), origin ('grid', or 'refine': added by `jamsweep refine`) and
