@@ -119,12 +119,26 @@ def test_reduce_of_a_sweep_without_finished_runs_is_a_clear_error_and_writes_not
     assert not io.exists(files.layout.figures_dir)
 
 
-def test_a_run_with_a_missing_logits_file_is_reported(tmp_path):
+@pytest.mark.parametrize("how", ["missing logits", "torn logits", "torn trace"])
+def test_a_run_whose_files_cannot_be_read_is_set_aside_and_the_rest_reduced(tmp_path, how):
     files = write_sweep(str(tmp_path), seeds=2, widths=[2, 3])
     spec = files.specs[0]
-    io.delete(files.layout.logits(*spec.key))
-    with pytest.raises(JamsweepError, match=f"run {spec.run_id}.*no readable logits file"):
-        api.reduce("synth", results=str(tmp_path), figures=False)
+    path = files.layout.trace(*spec.key) if how == "torn trace" else files.layout.logits(*spec.key)
+    data = io.read_bytes(path)
+    if how == "missing logits":
+        io.delete(path)
+    else:
+        io.write_bytes(path, data[: len(data) // 2])  # a partial copy: no footer
+    curves = api.reduce("synth", results=str(tmp_path), figures=False)
+    row = curves[curves.width == spec.width].iloc[0]
+    assert row.n_seeds == 1 and row.n_runs == 2  # the run counts as unfinished
+    summary = json.loads(io.read_text(files.layout.summary))
+    assert any(
+        "1 finished run(s) had result files that cannot be read" in n for n in summary["notes"]
+    )
+    assert not io.exists(files.layout.metrics(*spec.key))  # moved, so it is trained again
+    moved = list((tmp_path / "synth" / "set_aside").rglob("*.parquet"))
+    assert len(moved) == (2 if how == "missing logits" else 3)  # nothing deleted
 
 
 def test_n_star_needs_every_run_of_the_width_not_just_the_finished_ones(tmp_path):

@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow as pa
 
 from orchestrator.results.reduced import Reduced
-from orchestrator.results.store import existing
+from orchestrator.results.store import existing, finished_and_broken, set_aside
 from schemas.errors import JamsweepError
 from schemas.layout import RESULTS_DEFAULT, SweepLayout
 from schemas.summary import EnsembleOver, Summary
@@ -63,6 +63,7 @@ class _Rows:
     snapshots: list[dict] = field(default_factory=list)
     n_done: int = 0
     untraced: int = 0  # finished runs without a trace file
+    set_aside: tuple[int, str] | None = None  # (runs, folder) whose files could not be read
 
 
 def reduce(
@@ -89,8 +90,11 @@ def reduce(
     subsets = max_subsets or MAX_SUBSETS
     layout = existing(sweep, results)
     runs = manifest_runs(layout)
-    present = set(io.list_files(layout.metrics_dir)) | set(io.list_files(layout.trace_dir))
     rows = _Rows()
+    _, broken = finished_and_broken(layout, runs)  # never read as results: set aside
+    if broken:
+        rows.set_aside = (len(broken), set_aside(layout, broken))
+    present = set(io.list_files(layout.metrics_dir)) | set(io.list_files(layout.trace_dir))
     with returning_memory():
         for key, group in by_width(runs).items():
             _reduce_width(
@@ -248,6 +252,12 @@ def _notes(rows: _Rows, curves: pd.DataFrame, snapshots: pd.DataFrame) -> list[s
         notes.append(
             f"no early-stopping point at N = {shown}{' ...' if len(missing) > 6 else ''}: "
             "some of their runs' traces have no test error"
+        )
+    if rows.set_aside is not None:
+        n, folder = rows.set_aside
+        notes.append(
+            f"{n} finished run(s) had result files that cannot be read: they were moved to "
+            f"{folder} and count as unfinished; submit the grid again to train them again"
         )
     if rows.untraced:
         notes.append(

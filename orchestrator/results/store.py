@@ -5,7 +5,9 @@ Paths come from `schemas.layout.SweepLayout`; bytes go through `workers.io`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import pyarrow as pa
 
@@ -164,22 +166,38 @@ def finished_run_ids(layout: SweepLayout, specs: list[RunSpec]) -> set[str]:
     return finished_and_broken(layout, specs)[0]
 
 
-def finished_and_broken(
-    layout: SweepLayout, specs: list[RunSpec]
-) -> tuple[set[str], list[RunSpec]]:
+class RunKey(Protocol):
+    """What finding a run's files takes: a RunSpec, or the reducer's light ManifestRun."""
+
+    @property
+    def run_id(self) -> str: ...
+
+    @property
+    def key(self) -> tuple[str, float, int]: ...
+
+
+K = TypeVar("K", bound=RunKey)
+
+
+def finished_and_broken(layout: SweepLayout, specs: Sequence[K]) -> tuple[set[str], list[K]]:
     """(the ids of the finished runs of `specs`, the runs whose metrics file says finished
-    but whose logits or trace file cannot be read: not results, to be set aside and trained
-    again). One scan of the metrics files, then the footers of the other two files."""
+    but whose logits file is missing or cannot be read, or whose trace file cannot be read:
+    not results, to be set aside and trained again). One scan of the metrics files, then the
+    footers of the other two (a run of an old version without a trace file is finished)."""
     named = _run_id_by_metrics_file(layout)
     landed = [s for s in specs if named.get(layout.metrics(*s.key)) == s.run_id]
-    others = {s.run_id: (layout.logits(*s.key), layout.trace(*s.key)) for s in landed}
-    bad = io.unreadable_parquet([path for pair in others.values() for path in pair])
+    traces = set(io.list_files(layout.trace_dir))  # runs of old versions may have none
+    others = {
+        s.run_id: [layout.logits(*s.key)] + [p for p in [layout.trace(*s.key)] if p in traces]
+        for s in landed
+    }
+    bad = io.unreadable_parquet([path for paths in others.values() for path in paths])
     broken = [s for s in landed if any(path in bad for path in others[s.run_id])]
     gone = {s.run_id for s in broken}
     return {s.run_id for s in landed if s.run_id not in gone}, broken
 
 
-def set_aside(layout: SweepLayout, runs: list[RunSpec]) -> str:
+def set_aside(layout: SweepLayout, runs: Sequence[RunKey]) -> str:
     """Move the result files of `runs` (whatever is there of metrics, logits, trace) to
     SWEEP/set_aside/STAMP/, keeping their relative paths, so that those runs are trained
     again and nothing is deleted; returns that folder."""
