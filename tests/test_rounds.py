@@ -5,19 +5,22 @@ grow and shrink, Ctrl-C, and one driver per sweep."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
+import sys
+import time
 
 import pandas as pd
 import pytest
 
-from orchestrator.cluster.lease import is_held
+from orchestrator.cluster.lease import LEASE_ENV, is_held
 from orchestrator.cluster.tracker import read_records, read_status
 from schemas.grid import parse_grid
 from schemas.layout import SweepLayout
 from schemas.run import RunStatus
-from tests.conftest import JAMSWEEP, RayHead, jamsweep, tracker_alive, write_grid
+from tests.conftest import JAMSWEEP, ROOT, RayHead, jamsweep, tracker_alive, write_grid
 from tests.test_faults import wait_for
 
 pytestmark = pytest.mark.ray
@@ -171,3 +174,156 @@ def test_a_followed_jobs_submission_streams_the_drivers_log_until_the_job_ends(t
     assert "sweep followed: 2 done." in proc.stderr, proc.stderr
     assert proc.stderr.count("sweep followed: 2 done.") == 1  # each line once
     assert len(read_records(SweepLayout(res, "followed"))) == 2
+
+
+def jobs_named(head: RayHead, prefix: str) -> list[str]:
+    from orchestrator.jobs.backend import JobsClient
+
+    client = JobsClient(head.dashboard)
+    return [j.submission_id or "" for j in client.client.list_jobs()
+            if (j.submission_id or "").startswith(prefix)]  # fmt: skip
+
+
+def test_ray_job_stop_interrupts_the_round_and_releases_tracker_and_lease(tmp_path, head):
+    """Defect 10: `ray job stop` sends the driver SIGTERM; it used to die without closing
+    its round, leaving the detached tracker behind and the runs shown running."""
+    from orchestrator.jobs.backend import JobsClient
+
+    grid = write_grid(tmp_path / "g.yaml", grid_text(sweep="stopped", widths="[1.5]", steps=200000))
+    res = str(tmp_path / "res")
+    first = detached_via_jobs(grid, res, head)
+    assert first.returncode == 0, first.stderr
+    job = first.stdout.split("Ray job ")[1].split()[0]
+    layout = SweepLayout(res, "stopped")
+    wait_for(lambda: any(r.state is RunStatus.RUNNING for r in read_records(layout)), 120, "a run")
+    client = JobsClient(head.dashboard)
+    client.stop(job)  # as `ray job stop JOB`
+    wait_for(lambda: client.status(job) == "STOPPED", 60, "the job to stop")
+    wait_for(lambda: not tracker_exists(head, layout), 30, "the tracker to go")
+    assert not is_held(layout)  # released, not left to expire
+    states = {r.state for r in read_records(layout)}
+    assert RunStatus.INTERRUPTED in states and RunStatus.RUNNING not in states
+
+
+def test_a_killed_driver_s_tracker_removes_itself_once_the_lease_expires(tmp_path, head):
+    grid = write_grid(tmp_path / "g.yaml", grid_text(sweep="orphan", widths="[1.5]", steps=200000))
+    layout = SweepLayout(str(tmp_path), "orphan")
+    driver = subprocess.Popen(
+        [*JAMSWEEP, "submit", str(grid), "--results", str(tmp_path), "--address", head.gcs],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, LEASE_ENV: "4"},
+    )
+    wait_for(lambda: any(r.state is RunStatus.RUNNING for r in read_records(layout)), 120, "a run")
+    assert tracker_exists(head, layout)
+    driver.kill()  # SIGKILL: no handler runs, nothing is closed
+    driver.wait()
+    killed = time.monotonic()
+    wait_for(lambda: not tracker_exists(head, layout), 60, "the orphaned tracker to go")
+    assert time.monotonic() - killed < 30  # the lease (4 s) and the tracker's looks
+    st = json.loads(jamsweep("status", "orphan", "--results", str(tmp_path), "--json").stdout)
+    assert st["alive"] is False and st["counts"]["running"] == 0
+
+
+def test_a_tracker_made_again_still_gets_the_runs_start_reports(tmp_path, head):
+    """Defect 10: tasks held the handle of the tracker the driver started them with; one
+    made again after it died for good (TrackerClient.revive) never heard of their starts.
+    The runs are held back (every CPU taken) until the tracker has been made again."""
+    import ray
+
+    from orchestrator.cluster.backend import NAMESPACE, RayBackend, tracker_name
+
+    grid = write_grid(tmp_path / "g.yaml", grid_text(sweep="revived", widths="[4, 6]", steps=2000))
+    layout = SweepLayout(str(tmp_path), "revived")
+    name = tracker_name(layout)
+    with RayBackend(head.gcs):
+        blocker = ray.remote(num_cpus=2)(_Holder).remote()  # every CPU of the cluster
+        ray.get(blocker.ready.remote())
+        driver = subprocess.Popen(
+            [*JAMSWEEP, "submit", str(grid), "--results", str(tmp_path), "--address", head.gcs],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        first = wait_for(lambda: _actor(ray, name, NAMESPACE), 120, "the round's tracker")
+        ray.kill(first, no_restart=True)  # gone for good: the driver must make it again
+        wait_for(
+            lambda: (
+                (a := _actor(ray, name, NAMESPACE)) is not None and a._actor_id != first._actor_id
+            ),
+            60,
+            "the tracker made again",
+        )
+        ray.kill(blocker)  # now the runs start, and report
+    _, stderr = driver.communicate(timeout=300)
+    assert driver.returncode == 0, stderr[-2000:]
+    records = read_records(layout)
+    assert {r.state for r in records} == {RunStatus.DONE}
+    assert all(r.attempts >= 1 and r.node for r in records), records  # every start heard
+
+
+class _Holder:
+    def ready(self) -> bool:
+        return True
+
+
+def _actor(ray, name: str, namespace: str):  # noqa: ANN001, ANN202
+    try:
+        return ray.get_actor(name, namespace=namespace)
+    except ValueError:
+        return None
+
+
+def test_status_watch_through_the_jobs_api_is_one_job_not_one_per_look(tmp_path, head):
+    grid = write_grid(tmp_path / "g.yaml", grid_text(sweep="watched", widths="[4, 6]", steps=3000))
+    res = str(tmp_path / "res")
+    assert detached_via_jobs(grid, res, head).returncode == 0
+    layout = SweepLayout(res, "watched")
+    wait_for(lambda: is_held(layout), 120, "the driver")
+    before = jobs_named(head, "jamsweep-")
+    proc = jamsweep(
+        "status", "watched", "--results", res, "--address", head.dashboard,
+        "--watch", "--json", "--every", "0.5",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    looks = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(looks) >= 2 and looks[-1]["alive"] is False
+    assert looks[-1]["counts"]["done"] == 4
+    new = sorted(set(jobs_named(head, "jamsweep-")) - set(before))
+    assert len(new) == 1 and new[0].startswith("jamsweep-watch-"), new
+
+
+def test_of_two_submissions_started_at_once_exactly_one_trains(tmp_path, head):
+    """The lease, through the CLI: two drivers of one sweep started at the same instant."""
+    grid = write_grid(tmp_path / "g.yaml", grid_text(sweep="twice", widths="[6]", seeds=1))
+    start = time.time() + 3
+    wait_then = f"import time; time.sleep(max(0, {start!r} - time.time()))"
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                f"{wait_then}; import runpy, sys; "
+                "sys.argv = ['jamsweep', *sys.argv[1:]]; runpy.run_module('orchestrator.cli', "
+                "run_name='__main__')",
+                "submit",
+                str(grid),
+                "--results",
+                str(tmp_path),
+                "--address",
+                head.gcs,
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 1], outs
+    winner, loser = (0, 1) if procs[0].returncode == 0 else (1, 0)
+    assert "1 runs, 0 already done, 1 to run" in outs[winner][1]
+    assert f"being run by the driver pid {procs[winner].pid}" in outs[loser][1], outs[loser][1]
+    assert "Traceback" not in outs[loser][1]

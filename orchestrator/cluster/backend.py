@@ -148,21 +148,24 @@ class _TrackerActor(Tracker):
     """The tracker as Ray runs it (a detached actor, which outlives its driver): it also
     removes itself once its round is over and nobody closed it (the driver was killed with
     SIGKILL, or its node died with it): when the sweep's lease is no longer the round's.
-    Every LEASE_S / 3 it looks; before its first round it waits."""
+    It looks every third of the lease's duration; before its first round it waits."""
 
     def __init__(self, layout: SweepLayout, persist_every_s: float = 2.0) -> None:
         super().__init__(layout, persist_every_s)
         threading.Thread(target=self._watch_lease, name="jamsweep-orphan", daemon=True).start()
 
     def _watch_lease(self) -> None:
+        every = lease.lease_seconds() / 3
         while True:
-            time.sleep(lease.lease_seconds() / 3)
+            time.sleep(every)
             if self.round_token is None:
                 continue
             try:
                 held = lease.current(self.layout)
             except OSError:
                 continue  # storage unreachable: look again later
+            if held is not None:
+                every = held.duration_s / 3  # the round's lease, whatever this node's setting
             if held is None or held.expired() or held.token != self.round_token:
                 if self.live:
                     self.close(interrupted=True)
@@ -295,7 +298,7 @@ class RayBackend:
         io.write_bytes(probe, b"")
         try:
             looks = {
-                n["NodeManagerAddress"]: SEES_TASK.options(
+                f"node {n['NodeID'][:12]} ({n['NodeManagerAddress']})": SEES_TASK.options(
                     scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
                 ).remote(probe)
                 for n in nodes
