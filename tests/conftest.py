@@ -76,11 +76,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class _EarlyExit(RuntimeError):
+    """`ray start` ended before its head answered (a port taken, most often)."""
+
+
 class RayHead:
     """A real `ray start --head --block` on loopback, in its own process group; `kill()`
     ends every process of it (the whole cluster dies), by their ids."""
 
-    def __init__(self, num_cpus: int, log: Path) -> None:
+    def __init__(self, num_cpus: int, log: Path, attempts: int = 3) -> None:
+        # Free ports are found by binding and closing, so another process may take one
+        # before `ray start` binds it: a head that exits at once is started again on
+        # fresh ports (a port taken shows as an early exit, never as a wrong cluster).
+        for attempt in range(attempts):
+            try:
+                self._start(num_cpus, log)
+                return
+            except _EarlyExit:
+                with contextlib.suppress(ProcessLookupError):  # what it may have left
+                    os.killpg(self.proc.pid, 9)
+                if attempt + 1 == attempts:
+                    raise
+
+    def _start(self, num_cpus: int, log: Path) -> None:
         self.gcs_port, self.dash_port = free_port(), free_port()
         ports = {
             "--port": self.gcs_port,
@@ -119,7 +137,7 @@ class RayHead:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"ray start exited with {self.proc.returncode}")
+                raise _EarlyExit(f"ray start exited with {self.proc.returncode}")
             try:
                 urllib.request.urlopen(f"{self.dashboard}/api/version", timeout=2)
                 return

@@ -215,8 +215,7 @@ def test_a_torn_logits_or_trace_file_is_set_aside_and_only_its_run_is_trained_ag
     for s in (torn_logits, torn_trace):  # trained again, whole now
         assert os.stat(layout.metrics(*s.key)).st_mtime_ns != stamps[s.run_id]
     assert finished_run_ids(layout, runs) == {s.run_id for s in runs}
-    aside = list(
-        (res / "bad" / "set_aside").glob("*/logits/arch=fc3/width=*/seed=*/part-0.parquet")
-    )
-    assert len(aside) == 1 and aside[0].stat().st_size == 100  # kept, not deleted
-    assert len(list((res / "bad" / "set_aside").rglob("*.parquet"))) == 6  # 2 runs x 3 files
+    (stamp,) = (res / "bad" / "set_aside").iterdir()
+    torn = stamp / Path(layout.logits(*torn_logits.key)).relative_to(res / "bad")
+    assert torn.stat().st_size == 100  # kept as it was, not deleted
+    assert len(list(stamp.rglob("*.parquet"))) == 6  # both runs, 3 files each

@@ -139,6 +139,15 @@ class _StartReports:
                 return  # gone for good, or a round already over: the result files tell
 
 
+def _answer(ref: Any) -> bool | None:
+    """A probe task's answer; None from a node that died or left meanwhile (nothing of the
+    sweep will run there)."""
+    try:
+        return bool(ray.get(ref, timeout=120))
+    except (RayError, GetTimeoutError):
+        return None
+
+
 def _sees(path: str) -> bool:
     """Body of the probe task of check_results_shared: whether this node sees `path`."""
     return io.exists(path)
@@ -303,7 +312,7 @@ class RayBackend:
                 ).remote(probe)
                 for n in nodes
             }
-            blind = [ip for ip, ref in looks.items() if not ray.get(ref, timeout=120)]
+            blind = [where for where, ref in looks.items() if _answer(ref) is False]
         finally:
             io.delete(probe)
         if blind:
