@@ -12,6 +12,7 @@ import textwrap
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -96,6 +97,8 @@ def cluster():
     from ray.cluster_utils import Cluster
 
     dashboard = free_port()
+    path = os.environ["PATH"]  # a job's `python` is the one on the head's PATH: this venv's
+    os.environ["PATH"] = f"{Path(sys.executable).parent}:{path}"
     nodes = Cluster(
         initialize_head=True,
         head_node_args={
@@ -116,6 +119,7 @@ def cluster():
         yield nodes
     finally:
         nodes.shutdown()
+        os.environ["PATH"] = path
 
 
 def _answers(url: str) -> bool:
