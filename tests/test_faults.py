@@ -276,5 +276,21 @@ def test_cancel_stops_pending_and_running_runs_and_records_them(tmp_path, head):
         "every run to be closed",
     )
     assert {r.state for r in records} == {RunStatus.CANCELLED}
-    time.sleep(3)  # the running ones were stopped: they never write results
-    assert not os.path.exists(layout.metrics_dir)
+    # the training processes are stopped, not only the records: none is left
+    wait_for(lambda: not task_processes("ray::stopme/"), 60, "the runs' processes to end")
+    assert not os.path.exists(layout.metrics_dir)  # and none wrote a result
+
+
+def task_processes(title: str) -> list[int]:
+    """Pids of the processes whose title (Ray sets `ray::TASK_NAME` while a task runs)
+    starts with `title`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if cmdline.startswith(title):
+                found.append(int(entry.name))
+    return found

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 
 import pytest
 
-from tests.conftest import jamsweep, write_grid
+from tests.conftest import JAMSWEEP, ROOT, jamsweep, write_grid
+from tests.test_faults import wait_for
 
 pytestmark = pytest.mark.ray
 
@@ -70,3 +72,64 @@ def test_a_sweep_on_s3_submits_reduces_reads_and_resumes(tmp_path, s3):
     moved = {k.split("/")[1] for k in keys(s3, "lab/")}
     assert "cloud" in moved and any(m.startswith("cloud.replaced-") for m in moved)
     assert len(open_sweep(f"{results}/cloud").metrics()) == 2
+
+
+JAMMED = """
+sweep: jam
+dataset: {name: digits_parity_pca, train_size: 60, test_size: 100, pca_dim: 10}
+architectures:
+  - {name: fc3, depth: 3, widths: [1, 12]}
+seeds: 1
+training: {lr0: 1.0e-6, lr_exponent: 6.0, lr_max: 0.05, max_steps: 4000}
+resources: {num_cpus: 1}
+checkpoint: {every_steps: 100}
+"""
+# lr = min(1e-6 h^6, 0.05): h = 1 trains at 1e-6 and cannot fit the 60 points within the
+# budget, h = 12 at 0.05 fits them in a few hundred steps: N* is bracketed by construction.
+
+
+def test_on_s3_a_killed_sweep_resumes_from_its_checkpoints_and_is_shown_plotted_refined(
+    tmp_path, s3
+):
+    results = "s3://sweeps/lab2"
+    grid = write_grid(tmp_path / "g.yaml", JAMMED)
+    env = {**os.environ, "JAMSWEEP_LEASE_S": "4"}
+    driver = subprocess.Popen(
+        [*JAMSWEEP, "submit", str(grid), "--results", results, "--num-cpus", "2"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    wait_for(lambda: keys(s3, "lab2/jam/checkpoints/"), 180, "a checkpoint on S3")
+    driver.kill()  # SIGKILL: the driver's embedded Ray goes with it
+    driver.wait()
+    from orchestrator.cluster.lease import is_held
+    from schemas.layout import SweepLayout
+
+    wait_for(lambda: not is_held(SweepLayout(results, "jam")), 15, "its lease (on S3) to expire")
+    again = subprocess.run(
+        [*JAMSWEEP, "submit", str(grid), "--results", results, "--num-cpus", "2"],
+        cwd=ROOT, capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr[-2000:]
+    from orchestrator.results import open_sweep
+
+    sweep = open_sweep(f"{results}/jam")
+    metrics = sweep.metrics().set_index("width")
+    assert metrics.loc[1.0, "resumed_from"] > 0  # resumed from its checkpoint on S3
+    assert not metrics.loc[1.0, "converged"] and metrics.loc[12.0, "converged"]
+    assert not keys(s3, "lab2/jam/checkpoints/")  # removed once the results landed
+
+    shown = jamsweep("show", f"{results}/jam")
+    assert shown.returncode == 0 and "N* =" in shown.stdout, shown.stderr
+    plotted = jamsweep("plot", f"{results}/jam", "--format", "svg")
+    assert plotted.returncode == 0, plotted.stderr
+    assert any(k.endswith(".svg") for k in keys(s3, "lab2/jam/figures/"))
+    assert jamsweep("report", f"{results}/jam").returncode == 0
+    assert "lab2/jam/report.html" in keys(s3, "lab2/jam/")
+
+    refined = jamsweep("refine", f"{results}/jam", "--n-widths", "1", "--num-cpus", "2")
+    assert refined.returncode == 0, refined.stderr[-2000:]
+    widths = sorted(open_sweep(f"{results}/jam").curves().width)
+    assert len(widths) == 3 and 1.0 < widths[1] < 12.0  # a width inside the bracket, trained
