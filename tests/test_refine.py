@@ -148,3 +148,18 @@ def test_refine_sees_a_largest_width_whose_runs_all_failed(tmp_path):
             io.delete(files.layout.metrics(*spec.key))
     with pytest.raises(JamsweepError, match=r"h=16\) has 0 of 2 runs.*above the sweep"):
         api.refine("synth", results=str(tmp_path), dry_run=True)
+
+
+def test_refine_is_refused_while_another_driver_holds_the_sweep(tmp_path):
+    from orchestrator.cluster.lease import Holder, acquire
+    from tests.conftest import jamsweep
+
+    files = write_sweep(
+        str(tmp_path), seeds=2, widths=[2, 4, 8, 16], converged=default_converged(2)
+    )
+    before = sorted(p.name for p in (tmp_path / "synth").rglob("*"))
+    with acquire(files.layout, Holder("node-7", 99, job="jamsweep-synth-00000000")):
+        proc = jamsweep("refine", files.layout.root, "--n-widths", "1")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "being run by Ray job jamsweep-synth-00000000" in proc.stderr, proc.stderr
+    assert sorted(p.name for p in (tmp_path / "synth").rglob("*")) == before  # nothing added
