@@ -60,11 +60,12 @@ def test_the_lease_lives_beside_the_sweep_not_in_its_folder(tmp_path):
 def test_a_holder_renews_its_lease_past_its_duration(tmp_path):
     layout = SweepLayout(str(tmp_path), "sw")
     with acquire(layout, JOB, duration_s=0.6) as held:
-        first = held.record.renewed_at
-        time.sleep(1.5)  # 2.5 durations: it would have expired without renewals
-        assert is_held(layout) and current(layout).renewed_at > first
-        assert not held.lost
-    assert not is_held(layout)
+        taken = held.record.acquired_at
+        # renewed (by its thread) at least 2.5 durations after it was taken: it would have
+        # expired long before without renewals, and it is still this holder's
+        wait_for(lambda: current(layout).renewed_at > taken + 1.5, 30, "renewals", poll=0.05)
+        assert current(layout).token == held.token and not held.lost
+    assert not is_held(layout)  # released on the way out
 
 
 HOLD = textwrap.dedent(
