@@ -181,6 +181,7 @@ TRACE_FILE_SCHEMA = pa.schema(
         ("max_delta", pa.float64()),
         ("train_error", pa.float64()),
         ("f_norm", pa.float64()),
+        ("test_error", pa.float64()),  # the early-stopping curve (null in older traces)
     ]
 )
 

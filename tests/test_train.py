@@ -264,3 +264,22 @@ def test_a_run_resumed_in_the_violator_only_phase_equals_an_uninterrupted_one_bi
     for a, b in zip(whole.outputs, resumed.outputs, strict=True):
         assert torch.equal(a.f, b.f)
     assert resumed.trace == whole.trace
+
+
+def test_the_trace_records_the_test_error_at_each_measurement_step(data):
+    """Issue 16 (Fig. 2's early-stopping curve): the trace's test error at a step is the
+    share of test points that the net of that step misclassifies, counted here from the
+    snapshot's test outputs (y f <= 0); at the last step it is the run's test error."""
+    steps = [10, 50, 100]  # measurement steps (about 20 per decade)
+    assert set(steps) <= measurement_steps(300)
+    spec = run_spec(width=4, steps=300, extra=f"snapshot_steps: {steps}")
+    result = train(spec, data)
+    by_step = {r["step"]: r["test_error"] for r in result.trace}
+    assert set(by_step) == {s for s in measurement_steps(300) if s <= result.metrics["steps"]}
+    y = data.test.y
+    for out in result.outputs:
+        if out.split == "test" and out.step in steps:
+            wrong = (y * out.f <= 0).double().mean().item()
+            assert by_step[out.step] == pytest.approx(wrong, abs=1e-15)
+    assert by_step[result.metrics["steps"]] == result.metrics["test_error"]
+    assert len(set(by_step.values())) > 1  # it moves along training

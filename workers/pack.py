@@ -41,6 +41,7 @@ from workers.train import (
     TrainState,
     build_model,
     check_finite,
+    errors,
     finish,
     make_optimizer,
     measure_outputs,
@@ -326,6 +327,7 @@ def train_pack(
     dense = any(r is None or r.dense for r in resumes)
     while pack.members:
         f = None if dense else outputs(pack, data.train.x)
+        f_test = None  # the test set's outputs, when a run measures
         stopped: list[int] = []
         for row, m in enumerate(pack.members):
             if m.step in snapshot_at and not any(s["step"] == m.step for s in m.snapshots):
@@ -334,6 +336,8 @@ def train_pack(
                 continue
             f = outputs(pack, data.train.x) if f is None else f
             m.last = {"step": m.step, **measure_outputs(f[row], data.train.y, m.spec)}
+            f_test = outputs(pack, data.test.x) if f_test is None else f_test
+            m.last["test_error"] = errors(f_test[row], data.test.y).mean().item()
             if not m.trace or m.trace[-1]["step"] != m.step:
                 m.trace.append(m.last)
             try:

@@ -178,6 +178,12 @@ def measure(model: nn.Module, data: Split, spec: RunSpec) -> dict[str, float]:
         return measure_outputs(squeeze_output(model, data.x), data.y, spec)
 
 
+def test_error(model: nn.Module, test: Split) -> float:
+    """The error on the test set now: the trace's early-stopping curve (paper's Fig. 2)."""
+    with torch.no_grad():
+        return errors(squeeze_output(model, test.x), test.y).mean().item()
+
+
 def measure_outputs(f: torch.Tensor, y: torch.Tensor, spec: RunSpec) -> dict[str, float]:
     """`measure` from the outputs f of the set (n,) or (n, C)."""
     delta = deltas(f, y, spec.training.margin)
@@ -305,6 +311,7 @@ def train(
             snapshots.extend(snapshot(model, data, step))
         if step in checks:
             last = {"step": step, **measure(model, train_set, spec)}
+            last["test_error"] = test_error(model, data.test)
             check_finite(last, step)
             if not trace or trace[-1]["step"] != step:
                 trace.append(last)
