@@ -168,7 +168,10 @@ def head(tmp_path, monkeypatch):
 
 
 def test_killing_the_submitting_client_does_not_stop_the_sweep(tmp_path, head):
-    grid_text = GRID.format(sweep="client", widths="[1.5, 6]", seeds=2, steps=6000)
+    # h = 1.5 runs of 30,000 steps train for ~40 s: the round outlives the status call
+    # below (a connection to the cluster, seconds on a loaded machine; 6,000 steps, ~8 s,
+    # let the round end first once in 10 runs)
+    grid_text = GRID.format(sweep="client", widths="[1.5, 6]", seeds=2, steps=30000)
     grid = write_grid(tmp_path / "g.yaml", grid_text)
     layout = SweepLayout(str(tmp_path / "res"), "client")
     specs = parse_grid(grid_text).expand()
