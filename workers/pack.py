@@ -197,8 +197,9 @@ def run_model(pack: Pack, row: int, d_in: int) -> FC:
     return model
 
 
-def run_state(pack: Pack, row: int, d_in: int, wall_s: float, dense: bool = True) -> TrainState:
-    """The checkpoint of the run at `row`, exactly as `workers.train.train` saves one."""
+def run_state(pack: Pack, row: int, d_in: int, wall_s: float, dense: bool) -> TrainState:
+    """The checkpoint of the run at `row`, exactly as `workers.train.train` saves one
+    (`dense`: the pack's next kind of step)."""
     member = pack.members[row]
     model = run_model(pack, row, d_in)
     optimizer = make_optimizer(member.spec, model)
