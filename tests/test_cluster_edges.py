@@ -72,21 +72,24 @@ def test_a_head_without_cpus_takes_what_its_autoscaler_can_launch(tmp_path, zero
     assert too_big.returncode == 1 and "node type cpu-worker: 4 CPUs" in too_big.stderr
 
     # accepted: the runs wait for the autoscaler's nodes (none come here), Ctrl-C ends it
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", *args],
-        cwd=ROOT,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    log = tmp_path / "driver.err"
+    with log.open("w") as err:
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.cli", *args],
+            cwd=ROOT,
+            stderr=err,
+            text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
     layout = SweepLayout(res, "scaled")
-    try:
-        wait_for(lambda: is_held(layout) and os.path.exists(layout.manifest), 120, "the round")
+    planned = "4 runs, 0 already done, 4 to run"
+    try:  # the plan is printed after the lease is taken and the manifest written
+        wait_for(lambda: planned in log.read_text(), 120, "the round to start")
+        assert is_held(layout) and os.path.exists(layout.manifest)
     finally:
         driver.send_signal(signal.SIGINT)
-        _, stderr = driver.communicate(timeout=120)
-    assert driver.returncode == 130, stderr
-    assert "4 runs, 0 already done, 4 to run" in stderr, stderr
+        driver.wait(timeout=120)
+    assert driver.returncode == 130, log.read_text()
     assert not is_held(layout)  # released on the way out
 
 

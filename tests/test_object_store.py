@@ -10,6 +10,7 @@ import subprocess
 
 import pytest
 
+from schemas.grid import parse_grid
 from tests.conftest import JAMSWEEP, ROOT, jamsweep, write_grid
 from tests.test_faults import wait_for
 
@@ -80,12 +81,13 @@ dataset: {name: digits_parity_pca, train_size: 60, test_size: 100, pca_dim: 10}
 architectures:
   - {name: fc3, depth: 3, widths: [1, 12]}
 seeds: 1
-training: {lr0: 1.0e-6, lr_exponent: 6.0, lr_max: 0.05, max_steps: 4000}
+training: {lr0: 1.0e-6, lr_exponent: 6.0, lr_max: 0.05, max_steps: 40000}
 resources: {num_cpus: 1}
 checkpoint: {every_steps: 100}
 """
 # lr = min(1e-6 h^6, 0.05): h = 1 trains at 1e-6 and cannot fit the 60 points within the
-# budget, h = 12 at 0.05 fits them in a few hundred steps: N* is bracketed by construction.
+# budget (40,000 steps, tens of seconds: it is still training when the driver is killed),
+# h = 12 at 0.05 fits them in a few hundred steps: N* is bracketed by construction.
 
 
 def test_on_s3_a_killed_sweep_resumes_from_its_checkpoints_and_is_shown_plotted_refined(
@@ -101,10 +103,11 @@ def test_on_s3_a_killed_sweep_resumes_from_its_checkpoints_and_is_shown_plotted_
         stderr=subprocess.DEVNULL,
         env=env,
     )
-    wait_for(
-        lambda: any(k.endswith(".pt") for k in keys(s3, "lab2/jam/checkpoints/")),
+    narrow = next(r.run_id for r in parse_grid(JAMMED).expand() if r.width == 1)
+    wait_for(  # the run to resume is h = 1's: the wait is for its own checkpoint
+        lambda: f"lab2/jam/checkpoints/{narrow}.pt" in keys(s3, "lab2/jam/checkpoints/"),
         180,
-        "a checkpoint on S3",
+        "the h = 1 run's checkpoint on S3",
     )
     driver.kill()  # SIGKILL: the driver's embedded Ray goes with it
     driver.wait()
