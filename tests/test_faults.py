@@ -222,13 +222,18 @@ def test_after_the_whole_cluster_dies_a_resubmission_runs_only_what_is_missing(t
     specs = parse_grid(grid_text).expand()
     proc = submit_detached(grid, head, tmp_path / "res")
     assert "Ray job jamsweep-phoenix-" in proc.stdout
+    # h = 6 runs fit in a few hundred steps; h = 1.5 runs train all 8,000 (seconds after
+    # their first checkpoint): the kill comes once one of those has checkpointed, so it
+    # falls before that run ends (waiting for any checkpoint could pick an h = 6 run's
+    # that then finished, leaving the unfinished runs without one)
+    long_runs = [s for s in specs if s.width == 1.5]
     wait_for(
         lambda: (
             done_ids(layout, specs)
-            and any(os.path.exists(layout.checkpoint(s.run_id)) for s in specs)
+            and any(os.path.exists(layout.checkpoint(s.run_id)) for s in long_runs)
         ),
         180,
-        "a finished run and a checkpointed one",
+        "a finished run and a checkpointed h = 1.5 one",
     )
     head.kill()  # the whole cluster dies mid-sweep
     finished = done_ids(layout, specs)
