@@ -10,6 +10,7 @@ every .py file of the top-level package, so editing any of it changes the run id
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -27,6 +28,7 @@ from schemas.datasets import IMAGE_SHAPES
 from schemas.errors import JamsweepError
 from schemas.grid import GridSpec
 from schemas.modules import ModuleArch, ModuleFacts, width_key
+from schemas.run import RunSpec
 
 # Modules whose train-mode output for one sample depends on the others (batch statistics) or
 # on a random draw per forward: with them a violator-only step is not the full-batch step.
@@ -172,7 +174,7 @@ def call_builder(
             random.setstate(py_state)
     if not isinstance(net, nn.Module):
         raise JamsweepError(
-            f"architecture {arch.name!r}: {arch.builder} returned a {type(net).__name__}, "
+            f"architecture {arch.name!r}: {arch.builder} returned {type(net).__name__}, "
             "not a torch.nn.Module"
         )
     return net.to(dtype=torch.float64)
@@ -206,6 +208,15 @@ def batch_mixing(net: nn.Module, input_shape: tuple[int, ...]) -> str | None:
     if not torch.allclose(whole[:3], alone, rtol=1e-9, atol=1e-12):
         return "a sample's output changes with the rest of the batch (numerical probe)"
     return None
+
+
+def with_modules(spec: GridSpec, grid: str | Path) -> GridSpec:
+    """`spec` with its `kind: module` architectures' facts (N per width, source hash), each
+    module found beside the grid file or on the Python path; refused, naming the module and
+    where it was looked for, if one cannot be found, imported or built."""
+    if not any(isinstance(a, ModuleArch) for a in spec.architectures):
+        return spec
+    return spec.with_models(resolve_modules(spec, Path(grid).resolve().parent))
 
 
 def resolve_modules(grid: GridSpec, folder: Path | None) -> dict[str, ModuleFacts]:
@@ -278,3 +289,16 @@ def build_module(arch: ModuleArch, width: float, d_in: int, n_out: int, seed: in
             "give every node the same code, or submit the edited grid as a new sweep"
         )
     return call_builder(arch, import_builder(arch, found), width, d_in, n_out, seed)
+
+
+@functools.lru_cache(maxsize=256)
+def _count_at(arch_json: str, width: float, d_in: int, n_out: int) -> int:
+    arch = ModuleArch.model_validate_json(arch_json)
+    return count_params(build_module(arch, width, d_in, n_out, seed=0), arch.count)
+
+
+def count_at(spec: RunSpec, width: float) -> int:
+    """N of `spec`'s module at another width (`refine` looks for widths between two)."""
+    if width_key(width) in spec.module_facts.n_params:
+        return spec.module_facts.n_params[width_key(width)]
+    return _count_at(spec.arch.model_dump_json(), width, spec.d_in, spec.n_outputs)

@@ -91,17 +91,6 @@ def _until_over(look: Callable[[], SweepStatus], every_s: float) -> Iterator[Swe
         yield st
 
 
-def with_modules(spec: GridSpec, grid: str | Path) -> GridSpec:
-    """`spec` with its `kind: module` architectures' facts (N per width, source hash), the
-    modules found beside the grid file or on the Python path; refused, naming the module and
-    where it was looked for, if one cannot be found, imported or built."""
-    if not any(a.kind == "module" for a in spec.architectures):
-        return spec
-    from workers.builders import resolve_modules  # imports torch and the user's code
-
-    return spec.with_models(resolve_modules(spec, Path(grid).resolve().parent))
-
-
 class LocalExecutor:
     """This process is the driver: of an embedded Ray (`address` None) or of a cluster."""
 
@@ -129,6 +118,8 @@ class LocalExecutor:
         # A files dataset's facts (d_in, labels, fingerprint) are read here, once, and
         # travel in every RunSpec: N is in the manifest before anything trains.
         spec = spec.with_data(check_dataset(spec.dataset))
+        from workers.builders import with_modules
+
         spec = with_modules(spec, grid)
         replace = check_grid_change(layout, spec, force)
         grid_runs, refined = planned_runs(spec, layout) if not replace else (spec.expand(), [])

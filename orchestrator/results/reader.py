@@ -299,7 +299,6 @@ class Sweep:
         order = torch.argsort(part.index)
         return part.x[order].to(getattr(torch, runs[0].training.dtype))
 
-
     def model(self, run_id: str) -> torch.nn.Module:
         """The trained net of a finished run (built-in or built by your `builder`), its
         final weights loaded, in eval mode and the run's dtype: `model(inputs)` gives the
