@@ -110,6 +110,7 @@ def test_the_run_id_follows_builder_options_and_source_not_where_the_file_is(tmp
         ("lab_nets:mlp", "import no_such_package\n", ["cannot import 'lab_nets'"]),
         ("lab_nets", NETS, ["is not MODULE:FUNCTION"]),
         ("lab_nets:mlp_typo", NETS, ["has no attribute 'mlp_typo'"]),
+        ("lab_nets:bn", NETS, ["lab_nets:bn(2, 8, 1, **{'blocks': 2}) raised TypeError"]),
     ],
 )
 def test_a_builder_that_cannot_be_used_is_refused_before_anything_is_written(
@@ -260,3 +261,15 @@ def test_the_example_module_grid_plans_with_the_n_of_its_docstring():
     assert {r.width: r.n_params for r in runs} == {
         h: 30 * h + 2 * h * h + h for h in (1, 2, 3, 4, 6, 8, 12)
     }
+
+
+def test_refine_counts_n_at_its_new_widths_from_the_builder(tmp_path):
+    from orchestrator.cluster.refine import _n_params_at, refined_specs
+
+    runs, _ = resolved_runs(tmp_path, "lab_nets:mlp")
+    template = runs[0]
+    assert _n_params_at(template, 3) == 8 * 3 + 3 * 3 + 3  # width 3 is not in the grid
+    (new,) = refined_specs(template, [4], [7])
+    assert (new.width, new.seed, new.n_params) == (4, 7, 8 * 4 + 4 * 4 + 4)
+    assert new.module_facts.n_params["2"] == template.n_params  # the grid's widths kept
+    assert new.run_id not in {r.run_id for r in runs}
