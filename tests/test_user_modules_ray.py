@@ -10,8 +10,12 @@ import pytest
 import torch
 
 from orchestrator.jobs.backend import JobsClient
+from orchestrator.results.boundaries import boundary_tables
+from orchestrator.results.plots import render_figures
 from orchestrator.results.reader import open_sweep
+from orchestrator.results.reduced import read_reduced
 from schemas.errors import JamsweepError
+from schemas.layout import SweepLayout
 from tests.conftest import RayHead, jamsweep
 from tests.test_faults import wait_for
 from tests.test_user_modules import NETS
@@ -74,6 +78,11 @@ def test_a_module_sweep_end_to_end_on_the_embedded_ray(tmp_path):
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     assert_models_reproduce_the_logits(root)
     assert (root / "curves.parquet").exists()  # reduced like any sweep
+    for name in ("fig9_boundary_profile", "fig10_boundary_distance"):  # from the kept nets
+        assert (root / "figures" / f"{name}.png").read_bytes().startswith(b"\x89PNG")
+    profile, distances = boundary_tables(SweepLayout(str(res), "mods"))
+    assert set(distances.arch) == {"mlp", "bn", "fc"} and (distances.n_nets == 2).all()
+    assert set(profile.seed) == {0, 1} and set(profile.width) == {6.0}  # the largest N
 
     again = jamsweep("submit", str(grid), "--results", str(res), "--num-cpus", "2")
     assert again.returncode == 0 and "all 8 runs already done" in again.stderr, again.stderr
@@ -94,6 +103,10 @@ def test_keep_models_false_stores_no_weights_and_says_so(tmp_path):
     sweep = open_sweep(res / "bare")
     with pytest.raises(JamsweepError, match="keep_models: false"):
         sweep.model(sweep.manifest().run_id[0])
+    layout, reduced = read_reduced("bare", str(res))
+    missing = render_figures(reduced, layout).missing
+    assert "keep_models: false" in missing["fig9_boundary_profile"]
+    assert not (res / "bare" / "figures" / "fig10_boundary_distance.png").exists()
 
 
 @pytest.fixture(scope="module")
