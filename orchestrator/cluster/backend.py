@@ -370,7 +370,9 @@ class RayBackend:
     def start(
         self, specs: list[RunSpec], layout: SweepLayout, tracker: TrackerClient
     ) -> list[RunHandle]:
-        """One task per run, or per pack of runs where `resources.pack` asks for packs."""
+        """One task per run, or per pack of runs where `resources.pack` asks for packs. A
+        run that its plan leaves alone (a CNN, or `auto` at a large P * h) is a run task,
+        trained as with `pack: 1`: packs are for two runs or more."""
         handles = []
         for task_specs in plan_tasks(specs, self._slots(specs)):
             first, r = task_specs[0], task_specs[0].resources
@@ -383,7 +385,7 @@ class RayBackend:
                 # and I/O errors. A diverged run or a JamsweepError would fail again.
                 "retry_exceptions": [OSError],
             }
-            if len(task_specs) == 1 and first.resources.pack == 1:
+            if len(task_specs) == 1:  # alone, whatever `pack` says: the one-run loop
                 single = RUN_TASK.options(name=name, **options)
                 handles.append(RunHandle(first, single.remote(first, layout, tracker.name)))
             else:
