@@ -63,7 +63,7 @@ def assert_models_reproduce_the_logits(root: Path) -> None:
 
 
 def test_a_module_sweep_end_to_end_on_the_embedded_ray(tmp_path):
-    grid = module_sweep(tmp_path / "lab", "mods")
+    grid = module_sweep(tmp_path / "lab", "mods", pack="auto")  # the FC packs, modules not
     res = tmp_path / "res"
     proc = jamsweep("submit", str(grid), "--results", str(res), "--num-cpus", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -92,6 +92,10 @@ def test_a_module_sweep_end_to_end_on_the_embedded_ray(tmp_path):
     assert edited.returncode == 1 and "Traceback" not in edited.stderr
     assert "architecture 'mlp': the code of lab_nets:mlp" in edited.stderr, edited.stderr
     assert "--force" in edited.stderr
+    (tmp_path / "lab" / "lab_nets.py").write_text(NETS)  # the code back, other options
+    grid.write_text(grid.read_text().replace("{blocks: 2}", "{blocks: 3}"))
+    options = jamsweep("submit", str(grid), "--results", str(res), "--num-cpus", "2")
+    assert options.returncode == 1 and "options.blocks: 2 -> 3" in options.stderr
 
 
 def test_keep_models_false_stores_no_weights_and_says_so(tmp_path):
@@ -135,3 +139,14 @@ def test_a_module_sweep_through_the_jobs_api_ships_the_module_with_the_job(tmp_p
     locations = {r.arch.resolved.location for r in runs if r.arch.kind == "module"}
     assert len(locations) == 1 and not locations.pop().startswith(str(lab))
     assert_models_reproduce_the_logits(res / "jobmods")
+
+
+def test_a_module_sweep_driven_from_here_on_a_running_cluster(tmp_path, head):
+    """`--address HOST:PORT` (as `auto` on a node): this process drives, the cluster's own
+    workers import the module from where it was found."""
+    grid = module_sweep(tmp_path / "lab", "drive")
+    res = tmp_path / "res"
+    proc = jamsweep("submit", str(grid), "--results", str(res), "--address", head.gcs)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "8 done." in proc.stdout
+    assert_models_reproduce_the_logits(res / "drive")
