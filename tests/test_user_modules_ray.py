@@ -84,6 +84,11 @@ def test_a_module_sweep_end_to_end_on_the_embedded_ray(tmp_path):
     assert set(distances.arch) == {"mlp", "bn", "fc"} and (distances.n_nets == 2).all()
     assert set(profile.seed) == {0, 1} and set(profile.width) == {6.0}  # the largest N
 
+    shown = jamsweep("show", str(root))
+    assert shown.returncode == 0, shown.stderr
+    assert f"mlp: lab_nets:mlp ({tmp_path / 'lab' / 'lab_nets.py'}, source" in shown.stdout
+    assert "bn: lab_nets:bn" in shown.stdout and "full-batch steps (BatchNorm1d" in shown.stdout
+
     again = jamsweep("submit", str(grid), "--results", str(res), "--num-cpus", "2")
     assert again.returncode == 0 and "all 8 runs already done" in again.stderr, again.stderr
 

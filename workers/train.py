@@ -405,7 +405,7 @@ def finish(
         outputs=_restore_snapshots(earlier) + outputs,
         metrics=metrics,
         trace=trace,
-        weights=_cpu(model.state_dict()),
+        weights=_cpu(model.state_dict()) if spec.checkpoint.keep_models else None,
     )
 
 
