@@ -5,7 +5,10 @@ test_user_modules_ray.py."""
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +19,7 @@ from torch import nn
 from orchestrator import sweep as api
 from schemas.errors import JamsweepError
 from schemas.grid import load_grid
-from tests.conftest import jamsweep
+from tests.conftest import ROOT, jamsweep
 from workers.builders import batch_mixing, build_module, with_modules
 from workers.data import load_dataset
 from workers.train import TrainState, loss_value, squeeze_output, train, violator_only
@@ -273,3 +276,79 @@ def test_refine_counts_n_at_its_new_widths_from_the_builder(tmp_path):
     assert (new.width, new.seed, new.n_params) == (4, 7, 8 * 4 + 4 * 4 + 4)
     assert new.module_facts.n_params["2"] == template.n_params  # the grid's widths kept
     assert new.run_id not in {r.run_id for r in runs}
+
+
+PACKAGE = {
+    "__init__.py": "",
+    "layers.py": "from torch import nn\n\n\ndef hidden(a, b):\n    return nn.Linear(a, b)\n",
+    "nets.py": (
+        "from torch import nn\n\nfrom mylab.layers import hidden\n\n\n"
+        "def build(width, d_in, n_out):\n"
+        "    return nn.Sequential(hidden(d_in, width), nn.ReLU(), nn.Linear(width, n_out))\n"
+    ),
+}
+
+
+def package_grid(folder: Path) -> Path:
+    (folder / "mylab").mkdir(parents=True, exist_ok=True)
+    for name, text in PACKAGE.items():
+        (folder / "mylab" / name).write_text(text)
+    return module_grid(folder, builder="mylab.nets:build", options="{}", nets=None)
+
+
+def test_a_package_s_module_is_found_and_every_file_of_the_package_is_in_the_run_id(tmp_path):
+    runs = planned(package_grid(tmp_path / "g"), tmp_path / "res")
+    assert {r.width: r.n_params for r in runs} == {2: 8 * 2 + 2, 5: 8 * 5 + 5}
+    layers = tmp_path / "g" / "mylab" / "layers.py"
+    layers.write_text(layers.read_text() + "# a helper, edited\n")
+    edited = planned(tmp_path / "g" / "grid.yaml", tmp_path / "res")
+    assert not {r.run_id for r in runs} & {r.run_id for r in edited}
+
+
+def test_a_module_on_the_python_path_is_found_there(tmp_path):
+    elsewhere = tmp_path / "site"
+    elsewhere.mkdir()
+    (elsewhere / "path_nets.py").write_text(NETS)
+    grid = module_grid(tmp_path / "g", builder="path_nets:mlp", nets=None)
+    env_cli = ["submit", str(grid), "--dry-run", "--results", str(tmp_path / "res")]
+    refused = jamsweep(*env_cli)
+    assert refused.returncode == 1 and "module 'path_nets' not found" in refused.stderr
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{elsewhere}"}
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", *env_cli], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "N=22" in proc.stdout and "N=70" in proc.stdout
+
+
+def test_a_jobs_submission_stages_the_module_file_or_the_whole_package(tmp_path):
+    from orchestrator.jobs.executor import ship_modules
+
+    for grid, shipped in (
+        (module_grid(tmp_path / "a"), ["lab_nets.py"]),
+        (package_grid(tmp_path / "b"), [f"mylab/{n}" for n in PACKAGE]),
+    ):
+        staging = tmp_path / f"staging-{grid.parent.name}"
+        staging.mkdir()
+        ship_modules(load_grid(grid)[0], grid, staging)
+        found = sorted(str(p.relative_to(staging)) for p in staging.rglob("*.py"))
+        assert found == sorted(shipped)
+        for name in shipped:
+            assert (staging / name).read_bytes() == (grid.parent / name).read_bytes()
+
+
+def test_a_net_trained_minus_its_init_is_kept_whole_and_rebuilt(tmp_path):
+    """subtract_init: the kept state holds the frozen init copy too; the rebuilt net
+    gives the stored outputs."""
+    from workers.train import build_model
+
+    runs, data = resolved_runs(tmp_path, "lab_nets:mlp", steps=30)
+    run = runs[0].model_copy(
+        update={"training": runs[0].training.model_copy(update={"subtract_init": True})}
+    )
+    result = train(run, data)
+    assert result.weights is not None and any(k.startswith("init.") for k in result.weights)
+    net = build_model(run, run.d_in)
+    net.load_state_dict(result.weights)
+    with torch.no_grad():
+        f = net.eval()(data.test.x)[:, 0]
+    assert torch.allclose(f, result.outputs[-1].f, rtol=0, atol=1e-12)

@@ -144,6 +144,14 @@ def test_a_module_sweep_through_the_jobs_api_ships_the_module_with_the_job(tmp_p
     locations = {r.arch.resolved.location for r in runs if r.arch.kind == "module"}
     assert len(locations) == 1 and not locations.pop().startswith(str(lab))
     assert_models_reproduce_the_logits(res / "jobmods")
+    # reduced on the cluster: curves, N*, figures (Fig. 9 and 10 from the nets), a report
+    root = res / "jobmods"
+    assert (root / "curves.parquet").exists() and (root / "summary.json").exists()
+    assert (root / "figures" / "fig10_boundary_distance.png").exists()
+    report = jamsweep("report", str(root))
+    assert report.returncode == 0, report.stderr
+    page = (root / "report.html").read_text()
+    assert 'alt="fig9_boundary_profile"' in page and 'alt="fig10_boundary_distance"' in page
 
 
 def test_a_module_sweep_driven_from_here_on_a_running_cluster(tmp_path, head):
