@@ -19,6 +19,7 @@ from schemas.strict import Strict, check_safe_name
 
 # MODULE:FUNCTION, MODULE dotted (a package's module), as uvicorn's import strings
 BUILDER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+OWN_PACKAGES = ("schemas", "workers", "orchestrator")  # jamsweep's: a user module may not shadow
 
 
 def width_key(width: float) -> str:
@@ -91,6 +92,12 @@ class ModuleArch(Strict):
             raise ValueError(
                 f"builder {value!r} is not MODULE:FUNCTION (e.g. lab_nets:build, or "
                 "mylab.nets:build for a package's module)"
+            )
+        top = value.split(":")[0].split(".")[0]
+        if top in OWN_PACKAGES:
+            raise ValueError(
+                f"builder {value!r}: a module named {top!r} would shadow jamsweep's own "
+                "package of that name; rename your module"
             )
         return value
 

@@ -112,6 +112,7 @@ def test_the_run_id_follows_builder_options_and_source_not_where_the_file_is(tmp
         ("lab_nets:wrong_outputs", NETS, ["must return (n, 1)"]),
         ("lab_nets:mlp", "import no_such_package\n", ["cannot import 'lab_nets'"]),
         ("lab_nets", NETS, ["is not MODULE:FUNCTION"]),
+        ("workers.models:build_fc", NETS, ["would shadow jamsweep's own package"]),
         ("lab_nets:mlp_typo", NETS, ["has no attribute 'mlp_typo'"]),
         ("lab_nets:bn", NETS, ["lab_nets:bn(2, 8, 1, **{'blocks': 2}) raised TypeError"]),
     ],

@@ -102,6 +102,12 @@ def test_a_module_sweep_end_to_end_on_the_embedded_ray(tmp_path):
     options = jamsweep("submit", str(grid), "--results", str(res), "--num-cpus", "2")
     assert options.returncode == 1 and "options.blocks: 2 -> 3" in options.stderr
 
+    (tmp_path / "lab" / "lab_nets.py").unlink()  # the code gone: the other figures stand
+    plotted = jamsweep("plot", str(root))
+    assert plotted.returncode == 0, plotted.stderr
+    assert "fig9_boundary_profile: architecture" in plotted.stdout + plotted.stderr
+    assert "module 'lab_nets' not found" in plotted.stdout + plotted.stderr
+
 
 def test_keep_models_false_stores_no_weights_and_says_so(tmp_path):
     grid = module_sweep(tmp_path / "lab", "bare", keep=False)

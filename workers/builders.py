@@ -106,8 +106,10 @@ def import_builder(arch: ModuleArch, found: Found) -> Callable[..., nn.Module]:
             f"architecture {arch.name!r}: importing {name!r} ({found.location}) raised "
             f"{type(exc).__name__}: {exc}"
         ) from None
-    finally:
+    finally:  # kept, last: imports inside the builder's functions still find its folder
         sys.path.remove(str(found.folder))
+        if str(found.folder) not in sys.path:
+            sys.path.append(str(found.folder))
     top_module = sys.modules[top]
     top_module.__jamsweep_sha256__ = current  # type: ignore[attr-defined]
     function = getattr(module, arch.function_name, None)

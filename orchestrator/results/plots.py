@@ -83,7 +83,8 @@ def _draw_boundaries(done: Rendered, layout: SweepLayout) -> None:
         profile, distances = boundary_tables(layout)
         done.figures["fig9_boundary_profile"] = fig9(profile)
         done.figures["fig10_boundary_distance"] = fig10(distances)
-    except (NoBoundaries, NothingToDraw, JamsweepError) as why:
+    except (NoBoundaries, NothingToDraw, JamsweepError, OSError) as why:
+        # the nets, their code or the data are not reachable here: the other figures stand
         for name in NEED_NETS:
             done.figures.pop(name, None)
             done.missing[name] = str(why)
