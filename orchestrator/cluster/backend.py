@@ -203,8 +203,11 @@ def _launchable_node_types() -> list[NodeType]:
 # Each made once. Every ray.remote() call is a new function to Ray (its own id, exported to
 # the GCS, its own scheduling class): one per task had the raylet juggle 10,000 scheduling
 # classes, and a 10,000-run sweep finished 60 runs in 9 minutes (bench/bench_scale.py).
-RUN_TASK = ray.remote(_run_task)
-PACK_TASK = ray.remote(_pack_task)
+# max_calls=0: a worker process trains task after task. Ray's default for a function
+# declared with GPUs is one task per process (a new process and CUDA context per run);
+# the GPUs are given per task with .options(), so say it here, not by that accident.
+RUN_TASK = ray.remote(max_calls=0)(_run_task)
+PACK_TASK = ray.remote(max_calls=0)(_pack_task)
 TRACKER_ACTOR = ray.remote(_TrackerActor)
 SEES_TASK = ray.remote(num_cpus=0)(_sees)
 
