@@ -23,6 +23,7 @@ from schemas.datasets import (
     DataFacts,
 )
 from schemas.errors import GridError
+from schemas.modules import ModuleFacts
 from schemas.run import DATA_LOCATION, RunSpec
 from schemas.specs import (
     ArchSpec,
@@ -30,6 +31,7 @@ from schemas.specs import (
     CNNArch,
     DatasetSpec,
     FCArch,
+    ModuleArch,
     ResourceSpec,
     Strict,
     TrainingSpec,
@@ -48,11 +50,14 @@ __all__ = [  # the pieces are importable from here too
     "DatasetSpec",
     "FCArch",
     "GridSpec",
+    "ModuleArch",
     "ResourceSpec",
     "TrainingSpec",
     "load_grid",
     "parse_grid",
 ]
+
+AnyArch = FCArch | CNNArch | ModuleArch
 
 
 class GridSpec(Strict):
@@ -96,7 +101,7 @@ class GridSpec(Strict):
 
     @field_validator("architectures")
     @classmethod
-    def _valid_architectures(cls, archs: list[FCArch | CNNArch]) -> list[FCArch | CNNArch]:
+    def _valid_architectures(cls, archs: list[AnyArch]) -> list[AnyArch]:
         if not archs:
             raise ValueError("architectures is empty: list at least one")
         names = [a.name for a in archs]
@@ -133,6 +138,17 @@ class GridSpec(Strict):
             return self
         dataset = self.dataset.model_copy(update={"resolved": facts})
         return self.model_copy(update={"dataset": dataset})
+
+    def with_models(self, facts: dict[str, ModuleFacts]) -> GridSpec:
+        """This grid with the facts of its `kind: module` architectures resolved, by name
+        (`workers.builders.resolve_modules`): their N per width and source hash."""
+        if not facts:
+            return self
+        archs = [
+            a.model_copy(update={"resolved": facts[a.name]}) if a.name in facts else a
+            for a in self.architectures
+        ]
+        return self.model_copy(update={"architectures": archs})
 
     def expand(self) -> list[RunSpec]:
         """One RunSpec per (architecture, width, seed), in grid order."""
@@ -204,7 +220,7 @@ def _changed(where: str, old: Any, new: Any) -> list[str]:
     return [] if old == new else [f"{where}: {old!r} -> {new!r}"]
 
 
-def _arch_dataset_problem(arch: FCArch | CNNArch, data: str) -> str | None:
+def _arch_dataset_problem(arch: AnyArch, data: str) -> str | None:
     """Why `arch` cannot train on dataset `data`, or None."""
     where = f"architecture {arch.name!r} (kind {arch.kind})"
     if arch.kind == "fc" and data not in FLAT_DATASETS:
@@ -241,6 +257,12 @@ def parse_grid(text: str, *, source: str = "grid", base_dir: Path | None = None)
         raise GridError(
             source, ["dataset.resolved is set by jamsweep when it reads the files; remove it"]
         )
+    archs = raw.get("architectures")
+    if isinstance(archs, list) and any(isinstance(a, dict) and "resolved" in a for a in archs):
+        raise GridError(
+            source,
+            ["architectures[].resolved is set by jamsweep when it reads the module; remove it"],
+        )
     try:
         grid = GridSpec.model_validate(raw)
     except ValidationError as exc:
@@ -276,7 +298,7 @@ def _resolve_paths(grid: GridSpec, base_dir: Path) -> GridSpec:
 
 def _describe(err: Any) -> str:
     """One line per pydantic error: the field path, what is wrong, the value given."""
-    loc = ".".join(str(p) for p in err["loc"] if p not in ("fc", "cnn")) or "(top level)"
+    loc = ".".join(str(p) for p in err["loc"] if p not in ("fc", "cnn", "module")) or "(top level)"
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         return f"{loc}: unknown field; remove it or check its spelling"

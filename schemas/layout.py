@@ -126,6 +126,14 @@ class SweepLayout:
     def trace(self, arch: str, width: float, seed: int) -> str:
         return self.run_file("trace", arch, width, seed)
 
+    @property
+    def models_dir(self) -> str:
+        return _join(self.root, "models")
+
+    def model(self, arch: str, width: float, seed: int) -> str:
+        """A finished run's final weights (a torch state_dict, `checkpoint.keep_models`)."""
+        return _join(self.width_dir("models", arch, width), f"seed={seed}", "model.pt")
+
     def set_aside_dir(self, stamp: str) -> str:
         """Where result files that cannot be read are moved (not deleted) before their runs
         are trained again: set_aside/STAMP/ keeps the tables' own relative paths."""

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict
 
 from schemas.datasets import IMAGE_SHAPES, LABEL_MAPS, N_OUTPUTS, DataFacts
 from schemas.errors import JamsweepError
+from schemas.modules import ModuleFacts
 from schemas.specs import (
     DATA_LOCATION,
     ArchSpec,
@@ -45,7 +46,9 @@ class RunSpec(BaseModel):
         by its fields and its resolved facts (the fingerprint of the values read), not by
         where its files are: moving or converting them keeps the runs."""
         identity = {
-            "arch": self.arch.model_dump(mode="json", exclude={"widths"}, exclude_defaults=True),
+            "arch": self.arch.model_dump(
+                mode="json", exclude={"widths", "resolved"}, exclude_defaults=True
+            ),
             "width": self.width,
             "seed": self.seed,
             "dataset": self.dataset.model_dump(
@@ -53,6 +56,8 @@ class RunSpec(BaseModel):
             ),
             "training": self.training.model_dump(mode="json", exclude_defaults=True),
         }
+        if self.arch.kind == "module":  # the code decides the result: its hash, not its path
+            identity["module_sha256"] = self.module_facts.source_sha256
         blob = json.dumps(identity, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -93,8 +98,22 @@ class RunSpec(BaseModel):
         return self.dataset.resolved
 
     @property
+    def module_facts(self) -> ModuleFacts:
+        """A `kind: module` architecture's facts, resolved at submit (workers.builders)."""
+        if self.arch.kind != "module" or self.arch.resolved is None:
+            raise JamsweepError(
+                f"architecture {self.arch.name!r} is not a resolved module: its facts (N, "
+                "source hash) are read at submit; build RunSpecs from "
+                "GridSpec.with_models(resolve_modules(...))"
+            )
+        return self.arch.resolved
+
+    @property
     def n_params(self) -> int:
-        """N (weights only): an FC net sees d_in inputs, a CNN the dataset's images."""
+        """N (weights only): an FC net sees d_in inputs, a CNN the dataset's images, a
+        module's N was counted from the built net at submit."""
+        if self.arch.kind == "module":
+            return self.arch.n_params(self.width)
         if self.arch.kind == "cnn":
             channels, side, _ = IMAGE_SHAPES[self.dataset.name]
             return self.arch.n_params(self.width, channels, self.n_outputs, image_size=side)

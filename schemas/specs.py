@@ -7,12 +7,9 @@ forbidden, every field described; `schemas.grid` assembles them into a grid file
 from __future__ import annotations
 
 import math
-import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Discriminator,
     Field,
     Tag,
@@ -21,27 +18,14 @@ from pydantic import (
 )
 
 from schemas.datasets import DATASETS_WITH_ROOT, FILE_FORMATS, PCA_DATASETS, DataFacts
+from schemas.modules import ModuleArch as ModuleArch
+from schemas.strict import SAFE_NAME as SAFE_NAME  # re-exported: importable from here as before
+from schemas.strict import Strict as Strict
+from schemas.strict import check_safe_name as _check_safe_name
 
 # A dataset's fields that say where its data is read from, not what it is: left out of run
 # ids, and refreshed from the grid on every submission.
 DATA_LOCATION = ("root", "download", "train", "test")
-
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-
-
-class Strict(BaseModel):
-    """Base of every model a person writes: frozen, unknown keys forbidden."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _check_safe_name(value: str, what: str) -> str:
-    if not SAFE_NAME.match(value) or value in (".", ".."):
-        raise ValueError(
-            f"{what} {value!r} is not a safe folder name: use letters, digits, '.', '_' or '-' "
-            "(at most 100, starting with a letter or digit)"
-        )
-    return value
 
 
 class DatasetSpec(Strict):
@@ -309,11 +293,14 @@ def _arch_kind(value: Any) -> str:
 
 
 ArchSpec = Annotated[
-    Annotated[FCArch, Tag("fc")] | Annotated[CNNArch, Tag("cnn")],
+    Annotated[FCArch, Tag("fc")]
+    | Annotated[CNNArch, Tag("cnn")]
+    | Annotated[ModuleArch, Tag("module")],
     Discriminator(
         _arch_kind,
         custom_error_type="arch_kind",
-        custom_error_message="kind must be 'fc' (fully-connected) or 'cnn' (convolutional)",
+        custom_error_message="kind must be 'fc' (fully-connected), 'cnn' (convolutional) or "
+        "'module' (your own torch.nn.Module: `builder: MODULE:FUNCTION`)",
     ),
 ]
 
@@ -387,3 +374,8 @@ class CheckpointSpec(Strict):
         default=60.0, gt=0, description="Save the training state at least this often (seconds)."
     )
     keep: bool = Field(default=False, description="Keep checkpoints after the run's results land.")
+    keep_models: bool = Field(
+        default=True,
+        description="Store every finished run's final weights (a state_dict, models/...) "
+        "beside its results; `open_sweep(path).model(run_id)` loads them.",
+    )

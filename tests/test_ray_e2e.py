@@ -38,6 +38,7 @@ LAYOUT = {
     "snapshots.parquet",
     "summary.json",
     "figures",
+    "models",
 }
 
 
@@ -74,6 +75,10 @@ def test_submit_exits_zero_and_writes_the_layout(finished):
         assert files == [
             f"arch=fc3/width={w}/seed={s}/part-0.parquet" for w in ("1.5", "6") for s in (0, 1)
         ]
+    models = sorted(
+        p.relative_to(sweep / "models").as_posix() for p in (sweep / "models").rglob("*.pt")
+    )
+    assert models == [f"arch=fc3/width={w}/seed={s}/model.pt" for w in ("1.5", "6") for s in (0, 1)]
     assert "[4/4] done" in proc.stderr
     assert "Traceback" not in proc.stderr
     figures = sorted((sweep / "figures").glob("*.png"))

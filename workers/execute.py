@@ -83,11 +83,13 @@ def execute(spec: RunSpec, layout: SweepLayout) -> dict:
 
 
 def write_result(spec: RunSpec, layout: SweepLayout, data: Dataset, result: RunResult) -> dict:
-    """Write a finished run's logits, trace and metrics (last), drop its checkpoint; return
-    its metrics row."""
+    """Write a finished run's logits, trace, final weights (unless `keep_models` is off)
+    and metrics (last), drop its checkpoint; return its metrics row."""
     arch, width, seed = spec.key
     io.write_table(layout.logits(arch, width, seed), logits_table(spec, data, result))
     io.write_table(layout.trace(arch, width, seed), trace_table(spec, result))
+    if spec.checkpoint.keep_models and result.weights is not None:
+        io.save_checkpoint(layout.model(arch, width, seed), result.weights)  # whole or none
     io.write_table(layout.metrics(arch, width, seed), metrics_table(spec, result))
     if not spec.checkpoint.keep:
         io.delete(layout.checkpoint(spec.run_id))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -139,3 +141,27 @@ def build_cnn(
 def count_weights(model: nn.Module) -> int:
     """N: parameters that are weights (biases excluded)."""
     return sum(p.numel() for name, p in model.named_parameters() if name.endswith("weight"))
+
+
+@contextlib.contextmanager
+def kept_buffers(model: nn.Module) -> Iterator[None]:
+    """Restore the model's buffers on exit (the built-in nets have none: nothing copied)."""
+    saved = [(b, b.clone()) for b in model.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module) -> Iterator[None]:
+    """Eval mode inside (what outputs are stored in: batch norm uses its running
+    statistics, dropout is off), the previous mode after."""
+    was = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+from schemas.grid import CNNArch, FCArch
 from schemas.run import RunSpec
 from workers.pack import pack_key, packable
 
@@ -65,7 +66,8 @@ def plan_tasks(specs: list[RunSpec], slots: int) -> list[list[RunSpec]]:
 
 def _auto_size(spec: RunSpec) -> int:
     gpu = spec.resources.num_gpus > 0
-    return auto_pack_size(spec.width, spec.arch.depth, spec.dataset.train_size, gpu)
+    depth = spec.arch.depth if isinstance(spec.arch, FCArch | CNNArch) else 1  # a lone run
+    return auto_pack_size(spec.width, depth, spec.dataset.train_size, gpu)
 
 
 def _bands(runs: list[RunSpec]) -> list[list[RunSpec]]:

@@ -29,7 +29,7 @@ from torch import nn
 from schemas.grid import IMAGE_SHAPES
 from schemas.run import RunSpec
 from workers.data import Dataset, Split
-from workers.models import build_cnn, build_fc
+from workers.models import build_cnn, build_fc, evaluating, kept_buffers
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -74,6 +74,7 @@ class RunResult:
     outputs: list[Outputs]
     metrics: dict[str, Any]
     trace: list[dict[str, float]] = field(default_factory=list)
+    weights: dict[str, torch.Tensor] | None = None  # the final state_dict, on the CPU
 
 
 def measurement_steps(max_steps: int) -> set[int]:
@@ -130,10 +131,13 @@ DENSE_FRACTION = 0.5
 
 
 def violator_only(spec: RunSpec, n_train: int) -> bool:
-    """Whether a step may back-propagate through the violators only: hinge losses, full batch."""
+    """Whether a step may back-propagate through the violators only: hinge losses, full
+    batch, and a net whose output for a sample does not depend on the rest of the batch (a
+    module with batch norm or dropout trains with plain full-batch steps: workers.builders)."""
     t = spec.training
     full_batch = t.batch_size is None or t.batch_size >= n_train
-    return t.loss != "cross_entropy" and full_batch
+    mixing = spec.arch.kind == "module" and spec.module_facts.batch_mixing is not None
+    return t.loss != "cross_entropy" and full_batch and not mixing
 
 
 def hinge_step_loss(
@@ -173,14 +177,17 @@ def squeeze_output(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def measure(model: nn.Module, data: Split, spec: RunSpec) -> dict[str, float]:
-    """Loss, unsatisfied constraints N_Delta, largest Delta, error and ||f|| on a set."""
-    with torch.no_grad():
+    """Loss, unsatisfied constraints N_Delta, largest Delta, error and ||f|| on a set, in
+    the mode the loss sees (train); a measurement is no training forward, so a module's
+    buffers (batch norm's running statistics) are left as they were."""
+    with torch.no_grad(), kept_buffers(model):
         return measure_outputs(squeeze_output(model, data.x), data.y, spec)
 
 
 def test_error(model: nn.Module, test: Split) -> float:
-    """The error on the test set now: the trace's early-stopping curve (paper's Fig. 2)."""
-    with torch.no_grad():
+    """The error on the test set now: the trace's early-stopping curve (paper's Fig. 2), in
+    the mode of the final outputs (a module's batch norm in eval mode)."""
+    with torch.no_grad(), evaluating(model):
         return errors(squeeze_output(model, test.x), test.y).mean().item()
 
 
@@ -223,7 +230,11 @@ def evaluate(model: nn.Module, data: Split, split: str, step: int) -> Outputs:
 def build_model(spec: RunSpec, d_in: int) -> nn.Module:
     """The run's net; d_in is the input width (FC) or the image channels (CNN)."""
     net: nn.Module
-    if spec.arch.kind == "cnn":
+    if spec.arch.kind == "module":
+        from workers.builders import build_module  # the user's code: only for their runs
+
+        net = build_module(spec.arch, spec.width, d_in, spec.n_outputs, spec.seed)
+    elif spec.arch.kind == "cnn":
         side = IMAGE_SHAPES[spec.dataset.name][1]
         net = build_cnn(spec.arch, spec.width, d_in, spec.n_outputs, spec.seed, side)
     else:
@@ -373,7 +384,11 @@ def finish(
     """A stopped run's result: final outputs on both sets, metrics from its last measurement."""
     t = spec.training
     train_set = data.train
-    outputs = [evaluate(model, train_set, "train", step), evaluate(model, data.test, "test", step)]
+    with evaluating(model):
+        outputs = [
+            evaluate(model, train_set, "train", step),
+            evaluate(model, data.test, "test", step),
+        ]
     test = outputs[1]
     metrics = {
         "steps": step,
@@ -394,7 +409,12 @@ def finish(
     }
     # a snapshot at the final step would repeat the final outputs: keep those only
     earlier = [s for s in snapshots if s["step"] != step]
-    return RunResult(outputs=_restore_snapshots(earlier) + outputs, metrics=metrics, trace=trace)
+    return RunResult(
+        outputs=_restore_snapshots(earlier) + outputs,
+        metrics=metrics,
+        trace=trace,
+        weights=_cpu(model.state_dict()) if spec.checkpoint.keep_models else None,
+    )
 
 
 def _batch(
@@ -410,7 +430,7 @@ def snapshot(model: nn.Module, data: Dataset, step: int) -> list[dict[str, Any]]
     """Outputs at an intermediate step, kept as plain tensors so checkpoints can hold them."""
     rows = []
     for split, part in (("train", data.train), ("test", data.test)):
-        with torch.no_grad():
+        with torch.no_grad(), evaluating(model):
             rows.append({"split": split, "step": step, "f": squeeze_output(model, part.x).cpu()})
     return rows
 

@@ -134,4 +134,27 @@ def data_line(layout: SweepLayout) -> str | None:
             f"label_noise {data.label_noise:g}: {n} of the {data.train_size} training labels "
             "replaced"
         )
+    parts += module_parts(layout)
     return "; ".join(parts)
+
+
+def module_parts(layout: SweepLayout) -> list[str]:
+    """'ARCH: MODULE:FUNCTION (PATH, source SHA12), violator-only steps' for each `kind:
+    module` architecture of the manifest (or 'full-batch steps: WHY' for one that mixes the
+    samples of a batch)."""
+    shown: dict[str, str] = {}
+    for text in io.read_table(layout.manifest, ["spec"]).column(0).to_pylist():
+        spec = RunSpec.model_validate_json(text)
+        if spec.arch.kind != "module" or spec.arch.name in shown:
+            continue
+        facts = spec.module_facts
+        steps = (
+            "violator-only steps"
+            if facts.batch_mixing is None
+            else f"full-batch steps ({facts.batch_mixing})"
+        )
+        shown[spec.arch.name] = (
+            f"{spec.arch.name}: {spec.arch.builder} ({facts.location}, source "
+            f"{facts.source_sha256[:12]}), {steps}"
+        )
+    return list(shown.values())

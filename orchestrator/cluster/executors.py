@@ -118,6 +118,9 @@ class LocalExecutor:
         # A files dataset's facts (d_in, labels, fingerprint) are read here, once, and
         # travel in every RunSpec: N is in the manifest before anything trains.
         spec = spec.with_data(check_dataset(spec.dataset))
+        from workers.builders import with_modules
+
+        spec = with_modules(spec, grid)
         replace = check_grid_change(layout, spec, force)
         grid_runs, refined = planned_runs(spec, layout) if not replace else (spec.expand(), [])
         specs = grid_runs + refined

@@ -29,6 +29,7 @@ from orchestrator.results.store import (
 )
 from schemas.errors import JamsweepError
 from schemas.layout import RESULTS_DEFAULT, SweepLayout
+from schemas.modules import width_key
 from schemas.run import RunSpec
 from workers.reduce import jamming_bracket
 from workers.sweep_reader import convergence_table
@@ -94,6 +95,13 @@ def refined_specs(template: RunSpec, widths: list[float], seeds: list[int]) -> l
 
     The spec is rebuilt by validation (not model_copy), so run_id and n_params follow the
     new width and seed."""
+    if template.arch.kind == "module":  # its N at the new widths: counted from the built net
+        facts = template.module_facts
+        counts = {**facts.n_params, **{width_key(w): _n_params_at(template, w) for w in widths}}
+        arch = template.arch.model_copy(
+            update={"resolved": facts.model_copy(update={"n_params": counts})}
+        )
+        template = template.model_copy(update={"arch": arch})
     raw = template.model_dump(mode="json")
     return [RunSpec.model_validate({**raw, "width": w, "seed": s}) for w in widths for s in seeds]
 
@@ -170,6 +178,10 @@ def refine_here(
 
 
 def _n_params_at(template: RunSpec, width: float) -> int:
+    if template.arch.kind == "module":
+        from workers.builders import count_at  # the user's code: built to count
+
+        return count_at(template, width)
     return template.model_copy(update={"width": width}).n_params
 
 

@@ -30,7 +30,7 @@ from orchestrator.jobs.backend import TERMINAL_JOB_STATES, JobsClient
 from orchestrator.reports import Echo, RefineReport, SubmitReport, SweepStatus
 from orchestrator.results.store import check_grid_change
 from schemas.errors import JamsweepError
-from schemas.grid import GridSpec, parse_grid
+from schemas.grid import GridSpec, ModuleArch, parse_grid
 from schemas.layout import RESULTS_ENV, SweepLayout
 from schemas.run import RunRecord
 from workers import io
@@ -60,7 +60,7 @@ class JobsExecutor:
         location = cluster_results(parse_grid(text, source=str(grid)), results, self.shared_fs)
         layout = SweepLayout(location, spec.sweep)
         report = SubmitReport(spec.sweep, location, len(spec.expand()), 0)
-        spec = _checks_that_can_run_here(spec, layout, force)  # with its data's facts, if read
+        spec = _checks_that_can_run_here(spec, grid, layout, force)  # with its data's facts
         if dry_run:
             report.dry_run, report.planned = True, spec.expand()
             return report
@@ -69,6 +69,7 @@ class JobsExecutor:
         staging = Path(tempfile.mkdtemp(prefix="jamsweep-job-"))
         try:
             shutil.copyfile(grid, staging / "grid.yaml")  # verbatim
+            ship_modules(spec, grid, staging)  # the user's nets, beside it as found here
             args = ["submit", "grid.yaml", "--results", location]
             report.job_id = self._start_job(
                 client, spec.sweep, location, args + (["--force"] if force else []), staging
@@ -260,11 +261,15 @@ def follow(client: JobsClient, job_id: str, echo: Echo, poll_s: float = 1.0) -> 
         time.sleep(poll_s)
 
 
-def _checks_that_can_run_here(spec: GridSpec, layout: SweepLayout, force: bool) -> GridSpec:
+def _checks_that_can_run_here(
+    spec: GridSpec, grid: str | Path, layout: SweepLayout, force: bool
+) -> GridSpec:
     """What this machine can check before the cluster sees the sweep: the data when its
     root or files are visible here (a files dataset's URIs are read from here too), the
-    results location and its grid when they are. Returns the grid with its files' facts
-    when they were read (the cluster's driver reads them again, where the runs start)."""
+    results location and its grid when they are; the user's modules (found, imported and,
+    when the data's facts are known, built and counted). Returns the grid with the facts
+    read (the cluster's driver reads them again, where the runs start)."""
+    from workers.builders import find_module, import_builder, with_modules
     from workers.data import check_dataset
 
     data = spec.dataset
@@ -272,11 +277,38 @@ def _checks_that_can_run_here(spec: GridSpec, layout: SweepLayout, force: bool) 
     root_here = data.root is None or Path(data.root).exists()
     if root_here and all("://" in p or Path(p).exists() for p in files):
         spec = spec.with_data(check_dataset(data))
+    if data.name != "files" or spec.dataset.resolved is not None:
+        spec = with_modules(spec, grid)
+    else:  # d_in is not known here: the cluster's driver builds and counts them
+        for arch in spec.architectures:
+            if isinstance(arch, ModuleArch):
+                import_builder(arch, find_module(arch, Path(grid).resolve().parent))
     if io.is_local(layout.results) and Path(layout.results.removeprefix("file://")).exists():
         io.check_writable(layout.results)
         check_grid_change(layout, spec, force)
         lease.refuse_if_held(layout)
     return spec
+
+
+def ship_modules(spec: GridSpec, grid: str | Path, staging: Path) -> None:
+    """Copy each `kind: module` architecture's module (its file, or its top-level package)
+    into the job's working_dir beside grid.yaml, where the cluster's driver finds it and
+    from where Ray gives it to every worker. A module installed in site-packages is not
+    copied: the cluster's nodes must have it installed (the source hash checks they do)."""
+    from workers.builders import find_module
+
+    for arch in spec.architectures:
+        if not isinstance(arch, ModuleArch):
+            continue
+        found = find_module(arch, Path(grid).resolve().parent)
+        if "site-packages" in found.location.parts or "dist-packages" in found.location.parts:
+            continue
+        target = staging / found.location.name
+        if found.location.is_dir():
+            ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+            shutil.copytree(found.location, target, ignore=ignore, dirs_exist_ok=True)
+        else:
+            shutil.copyfile(found.location, target)
 
 
 def package_dirs() -> list[str]:

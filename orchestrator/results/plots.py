@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from matplotlib.figure import Figure
 
+from orchestrator.results.boundaries import NO_NETS, NoBoundaries, boundary_tables
 from orchestrator.results.figures import (
     FORMATS,
     NothingToDraw,
@@ -19,6 +20,8 @@ from orchestrator.results.figures import (
     fig7a,
     fig7b,
     fig8,
+    fig9,
+    fig10,
     fig_compare,
     grid_labels,
     to_bytes,
@@ -41,9 +44,9 @@ FIGURES: dict[str, Callable[[Reduced], Figure]] = {
     "training_curves": lambda r: training_curves(r.training, r.curves, r.summary),
     "fig8_cnn": lambda r: fig8(r.curves, r.summary),
 }
-NEED_NETS = {  # figures of the paper this version cannot draw, and why
-    "fig9_boundary_profile": "needs the trained nets, which this version does not keep",
-    "fig10_boundary_distance": "needs the trained nets, which this version does not keep",
+NEED_NETS = {  # the figures drawn from the kept nets (models/), and why without them
+    "fig9_boundary_profile": NO_NETS,
+    "fig10_boundary_distance": NO_NETS,
 }
 
 
@@ -55,8 +58,9 @@ class Rendered:
     missing: dict[str, str] = field(default_factory=dict)
 
 
-def render_figures(reduced: Reduced) -> Rendered:
-    """Every figure the tables support (fig8 only for sweeps of several outputs)."""
+def render_figures(reduced: Reduced, layout: SweepLayout | None = None) -> Rendered:
+    """Every figure the tables support (fig8 only for sweeps of several outputs); with the
+    sweep's `layout`, Fig. 9 and 10 from its kept nets too."""
     done = Rendered()
     several = bool((reduced.curves["n_outputs"] > 1).any()) if len(reduced.curves) else False
     for name, draw in FIGURES.items():
@@ -66,15 +70,31 @@ def render_figures(reduced: Reduced) -> Rendered:
             done.figures[name] = draw(reduced)
         except NothingToDraw as why:
             done.missing[name] = str(why)
-    done.missing |= NEED_NETS
+    if layout is None:
+        done.missing |= NEED_NETS
+    else:
+        _draw_boundaries(done, layout)
     return done
+
+
+def _draw_boundaries(done: Rendered, layout: SweepLayout) -> None:
+    """Fig. 9 and Fig. 10 from the kept nets, or why not, into `done`."""
+    try:
+        profile, distances = boundary_tables(layout)
+        done.figures["fig9_boundary_profile"] = fig9(profile)
+        done.figures["fig10_boundary_distance"] = fig10(distances)
+    except (NoBoundaries, NothingToDraw, JamsweepError, OSError) as why:
+        # the nets, their code or the data are not reachable here: the other figures stand
+        for name in NEED_NETS:
+            done.figures.pop(name, None)
+            done.missing[name] = str(why)
 
 
 def write_figures(
     layout: SweepLayout, reduced: Reduced, *, fmt: str = "png", dpi: int = DPI
 ) -> Rendered:
     """Render and store every figure as figures/NAME.FMT (each file written atomically)."""
-    rendered = render_figures(reduced)
+    rendered = render_figures(reduced, layout)
     for name, fig in rendered.figures.items():
         io.write_bytes(layout.figure(name, fmt), to_bytes(fig, fmt, dpi))
     return rendered

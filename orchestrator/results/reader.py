@@ -299,6 +299,36 @@ class Sweep:
         order = torch.argsort(part.index)
         return part.x[order].to(getattr(torch, runs[0].training.dtype))
 
+    def model(self, run_id: str) -> torch.nn.Module:
+        """The trained net of a finished run (built-in or built by your `builder`), its
+        final weights loaded, in eval mode and the run's dtype: `model(inputs)` gives the
+        run's stored final logits (n, outputs). A module's code must be importable here
+        (where it was found at submit, or on the Python path) and unchanged.
+
+        >>> sweep = open_sweep("demo")
+        >>> run = sweep.manifest().query("width == 8 and seed == 0").run_id.item()
+        >>> f = sweep.model(run)(sweep.inputs(split="test"))  # (n_test, 1)
+        """
+        runs = {r.run_id: r for r in self.runs()}
+        spec = runs.get(run_id)
+        if spec is None:
+            raise JamsweepError(
+                f"sweep {self.layout.sweep!r} has no run {run_id!r}; its run ids are in "
+                "manifest().run_id"
+            )
+        path = self.layout.model(*spec.key)
+        if not io.exists(path):
+            raise JamsweepError(
+                f"run {run_id} ({spec.arch.name}, width {spec.width:g}, seed {spec.seed}) has no "
+                f"stored weights ({path}): it has not finished, or its grid set "
+                "checkpoint.keep_models: false"
+            )
+        from workers.train import DTYPES, build_model  # torch and the user's code: when asked
+
+        net = build_model(spec, spec.d_in).to(dtype=DTYPES[spec.training.dtype])
+        net.load_state_dict(io.load_checkpoint(path) or {})
+        return net.eval()
+
 
 def open_sweep(path: str | os.PathLike[str], *, results: str | None = None) -> Sweep:
     """The sweep at `path`: RESULTS/SWEEP as a str or pathlib.Path (a folder or a URI such

@@ -52,7 +52,7 @@ ul.flags{margin:0;padding-left:1.2em;text-align:left}"""
 def report(sweep: str, *, results: str = RESULTS_DEFAULT, output: str | None = None) -> str:
     """Write one self-contained HTML page (figures, fits, curve table); return its path."""
     layout, reduced = read_reduced(sweep, results)
-    rendered = render_figures(reduced)
+    rendered = render_figures(reduced, layout)
     pngs = {name: to_bytes(fig) for name, fig in rendered.figures.items()}
     target = output or layout.report
     io.write_text(target, report_html(reduced, pngs, rendered.missing))

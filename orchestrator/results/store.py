@@ -17,6 +17,7 @@ from orchestrator.reports import SweepStatus
 from schemas.errors import JamsweepError
 from schemas.grid import GridSpec, parse_grid
 from schemas.layout import MANIFEST_SCHEMA, SweepLayout, default_results
+from schemas.modules import ModuleFacts
 from schemas.run import RunRecord, RunSpec, RunStatus
 from workers import io
 
@@ -198,7 +199,7 @@ def finished_and_broken(layout: SweepLayout, specs: Sequence[K]) -> tuple[set[st
 
 
 def set_aside(layout: SweepLayout, runs: Sequence[RunKey]) -> str:
-    """Move the result files of `runs` (whatever is there of metrics, logits, trace) to
+    """Move the result files of `runs` (whatever is there of metrics, logits, trace, model) to
     SWEEP/set_aside/STAMP/, keeping their relative paths, so that those runs are trained
     again and nothing is deleted; returns that folder."""
     import time
@@ -206,7 +207,8 @@ def set_aside(layout: SweepLayout, runs: Sequence[RunKey]) -> str:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     target = layout.set_aside_dir(stamp)
     for spec in runs:
-        for path in (layout.metrics(*spec.key), layout.logits(*spec.key), layout.trace(*spec.key)):
+        files = (layout.metrics, layout.logits, layout.trace, layout.model)
+        for path in (where(*spec.key) for where in files):
             if io.exists(path):
                 io.move_to(path, target + path[len(layout.root) :])
     return target
@@ -265,7 +267,11 @@ def check_grid_change(layout: SweepLayout, spec: GridSpec, force: bool) -> bool:
     except JamsweepError:
         differences = ["grid.yaml of the existing sweep can no longer be read"]
     else:
-        differences = spec.result_differences(old) + _data_differences(layout, spec)
+        differences = (
+            spec.result_differences(old)
+            + _data_differences(layout, spec)
+            + _module_differences(layout, spec)
+        )
     if not differences:
         return False
     if not force:
@@ -301,4 +307,25 @@ def _data_differences(layout: SweepLayout, spec: GridSpec) -> list[str]:
             f"the values read from {files} (fingerprint {old.fingerprint[:12]} -> "
             f"{new.fingerprint[:12]})"
         )
+    return lines
+
+
+def _module_differences(layout: SweepLayout, spec: GridSpec) -> list[str]:
+    """The `kind: module` architectures whose code (its source hash) differs from the code
+    the sweep's runs were trained with: editing the model is a changed grid."""
+    stored: dict[str, ModuleFacts] = {}
+    for run in read_manifest(layout):
+        if run.arch.kind == "module" and run.arch.resolved is not None:
+            stored.setdefault(run.arch.name, run.arch.resolved)
+    lines = []
+    for arch in spec.architectures:
+        old = stored.get(arch.name)
+        if arch.kind != "module" or arch.resolved is None or old is None:
+            continue
+        if old.source_sha256 != arch.resolved.source_sha256:
+            lines.append(
+                f"architecture {arch.name!r}: the code of {arch.builder} "
+                f"({arch.resolved.location}) changed (source sha256 {old.source_sha256[:12]} "
+                f"-> {arch.resolved.source_sha256[:12]})"
+            )
     return lines

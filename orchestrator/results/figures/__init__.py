@@ -12,8 +12,9 @@ A figure whose data are not there raises NothingToDraw (a JamsweepError) saying 
 
 Figures (arXiv 1901.01608): fig2 (test error, ensemble, early stopping, fit), fig4 (the
 average of n nets), fig5 (output variance), fig6 (gradient, gap), fig7a, fig7b (||f||),
-fig8 (several outputs), training_curves, fig_compare (several sweeps), and the seam for
-fig9 / fig10, which need the trained nets.
+fig8 (several outputs), training_curves, fig_compare (several sweeps), and fig9 / fig10,
+drawn from the tables `orchestrator.results.boundaries.boundary_tables` computes from the
+kept nets.
 """
 
 from orchestrator.results.figures.boundary import fig9, fig10

@@ -1,9 +1,8 @@
-"""The seam for the figures that need the trained nets (paper Fig. 9 and Fig. 10): f along
-the gradient direction between the boundaries of two nets, and the measured distance
-between boundaries against delta. They are not drawn by this version: the nets are not
-kept with the results yet. A later change that keeps them (`open_sweep(path).model(run_id)`)
-computes the two tables below from the nets and draws them with these functions, which
-`orchestrator.results.plots` then lists beside the others."""
+"""The figures drawn from the trained nets (paper Fig. 9 and Fig. 10): f along the gradient
+direction through the boundaries of several nets, and the measured distance between
+boundaries against delta. The tables come from the kept nets
+(`orchestrator.results.boundaries.boundary_tables`); these functions only draw them, for
+`orchestrator.results.plots` and for notebooks."""
 
 from __future__ import annotations
 
@@ -22,9 +21,10 @@ def fig9(profile: pd.DataFrame) -> Figure:
     a test point x0 (a table with PROFILE_COLUMNS, one row per net and t): where each line
     crosses 0 is that net's decision boundary.
 
-    Example (once the nets are kept)::
+    Example::
 
-        fig = fig9(pd.DataFrame({"seed": ..., "t": ..., "f": ...}))
+        profile, distances = boundary_tables(open_sweep("demo").layout)
+        fig = fig9(profile)
     """
 
     def draw(ax: Axes) -> None:
@@ -47,9 +47,10 @@ def fig10(distances: pd.DataFrame) -> Figure:
     average, against delta = ||f − f̄|| / ||∇f|| (a table with DISTANCE_COLUMNS), with the
     line distance = delta.
 
-    Example (once the nets are kept)::
+    Example::
 
-        fig = fig10(pd.DataFrame({"n_params": ..., "delta": ..., "distance": ...}))
+        profile, distances = boundary_tables(open_sweep("demo").layout)
+        fig = fig10(distances)
     """
 
     def draw(ax: Axes) -> None:
