@@ -32,6 +32,7 @@ from orchestrator.cli.options import (
     unused_status_options,
 )
 from orchestrator.cli.overview import locate, run_detail
+from schemas.axes import DEFAULT_MAX_RUNS
 from schemas.errors import JamsweepError
 from schemas.layout import default_results
 from schemas.run import RunStatus
@@ -139,6 +140,14 @@ def submit(
             "are on a filesystem every cluster node mounts at the same path.",
         ),
     ] = False,
+    max_runs: Annotated[
+        int,
+        typer.Option(
+            "--max-runs",
+            min=1,
+            help="Refuse a grid whose product of lists, widths and seeds makes more runs.",
+        ),
+    ] = DEFAULT_MAX_RUNS,
 ) -> None:
     """Run every run of GRID that has not finished yet, then reduce."""
     refuse(unused_options(address=address, num_cpus=num_cpus, detach=not wait, shared_fs=shared_fs))
@@ -154,6 +163,7 @@ def submit(
             shared_fs=shared_fs,
             echo=bar.echo,
             progress=bar.update,
+            max_runs=max_runs,
         )
     if report.dry_run:
         show_.print_dry_run(report, sweep_path(report.results, report.sweep))
