@@ -15,7 +15,7 @@ from orchestrator.cluster.progress import ProgressHook
 from orchestrator.reports import Echo, RefineReport, SubmitReport, SweepStatus, quiet, width_symbol
 from orchestrator.results.reduced import load_summary
 from orchestrator.results.reduction import reduce
-from orchestrator.results.store import sweep_names
+from orchestrator.results.store import existing, runs_where, sweep_names
 from schemas.axes import DEFAULT_MAX_RUNS
 from schemas.errors import JamsweepError
 from schemas.grid import GridSpec, load_grid
@@ -74,12 +74,6 @@ def submit(
     """
     spec, text = load_grid(grid)
     refuse_large(spec, max_runs)
-    if spec.axes and not dry_run:
-        raise JamsweepError(
-            f"grid {spec.sweep!r} lists {', '.join(spec.axes)}: sweep axes plan (--dry-run) "
-            "but do not train yet (issue 15: runs of two points would share the files of "
-            "their (arch, width, seed)); give each field one value"
-        )
     executor = executor_for(address, num_cpus=num_cpus, shared_fs=shared_fs)
     report = executor.submit(
         grid,
@@ -130,6 +124,15 @@ def status(
     """Live from the sweep's tracker when `address` names a cluster that has one; else from
     the persisted status.parquet, corrected by the result files and the round's heartbeat."""
     return executor_for(address).status(sweep, results)
+
+
+def status_where(
+    st: SweepStatus, where: dict[str, list[str]], *, results: str = RESULTS_DEFAULT
+) -> SweepStatus:
+    """`st` with only the runs whose columns have the values of `where` (NAME -> values as
+    text: arch, width, seed or any sweep axis, e.g. {"train_size": ["1000"]})."""
+    ids = runs_where(existing(st.sweep, results), where)
+    return SweepStatus(st.sweep, [r for r in st.records if r.run_id in ids], st.source, st.alive)
 
 
 def watch(

@@ -135,10 +135,23 @@ def test_a_grid_over_max_runs_is_refused_naming_the_option(tmp_path):
     assert proc.returncode == 0 and "24000 runs" in proc.stdout
 
 
-def test_a_grid_with_lists_is_not_trained_until_its_runs_have_files_of_their_own(tmp_path):
+def test_a_sweep_of_layout_1_takes_no_lists_but_a_new_sweep_does(tmp_path):
+    """A sweep made before sweep axes (no layout.json) keeps a file per (arch, width, seed):
+    a grid with lists would make two points share one, so it is refused there."""
+    from orchestrator import sweep as api
+    from schemas.errors import JamsweepError
+    from schemas.layout import FLAT, HIVE, SweepLayout
+
+    res = tmp_path / "res"
+    old = res / "ax"
+    old.mkdir(parents=True)
+    (old / "grid.yaml").write_text(BASE.format(p="100", training=""))  # as an old version left it
+    assert SweepLayout(str(res), "ax").tables_layout == HIVE
     path = tmp_path / "g.yaml"
     path.write_text(BASE.format(p="[100, 200]", training=""))
-    proc = jamsweep("submit", str(path), "--results", str(tmp_path / "res"))
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert "lists train_size" in proc.stderr
-    assert not (tmp_path / "res").exists()
+    with pytest.raises(JamsweepError, match="layout 1"):
+        api.submit(path, results=str(res), dry_run=True)
+    report = api.submit(path, results=str(tmp_path / "fresh"), dry_run=True)
+    assert len(report.planned) == 8
+    assert SweepLayout(str(tmp_path / "fresh"), "ax").settled(new_sweep=True).tables_layout == FLAT
+    assert not (tmp_path / "fresh").exists()  # a dry run writes nothing, not even layout.json

@@ -25,11 +25,13 @@ from orchestrator.cli.options import (
     NumCpus,
     Results,
     Sweep,
+    Where,
     refuse,
     states_of,
     sweep_path,
     unused_options,
     unused_status_options,
+    where_of,
 )
 from orchestrator.cli.overview import locate, run_detail
 from schemas.axes import DEFAULT_MAX_RUNS
@@ -227,11 +229,15 @@ def status(
             "--run", help="Show one run (its id or a unique prefix): record, error, trace tail."
         ),
     ] = None,
+    where: Where = None,
 ) -> None:
     """What is pending / running / done / failed / cancelled / interrupted (was running when
     its driver or cluster went away; submit the grid again to resume it)."""
     states = states_of(state)
+    selected = where_of(where)
     refuse(unused_status_options(sweep=sweep, watch=watch, as_json=as_json, states=states, run=run))
+    if selected is not None and (sweep is None or run is not None or watch):
+        raise JamsweepError("--where selects runs of one SWEEP: give it, without --run or --watch")
     if sweep is None:
         for st in api.ls(results or default_results()):
             out.print(show_.counts_line(st), soft_wrap=True)
@@ -253,6 +259,8 @@ def status(
             show_.watch(looks, lambda s: show_.status_view(s, states))
         return
     st = api.status(sweep, results=results, address=address)
+    if selected is not None:
+        st = api.status_where(st, selected, results=results)
     if as_json:
         out.print_json(json.dumps(_answer(st, states)))
         return
@@ -327,7 +335,9 @@ def refine(
         )
     if dry_run:
         out.print(f"sweep {sweep}: {len(rep.planned)} run(s) would be added:")
-        show_.print_planned(rep.planned)
+        values = [s.axis_values for s in rep.planned]
+        varying = [a for a in values[0] if len({v[a] for v in values}) > 1] if values else []
+        show_.print_planned(rep.planned, varying)
         return
     if rep.curves is not None:
         show_.print_curves(rep.curves)

@@ -280,8 +280,10 @@ def print_curves(curves: pd.DataFrame) -> None:
     if curves.empty:
         out.print("no finished runs to reduce yet")
         return
+    points = "point" in curves.columns and bool((curves["point"] != "").any())
     table = Table(
         "arch",
+        *(["point"] if points else []),
         "width",
         "N",
         "converged",
@@ -295,6 +297,7 @@ def print_curves(curves: pd.DataFrame) -> None:
     for r in curves.itertuples():
         table.add_row(
             str(r.arch),
+            *([str(r.point)] if points else []),
             f"{r.width:g}",
             str(r.n_params),
             k_of_n(r.n_converged, r.n_runs),
