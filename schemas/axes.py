@@ -178,3 +178,8 @@ def axis_values(dataset: DatasetSpec, training: TrainingSpec) -> dict[str, Any]:
 def point_label(point: Point) -> str:
     """'train_size=1000 lr_max=0.001' ('' for the one point of a grid without axes)."""
     return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in point.items())
+
+
+def varying(values: list[dict[str, Any]]) -> list[str]:
+    """The axes whose value differs among runs' `axis_values` (those that name a point)."""
+    return [a for a in AXES if len({repr(v.get(a)) for v in values}) > 1]

@@ -155,3 +155,22 @@ def test_a_sweep_of_layout_1_takes_no_lists_but_a_new_sweep_does(tmp_path):
     assert len(report.planned) == 8
     assert SweepLayout(str(tmp_path / "fresh"), "ax").settled(new_sweep=True).tables_layout == FLAT
     assert not (tmp_path / "fresh").exists()  # a dry run writes nothing, not even layout.json
+
+
+def test_series_are_per_point_sorted_as_numbers_and_old_tables_have_one_per_arch():
+    import pandas as pd
+
+    from workers.reduce import series_of
+
+    table = pd.DataFrame(
+        {
+            "arch": ["fc"] * 3,
+            "point": ["train_size=1000", "train_size=500", "train_size=500"],
+            "train_size": [1000, 500, 500],
+            "n_params": [1, 2, 3],
+        }
+    )
+    found = [(name, len(rows)) for name, rows in series_of(table)]
+    assert found == [("fc train_size=500", 2), ("fc train_size=1000", 1)]  # not as text
+    reduced_before_axes = pd.DataFrame({"arch": ["b", "a"], "n_params": [1, 2]})  # no point
+    assert [name for name, _ in series_of(reduced_before_axes)] == ["a", "b"]

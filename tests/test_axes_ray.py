@@ -16,9 +16,9 @@ pytestmark = pytest.mark.ray
 GRID = """
 sweep: line
 dataset: {{name: digits_parity_pca, train_size: {p}, test_size: 100}}
-architectures: [{{name: fc, depth: 3, widths: [1, 12]}}]
+architectures: [{{name: fc, depth: 3, widths: [1, 16]}}]
 seeds: 2
-training: {{lr_max: 0.01, max_steps: 300}}
+training: {{lr0: 0.02, lr_exponent: 0, lr_max: 0.01, max_steps: 600}}
 resources: {{num_cpus: 1, max_retries: 0}}
 """
 
@@ -43,6 +43,7 @@ def sweep(tmp_path_factory, head):
 def test_the_product_runs_and_every_file_has_its_point(sweep):
     _, _, res, proc = sweep
     assert "8 runs, 0 already done, 8 to run" in proc.stderr
+    assert "done      fc train_size=80 h=16 seed=1" in proc.stderr  # each line names its point
     manifest = pd.read_parquet(res / "line" / "manifest.parquet")
     assert manifest["train_size"].dtype == "int64"
     assert sorted(manifest.groupby("train_size").size().items()) == [(40, 4), (80, 4)]
@@ -77,6 +78,10 @@ def test_status_where_and_show_per_point(sweep):
     assert proc.returncode == 0 and "done 4" in proc.stdout and "(4 runs" in proc.stdout
     both = jamsweep("status", "line", "--results", str(res), "--where", "train_size=40,80")
     assert "(8 runs" in both.stdout
+    one = jamsweep(
+        "status", "line", "--results", str(res), "--where", "train_size=80", "--where", "width=16"
+    )
+    assert "(2 runs" in one.stdout
     bad = jamsweep("status", "line", "--results", str(res), "--where", "train_size=50")
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert "train_size values: 40, 80" in bad.stderr
@@ -116,10 +121,8 @@ def test_refine_brackets_n_star_per_point(sweep, head):
     summary = json.loads((res / "line" / "summary.json").read_text())
     bracketed = {k: v for k, v in summary["n_star_bracket"].items() if v is not None}
     args = ("refine", "line", "--results", str(res), "--address", head.gcs)
+    assert len(bracketed) == 2, summary["n_star_bracket"]  # h=1 never jams, h=16 does
     proc = jamsweep(*args)
-    if not bracketed:
-        assert proc.returncode == 1 and "no point has N* bracketed" in proc.stderr
-        return
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name, (lo, hi) in bracketed.items():
         assert f"{name}: N* between h={lo:g} and h={hi:g}" in proc.stderr
@@ -133,3 +136,31 @@ def test_refine_brackets_n_star_per_point(sweep, head):
     metrics = pd.read_parquet(res / "line" / "metrics")
     assert set(added.run_id) <= set(metrics.run_id)  # they trained
     assert metrics["width"].dtype == "float64"  # fractional widths keep the type
+
+
+def test_lists_of_train_size_and_lr_max_through_the_jobs_api(tmp_path, head):
+    """The issue's grid: train_size and training.lr_max as lists, submitted as a Ray job
+    (its driver runs on the cluster), under a --max-runs that just fits."""
+    text = GRID.format(p="[40, 80]").replace("widths: [1, 16]", "widths: [16]")
+    text = text.replace("lr_max: 0.01", "lr_max: [0.01, 0.02]").replace(
+        "sweep: line", "sweep: jobs"
+    )
+    grid = write_grid(tmp_path / "jobs.yaml", text)
+    res = str(tmp_path / "res")
+    args = ("submit", str(grid), "--address", head.dashboard, "--results", res, "--shared-fs")
+    refused = jamsweep(*args, "--max-runs", "7")
+    assert refused.returncode == 1 and "makes 8 runs" in refused.stderr
+    proc = jamsweep(*args, "--max-runs", "8")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "SUCCEEDED" in proc.stdout, proc.stdout
+    curves = pd.read_parquet(tmp_path / "res" / "jobs" / "curves.parquet")
+    assert sorted(zip(curves.train_size, curves.lr_max, strict=True)) == [
+        (40, 0.01),
+        (40, 0.02),
+        (80, 0.01),
+        (80, 0.02),
+    ]
+    summary = json.loads((tmp_path / "res" / "jobs" / "summary.json").read_text())
+    assert set(summary["n_star"]) == {
+        f"fc train_size={p} lr_max={lr}" for p in (40, 80) for lr in (0.01, 0.02)
+    }

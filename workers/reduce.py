@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from schemas.axes import AXES
 from schemas.errors import JamsweepError
 from schemas.summary import EnsembleOver
 from workers.outputs import WidthOutputs, rms
@@ -99,13 +100,20 @@ def with_point(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def series_of(table: pd.DataFrame) -> Iterator[tuple[str, pd.DataFrame]]:
-    """(series name, its rows) for every series of a curves-like table, sorted by name."""
+    """(series name, its rows) for every series of a curves-like table, sorted by
+    architecture, then by the values of its axis columns as numbers (P = 500 before 1000)."""
     if table.empty:
         return
     table = with_point(table)
+    axes = [a for a in AXES if a in table.columns]
+    groups = []
     for values, rows in table.groupby(list(SERIES), sort=True):
         values = values if isinstance(values, tuple) else (values,)
-        yield series_name(dict(zip(SERIES, values, strict=True))), rows
+        key = dict(zip(SERIES, values, strict=True))
+        numbers = tuple(rows[a].iloc[0] for a in axes)
+        groups.append(((key["arch"], numbers), series_name(key), rows))
+    for _, name, rows in sorted(groups, key=lambda g: g[0]):
+        yield name, rows
 
 
 # -- per-sample and per-run pieces ----------------------------------------------------------
