@@ -52,6 +52,10 @@ def test_the_product_runs_and_every_file_has_its_point(sweep):
     joined = metrics.merge(manifest[["run_id", "train_size", "width"]], on="run_id")
     assert (joined["train_size_x"] == joined["train_size_y"]).all()
     assert (joined["width_x"] == joined["width_y"]).all()
+    from orchestrator.results import open_sweep
+
+    at_40 = open_sweep(str(res / "line")).metrics(train_size=40)  # a point, pushed down
+    assert len(at_40) == 4 and set(at_40["train_size"]) == {40}
     logits = pd.read_parquet(res / "line" / "logits")
     per_run = logits[logits.split == "train"].groupby("run_id")["sample"].nunique()
     p_of = dict(zip(manifest.run_id, manifest.train_size, strict=True))

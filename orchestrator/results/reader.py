@@ -2,12 +2,12 @@
 
 A sweep is opened by path (str or pathlib.Path: RESULTS/SWEEP, a folder or a URI) or by
 name (a str without '/': looked up under $JAMSWEEP_RESULTS, else ./results, as the CLI
-does). The partitioned tables (logits, metrics, trace) take filters by keyword, on any of
-their columns (the partition columns arch, width, seed and any column of the files), pushed
-down to pyarrow: a partition filter opens only the files of the runs it names, a column
-filter skips row groups by their statistics. Partition columns come back typed (arch str,
-width float64, seed int64), unlike a plain `pandas.read_parquet(folder)`, which returns
-them as categories of strings; timestamps come back as UTC datetimes.
+does). The run tables (logits, metrics, trace) take filters by keyword, on any of their
+columns (arch, width, seed, every sweep axis such as train_size, and the files' own),
+pushed down to pyarrow: a filter skips files and row groups by their statistics (layout 1:
+a partition filter opens only the files of the runs it names). Key columns come back typed
+(arch str, width float64, seed int64) in both layouts (schemas.layout); timestamps come
+back as UTC datetimes.
 """
 
 from __future__ import annotations
