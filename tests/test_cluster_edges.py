@@ -93,7 +93,8 @@ def test_a_head_without_cpus_takes_what_its_autoscaler_can_launch(tmp_path, zero
 @pytest.fixture(scope="module")
 def cluster():
     """A 0-CPU head with a dashboard (the Jobs API) and two 1-CPU worker nodes, all on
-    127.0.0.1 (ray.cluster_utils). Every node of it shares this machine's disk."""
+    127.0.0.1 (ray.cluster_utils), one with a logical GPU (Ray's bookkeeping only). Every
+    node of it shares this machine's disk."""
     from ray.cluster_utils import Cluster
 
     dashboard = free_port()
@@ -110,8 +111,8 @@ def cluster():
         },
     )
     try:
-        for _ in range(2):
-            nodes.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+        for gpus in (1, 0):  # the first declares a GPU that torch cannot see (none here)
+            nodes.add_node(num_cpus=1, num_gpus=gpus, node_ip_address="127.0.0.1")
         nodes.wait_for_nodes()
         url = f"http://127.0.0.1:{dashboard}"
         wait_for(lambda: _answers(url), 90, "the dashboard")
@@ -145,6 +146,33 @@ def test_a_followed_jobs_sweep_on_several_nodes_ends_succeeded(tmp_path, cluster
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "is SUCCEEDED" in proc.stdout and "Traceback" not in proc.stderr
     assert "sweep spread: 4 done." in proc.stderr
+
+
+def test_a_gpu_run_where_torch_sees_no_cuda_device_fails_at_once_with_one_message(
+    tmp_path, cluster
+):
+    """Issue 19: a node's GPUs are Ray's bookkeeping; a run that asks for one on a node
+    where torch sees no CUDA device fails at once, says what to do and is not retried or
+    trained on the CPU unseen. Its tasks ran one after another in one worker process: GPU
+    tasks keep their process (and would keep a CUDA context) from run to run."""
+    text = GRID.format(sweep="nocuda", cpus=1).replace(
+        "{num_cpus: 1}", "{num_cpus: 1, num_gpus: 1}"
+    )
+    grid = write_grid(tmp_path / "g.yaml", text)
+    res = tmp_path / "res"
+    proc = jamsweep("submit", str(grid), "--address", cluster.address, "--results", str(res))
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    failed = [line for line in proc.stderr.splitlines() if line.startswith("failed: ")]
+    assert len(failed) == 4, proc.stderr[-3000:]
+    assert all("asks for a GPU (resources.num_gpus = 1)" in line for line in failed)
+    assert all("set resources.num_gpus: 0" in line for line in failed)
+    pids = {line.split("(pid ")[1].split(",")[0] for line in failed}
+    assert len(pids) == 1, pids
+    status = jamsweep("status", "nocuda", "--json", "--results", str(res))
+    runs = __import__("json").loads(status.stdout)["runs"]
+    assert {(r["state"], r["attempts"]) for r in runs} == {("failed", 1)}
+    assert not (res / "nocuda" / "metrics").exists()
 
 
 BLIND_NODE = textwrap.dedent(

@@ -294,3 +294,60 @@ def task_processes(title: str) -> list[int]:
             if cmdline.startswith(title):
                 found.append(int(entry.name))
     return found
+
+
+PACKED = """
+sweep: packkill
+dataset: {name: digits_parity_pca, train_size: 60, test_size: 100, pca_dim: 10}
+architectures:
+  - {name: fc3, depth: 3, widths: [1.5]}
+seeds: 3
+training: {lr_max: 0.01, max_steps: 30000}
+resources: {num_cpus: 1, max_retries: 2, pack: 3}
+checkpoint: {every_steps: 200}
+"""
+
+
+def test_a_pack_whose_worker_is_killed_resumes_each_run_from_its_checkpoint_once(tmp_path, head):
+    """Issue 18: the pack's process is SIGKILLed mid-run; Ray retries the task and each of
+    its runs goes on from its own checkpoint, as the uninterrupted pack would have."""
+    grid = write_grid(tmp_path / "g.yaml", PACKED)
+    layout = SweepLayout(str(tmp_path / "res"), "packkill")
+    specs = parse_grid(PACKED).expand()
+    submit_detached(grid, head, tmp_path / "res")
+    wait_for(
+        lambda: all(os.path.exists(layout.checkpoint(s.run_id)) for s in specs),
+        180,
+        "every run of the pack to checkpoint",
+    )
+    assert not done_ids(layout, specs)
+    victims = task_processes("ray::packkill/")
+    assert len(victims) == 1  # one task trains the three runs
+    os.kill(victims[0], signal.SIGKILL)
+    wait_for(lambda: done_ids(layout, specs) == {s.run_id for s in specs}, 300, "the runs")
+    records = wait_for(
+        lambda: (lambda rs: rs if rs and all(r.state.is_terminal() for r in rs) else None)(
+            read_records(layout)
+        ),
+        60,
+        "the records to close",
+    )
+    assert {(r.state, r.attempts) for r in records} == {(RunStatus.DONE, 2)}
+    sweep = open_sweep(layout.root)
+    metrics = sweep.metrics().set_index("run_id")
+    assert len(metrics) == 3 and (metrics["resumed_from"] > 0).all()
+    logits = sweep.logits()
+    assert not logits.duplicated(["run_id", "split", "sample", "step"]).any()
+    assert not any(os.path.exists(layout.checkpoint(s.run_id)) for s in specs)
+    # ... and the outputs are the uninterrupted pack's, bit for bit
+    from workers.data import load_dataset
+    from workers.pack import train_pack
+
+    torch.set_num_threads(1)  # as in a Ray worker (OMP_NUM_THREADS=1)
+    data = load_dataset(specs[0].dataset)
+    whole: dict = {}
+    train_pack(specs, data, done=lambda spec, result: whole.__setitem__(spec.run_id, result))
+    for spec in specs:
+        mine = logits[(logits.run_id == spec.run_id) & (logits.split == "test")]
+        expected = pd.Series(whole[spec.run_id].outputs[1].f.numpy(), index=data.test.index.numpy())
+        assert (mine.set_index("sample")["f"].sort_index() == expected.sort_index()).all()

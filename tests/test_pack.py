@@ -268,3 +268,28 @@ def test_execute_pack_writes_each_run_and_skips_those_already_written(tmp_path):
         assert not wio.exists(layout.checkpoint(spec.run_id))  # dropped once results landed
     again = execute_pack(runs, layout)  # a retried pack trains nothing again: same rows
     assert [{k: r[k] for k in a} for r, a in zip(again, first, strict=True)] == first
+
+
+def test_a_pack_resumed_in_the_violator_only_phase_equals_the_uninterrupted_pack_bit_for_bit():
+    """Issue 18 (defect 4), for a pack: its checkpoints at step 500 (fewer than half the
+    points violated by then) resume with violator-only steps, as the pack went on."""
+    runs = [
+        s.model_copy(
+            update={
+                "dataset": s.dataset.model_copy(update={"train_size": 300}),
+                "training": s.training.model_copy(update={"lr_max": 0.003}),
+            }
+        )
+        for s in specs(widths="[4, 6]", seeds=1, steps=2500, every=250)
+    ]
+    data = load_dataset(runs[0].dataset)
+    whole, states = packed(runs, data)
+    p = runs[0].dataset.train_size
+    for spec in runs:  # the trace's own count: the violator-only phase began before 500
+        assert min(r["step"] for r in whole[spec.run_id].trace if r["n_unsat"] < 0.5 * p) < 500
+    at_500 = [_roundtrip(next(s for s in states[r.run_id] if s.step == 500)) for r in runs]
+    again, _ = packed(runs, data, resumes=at_500)
+    for spec in runs:
+        assert again[spec.run_id].metrics["resumed_from"] == 500
+        for a, b in zip(again[spec.run_id].outputs, whole[spec.run_id].outputs, strict=True):
+            assert torch.equal(a.f, b.f)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import functools
 import os
+import platform
 
 import pyarrow as pa
 import torch
 
+from schemas.errors import JamsweepError
 from schemas.layout import (
     FLAT,
     METRICS_FILE_SCHEMA,
@@ -27,9 +29,25 @@ from workers.pack import train_pack
 from workers.train import DTYPES, RunResult, TrainState, train
 
 
-def pick_device() -> torch.device:
-    """The GPU Ray assigned (CUDA_VISIBLE_DEVICES as Ray set it), else the CPU."""
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+def pick_device(spec: RunSpec) -> torch.device:
+    """The GPU Ray assigned (CUDA_VISIBLE_DEVICES as Ray set it) to a run that asks for
+    one (`resources.num_gpus` > 0), else the CPU: a CPU run never takes a GPU it was not
+    given, and a GPU run on a node where torch sees no CUDA device fails at once (Ray's GPU
+    count is bookkeeping: a node can declare GPUs that torch cannot use) instead of
+    training on the CPU unseen."""
+    gpus = spec.resources.num_gpus
+    if gpus <= 0:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        built = torch.version.cuda or "none (a CPU-only build)"
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        raise JamsweepError(
+            f"run {spec.run_id} asks for a GPU (resources.num_gpus = {gpus:g}) but torch "
+            f"sees no CUDA device on its node {platform.node()} (pid {os.getpid()}, "
+            f"torch {torch.__version__}, CUDA {built}; CUDA_VISIBLE_DEVICES={visible!r}):"
+            " give that node a usable GPU and driver, or set resources.num_gpus: 0"
+        )
+    return torch.device("cuda")
 
 
 @functools.lru_cache(maxsize=4)
@@ -57,7 +75,7 @@ def execute(spec: RunSpec, layout: SweepLayout) -> dict:
     done = _finished_metrics(layout.file("metrics", spec.run_id, *spec.key), spec.run_id)
     if done is not None:  # a retry of a run whose results landed before its worker died
         return done
-    device = pick_device()
+    device = pick_device(spec)
     data = dataset_for(spec, device)
     ckpt = layout.checkpoint(spec.run_id)
     saved = io.load_checkpoint(ckpt)
@@ -99,7 +117,7 @@ def execute_pack(specs: list[RunSpec], layout: SweepLayout) -> list[dict]:
             rows[spec.run_id] = landed
     todo = [s for s in specs if s.run_id not in rows]
     if todo:
-        device = pick_device()
+        device = pick_device(todo[0])
         data = dataset_for(todo[0], device)
         saved = [io.load_checkpoint(layout.checkpoint(s.run_id)) for s in todo]
         resumes = [TrainState.from_dict(raw) if raw is not None else None for raw in saved]

@@ -196,7 +196,7 @@ def run_model(pack: Pack, row: int, d_in: int) -> FC:
     return model
 
 
-def run_state(pack: Pack, row: int, d_in: int, wall_s: float) -> TrainState:
+def run_state(pack: Pack, row: int, d_in: int, wall_s: float, dense: bool = True) -> TrainState:
     """The checkpoint of the run at `row`, exactly as `workers.train.train` saves one."""
     member = pack.members[row]
     model = run_model(pack, row, d_in)
@@ -219,6 +219,7 @@ def run_state(pack: Pack, row: int, d_in: int, wall_s: float) -> TrainState:
         [dict(t) for t in member.trace],
         list(member.snapshots),
         wall_s,
+        dense,
     )
 
 
@@ -321,7 +322,8 @@ def train_pack(
     checks = measurement_steps(t.max_steps)
     snapshot_at = set(t.snapshot_steps)
     clock = CheckpointClock(first.checkpoint.every_steps, first.checkpoint.every_s)
-    dense = True
+    # One kind of step for the whole pack: dense unless every run resumes past it.
+    dense = any(r is None or r.dense for r in resumes)
     while pack.members:
         f = None if dense else outputs(pack, data.train.x)
         stopped: list[int] = []
@@ -360,7 +362,8 @@ def train_pack(
             m.step += 1
         if save is not None and clock.due(pack.members[0].step):
             for row, m in enumerate(pack.members):
-                save(m.spec, run_state(pack, row, d_in, m.wall_before + time.monotonic() - started))
+                wall = m.wall_before + time.monotonic() - started
+                save(m.spec, run_state(pack, row, d_in, wall, dense))
             clock.saved()
 
 

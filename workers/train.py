@@ -45,6 +45,10 @@ class TrainState:
     trace: list[dict[str, float]]
     snapshots: list[dict[str, Any]]
     wall_s: float
+    # The next step's kind: dense (all P points) or violators only. The two sum the
+    # gradient in another order, so a resume must take the step it would have taken
+    # (checkpoints written before this field resume dense, as they always did).
+    dense: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -275,6 +279,7 @@ def train(
     optimizer = make_optimizer(spec, model)
     batches = torch.Generator().manual_seed(spec.seed)
     step, trace, snapshots, wall_before = 0, [], [], 0.0
+    dense = True  # at init nearly every point is violated
     if resume is not None:
         model.load_state_dict(resume.model)
         optimizer.load_state_dict(resume.optimizer)
@@ -285,6 +290,7 @@ def train(
             list(resume.snapshots),
             resume.wall_s,
         )
+        dense = resume.dense
 
     t = spec.training
     checks = measurement_steps(t.max_steps)
@@ -293,7 +299,6 @@ def train(
     train_set = data.train
     last: dict[str, float] | None = None
     sparse = violator_only(spec, len(train_set))
-    dense = True  # at init nearly every point is violated
 
     while True:
         if step in snapshot_at and not any(s["step"] == step for s in snapshots):
@@ -327,6 +332,7 @@ def train(
                     [dict(t) for t in trace],
                     list(snapshots),
                     wall,
+                    dense,
                 )
             )
             clock.saved()

@@ -203,8 +203,11 @@ def _launchable_node_types() -> list[NodeType]:
 # Each made once. Every ray.remote() call is a new function to Ray (its own id, exported to
 # the GCS, its own scheduling class): one per task had the raylet juggle 10,000 scheduling
 # classes, and a 10,000-run sweep finished 60 runs in 9 minutes (bench/bench_scale.py).
-RUN_TASK = ray.remote(_run_task)
-PACK_TASK = ray.remote(_pack_task)
+# max_calls=0: a worker process trains task after task. Ray's default for a function
+# declared with GPUs is one task per process (a new process and CUDA context per run);
+# the GPUs are given per task with .options(), so say it here, not by that accident.
+RUN_TASK = ray.remote(max_calls=0)(_run_task)
+PACK_TASK = ray.remote(max_calls=0)(_pack_task)
 TRACKER_ACTOR = ray.remote(_TrackerActor)
 SEES_TASK = ray.remote(num_cpus=0)(_sees)
 
@@ -370,7 +373,9 @@ class RayBackend:
     def start(
         self, specs: list[RunSpec], layout: SweepLayout, tracker: TrackerClient
     ) -> list[RunHandle]:
-        """One task per run, or per pack of runs where `resources.pack` asks for packs."""
+        """One task per run, or per pack of runs where `resources.pack` asks for packs. A
+        run that its plan leaves alone (a CNN, or `auto` at a large P * h) is a run task,
+        trained as with `pack: 1`: packs are for two runs or more."""
         handles = []
         for task_specs in plan_tasks(specs, self._slots(specs)):
             first, r = task_specs[0], task_specs[0].resources
@@ -383,7 +388,7 @@ class RayBackend:
                 # and I/O errors. A diverged run or a JamsweepError would fail again.
                 "retry_exceptions": [OSError],
             }
-            if len(task_specs) == 1 and first.resources.pack == 1:
+            if len(task_specs) == 1:  # alone, whatever `pack` says: the one-run loop
                 single = RUN_TASK.options(name=name, **options)
                 handles.append(RunHandle(first, single.remote(first, layout, tracker.name)))
             else:
