@@ -42,7 +42,9 @@ def sizes(spec, data: Dataset, folder: Path) -> tuple[int, int]:  # noqa: ANN001
     """(bytes of the run's model.pt, bytes of its logits + trace + metrics)."""
     layout = SweepLayout(str(folder), "s")
     net = build_model(spec, spec.d_in).to(DTYPES[spec.training.dtype])  # as a run stores it
-    io.save_checkpoint(layout.model(*spec.key), {k: v.clone() for k, v in net.state_dict().items()})
+    io.save_checkpoint(
+        layout.model(spec.run_id, *spec.key), {k: v.clone() for k, v in net.state_dict().items()}
+    )
     shape = (lambda n: (n,)) if spec.n_outputs == 1 else (lambda n: (n, spec.n_outputs))
     outputs = [
         Outputs("train", 100, torch.randn(shape(len(data.train)), dtype=torch.float64)),
@@ -68,7 +70,9 @@ def sizes(spec, data: Dataset, folder: Path) -> tuple[int, int]:  # noqa: ANN001
     io.write_table(layout.trace(*spec.key), trace_table(spec, result))
     io.write_table(layout.metrics(*spec.key), metrics_table(spec, result))
     files = [layout.logits(*spec.key), layout.trace(*spec.key), layout.metrics(*spec.key)]
-    return Path(layout.model(*spec.key)).stat().st_size, sum(Path(f).stat().st_size for f in files)
+    return Path(layout.model(spec.run_id, *spec.key)).stat().st_size, sum(
+        Path(f).stat().st_size for f in files
+    )
 
 
 def main() -> None:

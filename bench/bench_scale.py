@@ -7,7 +7,10 @@ orchestration per run = jamsweep's wall time per run - the work per run / cores;
 is at most 3x bare Ray's cost per run. Then `status` of that sweep from its files (target:
 under 1 s).
 
-    .venv/bin/python bench/bench_scale.py [--runs 2000] [--cpus 2]
+    .venv/bin/python bench/bench_scale.py [--runs 2000] [--cpus 2] [--layout 2]
+
+`--layout` is the sweep's layout of the run tables (schemas.layout): 2, a flat file per
+run (what every new sweep keeps), or 1, the Hive folders of sweeps made before sweep axes.
 """
 
 from __future__ import annotations
@@ -42,14 +45,15 @@ def bare_ray(n: int, cpus: int) -> float:
     return time.perf_counter() - start
 
 
-def jamsweep_drive(root: str, specs: list, cpus: int) -> float:
+def jamsweep_drive(root: str, specs: list, cpus: int, version: int) -> float:
     from orchestrator.cluster.driver import run_on_ray
     from orchestrator.cluster.lease import Holder, acquire
     from orchestrator.results.store import manifest_table
     from schemas.layout import SweepLayout
     from workers import io
 
-    layout = SweepLayout(root, "scale")
+    layout = SweepLayout(root, "scale", version)
+    io.write_text(layout.layout_json, layout.layout_text())
     io.write_text(layout.grid_yaml, GRID)
     io.write_table(layout.manifest, manifest_table(specs))
     start = time.perf_counter()
@@ -60,7 +64,7 @@ def jamsweep_drive(root: str, specs: list, cpus: int) -> float:
     return seconds
 
 
-def work_per_run(root: str, specs: list, sample: int) -> float:
+def work_per_run(root: str, specs: list, sample: int, version: int) -> float:
     """One run's own work (data cached, as in a warm worker), in this process."""
     import torch
 
@@ -68,7 +72,7 @@ def work_per_run(root: str, specs: list, sample: int) -> float:
     from workers.execute import execute
 
     torch.set_num_threads(1)  # as in a Ray worker
-    layout = SweepLayout(root, "work")
+    layout = SweepLayout(root, "work", version)
     execute(specs[0], layout)  # warm: data loaded and cached, as in a worker
     chosen = specs[1 : sample + 1]
     start = time.perf_counter()
@@ -82,6 +86,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2000)
     parser.add_argument("--cpus", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--sample", type=int, default=200, help="runs timed for the work")
+    parser.add_argument("--layout", type=int, choices=(1, 2), default=2, help="run tables")
     args = parser.parse_args()
     from orchestrator.sweep import status
     from schemas.grid import parse_grid
@@ -92,8 +97,8 @@ def main() -> None:
     root = tempfile.mkdtemp(prefix="jamsweep-bench-scale-")
     try:
         t_bare = bare_ray(n, args.cpus)
-        t_sweep = jamsweep_drive(root, specs, args.cpus)
-        t_work = work_per_run(root, specs, args.sample)
+        t_sweep = jamsweep_drive(root, specs, args.cpus, args.layout)
+        t_work = work_per_run(root, specs, args.sample, args.layout)
         start = time.perf_counter()
         st = status("scale", results=root)
         t_status = time.perf_counter() - start
@@ -102,7 +107,7 @@ def main() -> None:
     assert st.counts["done"] == n
     bare, per_run = t_bare / n, t_sweep / n
     orchestration = per_run - t_work / args.cpus
-    print(f"{n} trivial runs on {args.cpus} CPUs (embedded Ray)")
+    print(f"{n} trivial runs on {args.cpus} CPUs (embedded Ray), layout {args.layout}")
     print(f"bare Ray (init, {n} tasks, shutdown): {t_bare:.1f} s = {1e3 * bare:.2f} ms/run")
     print(f"jamsweep (init, tracker, {n} runs):  {t_sweep:.1f} s = {1e3 * per_run:.2f} ms/run")
     print(f"the runs' own work / {args.cpus} CPUs:     {1e3 * t_work / args.cpus:.2f} ms/run")

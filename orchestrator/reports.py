@@ -58,6 +58,8 @@ class SubmitReport:
     broken: list[RunSpec] = field(default_factory=list)  # finished, with unreadable files
     job_id: str | None = None  # set when the sweep went to a cluster as a Ray job
     job_state: str | None = None
+    product: str = ""  # the grid's product: widths x points x seeds = runs (sweep.submit)
+    axis_names: list[str] = field(default_factory=list)  # the grid's list fields
 
     @property
     def ok(self) -> bool:

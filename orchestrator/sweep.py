@@ -15,9 +15,10 @@ from orchestrator.cluster.progress import ProgressHook
 from orchestrator.reports import Echo, RefineReport, SubmitReport, SweepStatus, quiet, width_symbol
 from orchestrator.results.reduced import load_summary
 from orchestrator.results.reduction import reduce
-from orchestrator.results.store import sweep_names
+from orchestrator.results.store import existing, runs_where, sweep_names
+from schemas.axes import DEFAULT_MAX_RUNS
 from schemas.errors import JamsweepError
-from schemas.grid import load_grid
+from schemas.grid import GridSpec, load_grid
 from schemas.layout import RESULTS_DEFAULT
 from workers import io
 
@@ -58,6 +59,7 @@ def submit(
     shared_fs: bool = False,
     echo: Echo = quiet,
     progress: ProgressHook | None = None,
+    max_runs: int = DEFAULT_MAX_RUNS,
 ) -> SubmitReport:
     """Run every run of the grid that has not finished yet; reduce when all are done.
 
@@ -67,10 +69,13 @@ def submit(
     to the cluster as a Ray job and goes on without this process; its paths must then be
     ones every node sees (`shared_fs` declares an absolute path so). `progress`, if given,
     receives the round's counts about once a second (a Ray job reports through `echo`).
+    A grid whose product (architectures x points x widths x seeds) is over `max_runs` is
+    refused before anything else, dry run or not.
     """
     spec, text = load_grid(grid)
+    refuse_large(spec, max_runs)
     executor = executor_for(address, num_cpus=num_cpus, shared_fs=shared_fs)
-    return executor.submit(
+    report = executor.submit(
         grid,
         spec,
         text,
@@ -81,6 +86,36 @@ def submit(
         echo=echo,
         progress=progress,
     )
+    report.product = product_text(spec)
+    report.axis_names = list(spec.axes)
+    return report
+
+
+def product_text(spec: GridSpec) -> str:
+    """'2 widths x 3 points (train_size: 250, 500, 1000) x 4 seeds = 24 runs'."""
+    widths = sum(len(a.widths) for a in spec.architectures)
+    parts = [
+        f"{widths} width(s)"
+        + (f" of {len(spec.architectures)} architectures" if len(spec.architectures) > 1 else "")
+    ]
+    axes = spec.axes
+    if axes:
+        listed = "; ".join(
+            f"{k}: {', '.join(f'{v:g}' if isinstance(v, float) else str(v) for v in vs)}"
+            for k, vs in axes.items()
+        )
+        parts.append(f"{len(spec.points)} point(s) ({listed})")
+    parts.append(f"{len(spec.seed_list)} seed(s)")
+    return " x ".join(parts) + f" = {spec.n_runs} runs"
+
+
+def refuse_large(spec: GridSpec, max_runs: int) -> None:
+    if spec.n_runs > max_runs:
+        raise JamsweepError(
+            f"grid {spec.sweep!r} makes {spec.n_runs} runs ({product_text(spec)}), more than "
+            f"--max-runs {max_runs}; shorten a list, or raise the limit with --max-runs "
+            f"{spec.n_runs} if you mean it"
+        )
 
 
 def status(
@@ -89,6 +124,15 @@ def status(
     """Live from the sweep's tracker when `address` names a cluster that has one; else from
     the persisted status.parquet, corrected by the result files and the round's heartbeat."""
     return executor_for(address).status(sweep, results)
+
+
+def status_where(
+    st: SweepStatus, where: dict[str, list[str]], *, results: str = RESULTS_DEFAULT
+) -> SweepStatus:
+    """`st` with only the runs whose columns have the values of `where` (NAME -> values as
+    text: arch, width, seed or any sweep axis, e.g. {"train_size": ["1000"]})."""
+    ids = runs_where(existing(st.sweep, results), where)
+    return SweepStatus(st.sweep, [r for r in st.records if r.run_id in ids], st.source, st.alive)
 
 
 def watch(

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from schemas.axes import DatasetGrid, Point, TrainingGrid, points
 from schemas.datasets import (
     DATASETS_WITH_ROOT,
     FLAT_DATASETS,
@@ -67,12 +68,18 @@ class GridSpec(Strict):
         description="Where results go (folder or URI); relative paths are taken from the grid "
         "file's folder. The CLI's --results wins.",
     )
-    dataset: DatasetSpec = Field(description="The data every run trains and tests on.")
+    dataset: DatasetGrid = Field(
+        description="The data every run trains and tests on; train_size, label_noise and "
+        "data_seed may be lists (sweep axes)."
+    )
     architectures: list[ArchSpec] = Field(description="Architectures, each with its widths.")
     seeds: int | list[int] = Field(
         description="A count n (seeds 0..n-1) or an explicit list of distinct seeds."
     )
-    training: TrainingSpec = Field(default_factory=TrainingSpec, description="How runs train.")
+    training: TrainingGrid = Field(
+        default_factory=TrainingGrid,
+        description="How runs train; any numeric field may be a list (a sweep axis).",
+    )
     resources: ResourceSpec = Field(default_factory=ResourceSpec, description="Per-run resources.")
     checkpoint: CheckpointSpec = Field(
         default_factory=CheckpointSpec, description="When runs save their state."
@@ -150,20 +157,38 @@ class GridSpec(Strict):
         ]
         return self.model_copy(update={"architectures": archs})
 
+    @property
+    def axes(self) -> dict[str, list[Any]]:
+        """The fields given as lists (name -> values), dataset fields first."""
+        return {**self.dataset.axes(), **self.training.axes()}
+
+    @property
+    def points(self) -> list[Point]:
+        """Every point of the product of the axes ([{}] for a grid without lists)."""
+        return points(self.axes)
+
+    @property
+    def n_runs(self) -> int:
+        """The size of the product: runs of every (architecture, point, width, seed)."""
+        n_widths = sum(len(a.widths) for a in self.architectures)
+        return n_widths * len(self.points) * len(self.seed_list)
+
     def expand(self) -> list[RunSpec]:
-        """One RunSpec per (architecture, width, seed), in grid order."""
+        """One RunSpec per (architecture, point, width, seed), in grid order."""
+        at = [(self.dataset.at(p), self.training.at(p)) for p in self.points]
         return [
             RunSpec(
                 sweep=self.sweep,
                 arch=arch,
                 width=width,
                 seed=seed,
-                dataset=self.dataset,
-                training=self.training,
+                dataset=dataset,
+                training=training,
                 resources=self.resources,
                 checkpoint=self.checkpoint,
             )
             for arch in self.architectures
+            for dataset, training in at
             for width in arch.widths
             for seed in self.seed_list
         ]
@@ -173,20 +198,22 @@ class GridSpec(Strict):
         dataset (not where it is read from, nor the facts read from its files: those are
         compared with the manifest's, store.check_grid_change), the training, and the
         definition of each architecture the two grids share. Widths, seeds, added or
-        removed architectures, resources, checkpoints and paths do not count: a sweep may
-        grow or shrink.
+        removed architectures, the values of an axis (a field that is a list in either
+        grid), resources, checkpoints and paths do not count: a sweep may grow or shrink
+        along every axis. A field that is one value in both grids and changes does count.
         One 'field: old -> new' line each, empty when the grids are the same experiment."""
+        axes = set(old.axes) | set(self.axes)
         pairs = [
-            ("dataset", _decisive(old.dataset), _decisive(self.dataset)),
+            ("dataset", _decisive(old.dataset, axes), _decisive(self.dataset, axes)),
             (
                 "training",
-                old.training.model_dump(mode="json"),
-                self.training.model_dump(mode="json"),
+                old.training.model_dump(mode="json", exclude=axes),
+                self.training.model_dump(mode="json", exclude=axes),
             ),
         ]
         before = {a.name: a for a in old.architectures}
         pairs += [
-            (f"architectures[{a.name}]", _decisive(before[a.name]), _decisive(a))
+            (f"architectures[{a.name}]", _decisive(before[a.name], set()), _decisive(a, set()))
             for a in self.architectures
             if a.name in before
         ]
@@ -206,10 +233,10 @@ class GridSpec(Strict):
         )
 
 
-def _decisive(model: BaseModel) -> dict[str, Any]:
+def _decisive(model: BaseModel, axes: set[str]) -> dict[str, Any]:
     """A dataset's or architecture's fields that decide results (not paths, not widths,
-    not the facts resolved from a dataset's files)."""
-    return model.model_dump(mode="json", exclude={*DATA_LOCATION, "resolved", "widths"})
+    not the `axes`, not the facts resolved from a dataset's files)."""
+    return model.model_dump(mode="json", exclude={*DATA_LOCATION, *axes, "resolved", "widths"})
 
 
 def _changed(where: str, old: Any, new: Any) -> list[str]:

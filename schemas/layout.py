@@ -2,14 +2,25 @@
 
 Nobody else builds a path: ask a `SweepLayout`. Paths are strings joined with '/', so the
 same layout works for a local folder and for an object-store URI (s3://bucket/prefix).
+
+Two layouts of the run tables (logits, metrics, trace) exist. Layout 1 (sweeps made before
+sweep axes; no layout.json) partitions them hive-style, TABLE/arch=A/width=W/seed=S/
+part-0.parquet, so that a plain reader gets arch, width and seed from folder names, as
+text categories. Layout 2 (every new sweep; layout.json says {"layout": 2}) keeps one flat
+file per run, TABLE/RUN_ID.parquet, whose rows carry the key and axis columns typed
+(`KEY_SCHEMA`, `AXIS_SCHEMA`): pandas, pyarrow, polars and duckdb read width as a number,
+and runs of two points of the other axes never share a file.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 
 RESULTS_DEFAULT = "results"
 RESULTS_ENV = "JAMSWEEP_RESULTS"  # sets the default results location
@@ -30,12 +41,41 @@ def _join(*parts: str) -> str:
     return "/".join([head.rstrip("/"), *rest])
 
 
+HIVE, FLAT = 1, 2  # the layouts of the run tables (module docstring)
+
+
 @dataclass(frozen=True)
 class SweepLayout:
-    """The files of one sweep under RESULTS/SWEEP/ (DESIGN.md section 3)."""
+    """The files of one sweep under RESULTS/SWEEP/ (DESIGN.md section 3).
+
+    `version` is the layout of its run tables; None: the one layout.json names (read once,
+    when first asked), 1 when there is none (a sweep of an older version, or none yet;
+    `submit` settles a new sweep's layout to 2 before anything is written)."""
 
     results: str
     sweep: str
+    version: int | None = field(default=None, compare=False)
+
+    @cached_property
+    def tables_layout(self) -> int:
+        if self.version is not None:
+            return self.version
+        return _stored_layout(self.layout_json)
+
+    def settled(self, new_sweep: bool) -> SweepLayout:
+        """This layout with its version fixed: layout.json's, else FLAT for a new sweep and
+        HIVE for one that has files of an older version."""
+        stored = _stored_layout(self.layout_json, missing=0)
+        version = stored or (FLAT if new_sweep else HIVE)
+        return SweepLayout(self.results, self.sweep, version)
+
+    @property
+    def layout_json(self) -> str:
+        return _join(self.root, "layout.json")
+
+    def layout_text(self) -> str:
+        """What layout.json holds for this layout."""
+        return json.dumps({"layout": self.tables_layout}) + "\n"
 
     @property
     def root(self) -> str:
@@ -110,11 +150,20 @@ class SweepLayout:
     def report(self) -> str:
         return _join(self.root, "report.html")
 
+    def file(self, table: str, run_id: str, arch: str, width: float, seed: int) -> str:
+        """The file of one run in a run table ('logits', 'metrics', 'trace')."""
+        if self.tables_layout == FLAT:
+            return _join(self.root, table, f"{run_id}.parquet")
+        return self.run_file(table, arch, width, seed)
+
     def width_dir(self, table: str, arch: str, width: float) -> str:
-        """Folder of one (arch, width) in a partitioned table ('logits', 'metrics', 'trace')."""
+        """Layout 1: folder of one (arch, width) in a partitioned table."""
         return _join(self.root, table, f"arch={arch}", f"width={format_width(width)}")
 
     def run_file(self, table: str, arch: str, width: float, seed: int) -> str:
+        """Layout 1: the file of (arch, width, seed); use `file`, which knows the layout."""
+        if self.tables_layout == FLAT:
+            raise ValueError(f"{self.root} keeps a file per run id (layout 2): ask layout.file")
         return _join(self.width_dir(table, arch, width), f"seed={seed}", "part-0.parquet")
 
     def logits(self, arch: str, width: float, seed: int) -> str:
@@ -130,8 +179,11 @@ class SweepLayout:
     def models_dir(self) -> str:
         return _join(self.root, "models")
 
-    def model(self, arch: str, width: float, seed: int) -> str:
-        """A finished run's final weights (a torch state_dict, `checkpoint.keep_models`)."""
+    def model(self, run_id: str, arch: str, width: float, seed: int) -> str:
+        """A finished run's final weights (a torch state_dict, `checkpoint.keep_models`):
+        models/RUN_ID.pt (layout 2), models/arch=A/width=W/seed=S/model.pt (layout 1)."""
+        if self.tables_layout == FLAT:
+            return _join(self.models_dir, f"{run_id}.pt")
         return _join(self.width_dir("models", arch, width), f"seed={seed}", "model.pt")
 
     def set_aside_dir(self, stamp: str) -> str:
@@ -143,9 +195,50 @@ class SweepLayout:
         return _join(self.checkpoints_dir, f"{run_id}.pt")
 
 
-# The partition columns (arch, width, seed) live in the folder names, not in the files, so
-# that reading a table folder with pandas/pyarrow/duckdb yields them exactly once.
+def _stored_layout(location: str, missing: int = HIVE) -> int:
+    """The layout that layout.json at `location` names; `missing` when there is none."""
+    try:
+        if "://" in location:
+            fs, path = pafs.FileSystem.from_uri(location)
+        else:
+            fs, path = pafs.LocalFileSystem(), os.path.abspath(location)
+        if fs.get_file_info(path).type == pafs.FileType.NotFound:
+            return missing
+        with fs.open_input_stream(path) as src:
+            return int(json.loads(src.read().decode())["layout"])
+    except (OSError, ValueError, KeyError, TypeError, pa.ArrowException) as exc:
+        raise OSError(f"cannot read the sweep's layout.json ({location}): {exc}") from None
+
+
+# Layout 1: the partition columns (arch, width, seed) live in the folder names, not in the
+# files, so that reading a table folder with pandas/pyarrow/duckdb yields them exactly once.
 PARTITIONING = pa.schema([("arch", pa.string()), ("width", pa.float64()), ("seed", pa.int64())])
+KEY_SCHEMA = PARTITIONING  # layout 2: the same columns, typed, in every row of every file
+
+# Every run's value of every sweep axis (schemas.axes.AXES, in that order), a column of each
+# row of its files (layout 2) and of the manifest, whether or not the grid lists it.
+AXIS_SCHEMA = pa.schema(
+    [
+        ("train_size", pa.int64()),
+        ("label_noise", pa.float64()),
+        ("data_seed", pa.int64()),
+        ("margin", pa.float64()),
+        ("lr0", pa.float64()),
+        ("lr_exponent", pa.float64()),
+        ("lr_max", pa.float64()),
+        ("adam_eps", pa.float64()),
+        ("batch_size", pa.int64()),  # null: full batch
+        ("max_steps", pa.int64()),
+        ("delta_tol", pa.float64()),
+    ]
+)
+
+
+def with_run_columns(schema: pa.Schema) -> pa.Schema:
+    """A run table's file schema in layout 2: run_id, then the key and axis columns."""
+    rest = [f for f in schema if f.name != "run_id"]
+    return pa.schema([schema.field("run_id"), *KEY_SCHEMA, *AXIS_SCHEMA, *rest])
+
 
 LOGITS_FILE_SCHEMA = pa.schema(
     [
@@ -203,6 +296,7 @@ MANIFEST_SCHEMA = pa.schema(
         ("spec", pa.string()),
         ("origin", pa.string()),  # "grid" (named by grid.yaml) or "refine" (added by refine)
         ("label_map", pa.string()),  # how labels became targets: '"B" -> -1, "M" -> +1'
+        *AXIS_SCHEMA,  # older manifests lack them: readers take them as absent
     ]
 )
 

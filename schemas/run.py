@@ -6,9 +6,11 @@ import enum
 import hashlib
 import json
 from functools import cached_property
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from schemas.axes import axis_values
 from schemas.datasets import IMAGE_SHAPES, LABEL_MAPS, N_OUTPUTS, DataFacts
 from schemas.errors import JamsweepError
 from schemas.modules import ModuleFacts
@@ -122,6 +124,11 @@ class RunSpec(BaseModel):
     @property
     def key(self) -> tuple[str, float, int]:
         return (self.arch.name, self.width, self.seed)
+
+    @property
+    def axis_values(self) -> dict[str, Any]:
+        """Its value of every sweep axis field (schemas.axes.AXES): its columns."""
+        return axis_values(self.dataset, self.training)
 
 
 class RunStatus(str, enum.Enum):

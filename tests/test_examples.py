@@ -39,7 +39,8 @@ def scaled_down(grid: Path, into: Path) -> Path:
     for key in ("root", "train", "test"):
         if data.get(key) and "://" not in data[key]:
             data[key] = str((grid.parent / data[key]).resolve())
-    data["train_size"] = 60
+    # a list (a sweep axis) stays one, with two small values
+    data["train_size"] = [40, 60] if isinstance(data["train_size"], list) else 60
     if not data.get("test"):
         data["test_size"] = 100
     for arch in raw["architectures"]:
@@ -76,5 +77,9 @@ def test_a_scaled_down_copy_of_each_example_runs_end_to_end(grid, tmp_path, head
     proc = jamsweep("submit", str(small), "--results", str(tmp_path / "res"), "--address", head.gcs)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "FAILED" not in proc.stderr
-    n_runs = 2 * sum(len(a["widths"]) for a in yaml.safe_load(small.read_text())["architectures"])
+    raw = yaml.safe_load(small.read_text())
+    points = (
+        len(raw["dataset"]["train_size"]) if isinstance(raw["dataset"]["train_size"], list) else 1
+    )
+    n_runs = 2 * points * sum(len(a["widths"]) for a in raw["architectures"])
     assert f"{n_runs} done." in proc.stdout, proc.stdout[-2000:]

@@ -8,7 +8,7 @@ import pytest
 
 from orchestrator.cluster.tracker import Tracker, read_records
 from schemas.errors import JamsweepError
-from schemas.layout import SweepLayout, format_width
+from schemas.layout import FLAT, HIVE, SweepLayout, format_width
 from schemas.run import InvalidTransition, RunRecord, RunStatus
 from workers import io
 
@@ -57,13 +57,17 @@ def test_unwritable_results_location_is_a_clear_error(tmp_path):
 
 
 def test_layout_paths():
-    lay = SweepLayout("s3://bucket/res/", "sw")
+    lay = SweepLayout("s3://bucket/res/", "sw", version=HIVE)  # a sweep of layout 1
     assert (
         lay.logits("fc5", 3.5, 2)
         == "s3://bucket/res/sw/logits/arch=fc5/width=3.5/seed=2/part-0.parquet"
     )
     assert lay.metrics("fc5", 12.0, 0).endswith("metrics/arch=fc5/width=12/seed=0/part-0.parquet")
     assert format_width(7.0) == "7" and format_width(0.25) == "0.25"
+    flat = SweepLayout("s3://bucket/res/", "sw", version=FLAT)  # layout 2: a file per run id
+    assert flat.file("metrics", "abc", "fc5", 3.5, 2) == "s3://bucket/res/sw/metrics/abc.parquet"
+    with pytest.raises(ValueError, match="layout 2"):
+        flat.metrics("fc5", 3.5, 2)
 
 
 def record(run_id: str) -> RunRecord:

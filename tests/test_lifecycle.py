@@ -191,6 +191,17 @@ def test_changing_what_decides_results_is_refused_naming_the_fields(tmp_path, ch
     assert named in str(err.value)
 
 
+def test_the_cli_prints_a_changed_architecture_s_name_in_brackets(tmp_path):
+    # rich markup would read "[fc5]" as a style tag and drop it from the message
+    files = write_sweep(str(tmp_path), seeds=2, widths=[2, 4])
+    changed = io.read_text(files.layout.grid_yaml).replace("depth: 5", "depth: 4")
+    path = write_grid(tmp_path / "g.yaml", changed)
+    proc = jamsweep("submit", str(path), "--results", str(tmp_path), "--dry-run")
+    assert proc.returncode == 1
+    assert "architectures[fc5].depth: 5 -> 4" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_refined_runs_stay_when_the_grid_is_submitted_again_but_not_removed_ones(tmp_path):
     from orchestrator.results.store import add_to_manifest, planned_runs
 

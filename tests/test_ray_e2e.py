@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from schemas.axes import AXES
 from tests.conftest import _descendants, jamsweep, write_grid
 
 pytestmark = pytest.mark.ray
@@ -26,6 +27,7 @@ resources: {num_cpus: 1, max_retries: 1}
 """
 
 LAYOUT = {
+    "layout.json",
     "grid.yaml",
     "manifest.parquet",
     "status.parquet",
@@ -66,19 +68,19 @@ def test_submit_exits_zero_and_writes_the_layout(finished):
         "summary.json",
     } <= {p.name for p in sweep.iterdir()}
     assert (sweep / "grid.yaml").read_text() == grid.read_text()  # verbatim
-    for table in ("logits", "metrics", "trace"):
+    assert json.loads((sweep / "layout.json").read_text()) == {"layout": 2}
+    run_ids = pd.read_parquet(sweep / "manifest.parquet")["run_id"]
+    for table in ("logits", "metrics", "trace"):  # layout 2: one flat file per run
         files = sorted(
             p.relative_to(sweep / table).as_posix()
             for p in (sweep / table).rglob("*")
             if p.is_file()
         )
-        assert files == [
-            f"arch=fc3/width={w}/seed={s}/part-0.parquet" for w in ("1.5", "6") for s in (0, 1)
-        ]
+        assert files == sorted(f"{r}.parquet" for r in run_ids)
     models = sorted(
         p.relative_to(sweep / "models").as_posix() for p in (sweep / "models").rglob("*.pt")
     )
-    assert models == [f"arch=fc3/width={w}/seed={s}/model.pt" for w in ("1.5", "6") for s in (0, 1)]
+    assert models == sorted(f"{r}.pt" for r in run_ids)
     assert "[4/4] done" in proc.stderr
     assert "Traceback" not in proc.stderr
     figures = sorted((sweep / "figures").glob("*.png"))
@@ -93,6 +95,7 @@ def test_logits_read_with_pandas_one_row_per_run_split_sample(finished):
         "arch",
         "width",
         "seed",
+        *AXES,  # every run's value of every sweep axis, typed
         "n_params",
         "split",
         "sample",
@@ -102,6 +105,9 @@ def test_logits_read_with_pandas_one_row_per_run_split_sample(finished):
         "grad_norm",
     }
     assert set(logits.columns) == expected
+    assert logits["width"].dtype == np.float64 and logits["seed"].dtype == np.int64
+    assert sorted(logits["width"].unique()) == [1.5, 6.0]  # numbers, not text categories
+    assert set(logits["train_size"]) == {60} and set(logits["lr_max"]) == {0.01}
     assert len(logits) == 4 * (60 + 100)
     assert logits.groupby(["run_id", "split"]).size().to_dict() == {
         (r, s): n for r in logits["run_id"].unique() for s, n in (("train", 60), ("test", 100))
@@ -154,11 +160,20 @@ def test_status_json_and_ls(finished):
     assert ls.returncode == 0 and re.search(r"tiny: pending 0 +running 0 +done 4", ls.stdout)
 
 
+def run_file(sweep, table: str, **key):  # noqa: ANN001, ANN201  (Paths)
+    """The file of the one run of the manifest with these column values (layout 2)."""
+    manifest = pd.read_parquet(sweep / "manifest.parquet")
+    for name, value in key.items():
+        manifest = manifest[manifest[name] == value]
+    (run_id,) = manifest["run_id"]
+    return sweep / table / f"{run_id}.parquet"
+
+
 def test_resubmitting_runs_only_what_is_missing(finished):
     root, grid, _ = finished
     sweep = root / "res" / "tiny"
-    victim = sweep / "metrics" / "arch=fc3" / "width=6" / "seed=1" / "part-0.parquet"
-    keep = sweep / "metrics" / "arch=fc3" / "width=6" / "seed=0" / "part-0.parquet"
+    victim = run_file(sweep, "metrics", width=6, seed=1)
+    keep = run_file(sweep, "metrics", width=6, seed=0)
     before = keep.stat().st_mtime_ns
     victim.unlink()  # as if that run had been interrupted before it finished
     proc = jamsweep("submit", str(grid), "--results", str(root / "res"), "--num-cpus", "2")

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from schemas.axes import AXES
 from tests.conftest import ROOT, jamsweep, write_grid
 
 pytestmark = pytest.mark.ray
@@ -36,27 +37,33 @@ import duckdb, pandas as pd, polars as pl, pyarrow.dataset as ds, pyarrow.parque
 root, tables, files = sys.argv[1], sys.argv[2].split(","), sys.argv[3].split(",")
 seen = {}
 for t in tables:
-    folder, glob = f"{root}/{t}", f"{root}/{t}/*/*/*/*.parquet"
+    folder, glob = f"{root}/{t}", f"{root}/{t}/*.parquet"  # layout 2: a flat file per run
     by_pandas = pd.read_parquet(folder)
-    by_arrow = ds.dataset(folder, format="parquet", partitioning="hive").to_table()
-    by_polars = pl.read_parquet(f"{folder}/**/*.parquet", hive_partitioning=True)
-    by_duckdb = duckdb.sql(f"select * from read_parquet('{glob}', hive_partitioning = true)")
+    by_arrow = ds.dataset(folder, format="parquet").to_table()
+    by_polars = pl.read_parquet(glob)
+    by_duckdb = duckdb.sql(f"select * from read_parquet('{glob}')")
     seen[t] = {
+        "types": {  # the key and axis columns as each reader types them, without help
+            "pandas": [str(by_pandas[c].dtype) for c in ("width", "seed", "train_size")],
+            "pyarrow": [str(by_arrow.schema.field(c).type) for c in ("width", "seed",
+                                                                      "train_size")],
+            "polars": [str(by_polars[c].dtype) for c in ("width", "seed", "train_size")],
+            "duckdb": [str(by_duckdb[c].types[0]) for c in ("width", "seed", "train_size")],
+        },
+        "widths_sorted": sorted(by_pandas["width"].unique().tolist()),
         "pandas": sorted(by_pandas.columns), "pyarrow": sorted(by_arrow.column_names),
         "polars": sorted(by_polars.columns), "duckdb": sorted(by_duckdb.columns),
         "rows": [len(by_pandas), by_arrow.num_rows, by_polars.height,
                  duckdb.sql(f"select count(*) from read_parquet('{glob}')").fetchall()[0][0]],
     }
     if t == "metrics":  # one number four ways: mean test error per width
-        seen[t]["by_width"] = {
-            "pandas": by_pandas.assign(width=by_pandas.width.astype(float))
-                .groupby("width").test_error.mean().to_dict(),
-            "pyarrow": {float(k): v for k, v in by_arrow.to_pandas().assign(
-                width=lambda d: d.width.astype(float)).groupby("width").test_error.mean().items()},
-            "polars": dict(by_polars.group_by(pl.col("width").cast(pl.Float64))
-                .agg(pl.col("test_error").mean()).iter_rows()),
-            "duckdb": dict(duckdb.sql(f"select cast(width as double), avg(test_error) "
-                f"from read_parquet('{glob}', hive_partitioning = true) group by 1").fetchall()),
+        seen[t]["by_width"] = {  # no cast: width is a number in the files
+            "pandas": by_pandas.groupby("width").test_error.mean().to_dict(),
+            "pyarrow": by_arrow.to_pandas().groupby("width").test_error.mean().to_dict(),
+            "polars": dict(by_polars.group_by("width").agg(pl.col("test_error").mean())
+                .iter_rows()),
+            "duckdb": dict(duckdb.sql(f"select width, avg(test_error) "
+                f"from read_parquet('{glob}') group by 1").fetchall()),
         }
 for f in files:
     path = f"{root}/{f}.parquet"
@@ -108,8 +115,8 @@ def seen(sweep, tmp_path_factory):
 
 def documented_columns() -> dict[str, set[str]]:
     """The columns docs/results.md lists, per file: the first cell of each table row under
-    the file's heading (a cell may name several, `a`, `b`); partition columns go to every
-    partitioned table."""
+    the file's heading (a cell may name several, `a`, `b`); the key and axis columns go to
+    every run table."""
     doc = (ROOT / "docs" / "results.md").read_text()
     found: dict[str, set[str]] = {}
     for part in re.split(r"^#+ ", doc, flags=re.M)[1:]:
@@ -118,7 +125,7 @@ def documented_columns() -> dict[str, set[str]]:
         for row in re.findall(r"^\| (`[^|]+) \|", body, flags=re.M):
             names |= set(re.findall(r"`(\w+)`", row))
         for file in (*TABLES, *FILES, "partition", "summary"):
-            if f"`{file}" in heading or (file == "partition" and "Partitioned" in heading):
+            if f"`{file}" in heading or (file == "partition" and "Run tables" in heading):
                 found[file] = names
     return found
 
@@ -133,7 +140,18 @@ def test_four_readers_see_the_same_columns_and_rows(seen, name):
     assert got["pandas"] == got["pyarrow"] == got["polars"] == got["duckdb"]
     assert len(set(got["rows"])) == 1 and got["rows"][0] > 0, got["rows"]
     if name in TABLES:
-        assert {"arch", "width", "seed"} <= set(got["pandas"])  # from the folder names
+        assert {"arch", "width", "seed", "train_size"} <= set(got["pandas"])  # in the files
+
+
+@pytest.mark.parametrize("name", TABLES)
+def test_every_reader_types_width_seed_and_axes_as_numbers(seen, name):
+    """Issue 15: not text categories that sort [12, 16, 3, ...]."""
+    types = seen[name]["types"]
+    assert types["pandas"] == ["float64", "int64", "int64"]
+    assert types["pyarrow"] == ["double", "int64", "int64"]
+    assert types["polars"] == ["Float64", "Int64", "Int64"]
+    assert types["duckdb"] == ["DOUBLE", "BIGINT", "BIGINT"]
+    assert seen[name]["widths_sorted"] == [1.5, 6.0]
 
 
 def test_four_readers_agree_on_a_number(seen, sweep):
@@ -148,7 +166,7 @@ def test_four_readers_agree_on_a_number(seen, sweep):
 def test_docs_results_md_names_every_column_of_every_file(seen):
     documented = documented_columns()
     partition = documented["partition"]
-    assert partition == {"arch", "width", "seed"}
+    assert partition == {"arch", "width", "seed", *AXES}
     for name in TABLES + FILES:
         actual = set(seen[name]["pandas"])
         expected = documented[name] | (partition if name in TABLES else set())

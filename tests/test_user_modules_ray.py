@@ -73,8 +73,8 @@ def test_a_module_sweep_end_to_end_on_the_embedded_ray(tmp_path):
     n = dict(zip(manifest.arch + manifest.width.astype(str), manifest.n_params, strict=True))
     # d = 8; mlp: 8w + w^2 + w; bn: 8*4 + 4 (the batch norm's scale is no weight); fc: 2 layers of 3
     assert n == {"mlp2.0": 22, "mlp6.0": 90, "bn4.0": 36, "fc3.0": 8 * 3 + 3 * 3 + 3 * 1}
-    assert len(list((root / "models").rglob("model.pt"))) == 8
-    state = torch.load(next((root / "models").rglob("model.pt")), weights_only=True)
+    assert len(list((root / "models").rglob("*.pt"))) == 8
+    state = torch.load(next((root / "models").rglob("*.pt")), weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     assert_models_reproduce_the_logits(root)
     assert (root / "curves.parquet").exists()  # reduced like any sweep

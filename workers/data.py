@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from schemas.axes import DatasetGrid, points
 from schemas.datasets import DataFacts
 from schemas.errors import JamsweepError
 from schemas.specs import DatasetSpec
@@ -82,7 +83,12 @@ def load_dataset(spec: DatasetSpec) -> Dataset:
 def check_dataset(spec: DatasetSpec) -> DataFacts | None:
     """Raise JamsweepError now, before anything is written, if `spec` cannot be loaded.
     Returns the facts of a files dataset (`GridSpec.with_data` puts them in its runs),
-    None for the built-in sets, whose facts are known from their name."""
+    None for the built-in sets, whose facts are known from their name. A grid's dataset
+    with lists (sweep axes) is checked at each of its points (a train_size too large for
+    the data is found now); the facts do not depend on the point."""
+    if isinstance(spec, DatasetGrid):
+        facts = [check_dataset(spec.at(point)) for point in points(spec.axes())]
+        return facts[0]
     local_root = spec.root is not None and "://" not in spec.root and not spec.download
     if local_root and not Path(spec.root or "").is_dir():
         raise JamsweepError(

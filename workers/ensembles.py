@@ -27,6 +27,7 @@ MAX_SUBSETS = 64  # subsets of n seeds per n in ensemble.parquet (all of them wh
 
 ENSEMBLE_COLUMNS = [  # ensemble.parquet, one row per (arch, width, n)
     "arch",
+    "point",  # of the other sweep axes (workers.reduce.SERIES)
     "width",
     "n_params",
     "n",

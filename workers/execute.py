@@ -14,7 +14,14 @@ import pyarrow as pa
 import torch
 
 from schemas.errors import JamsweepError
-from schemas.layout import METRICS_FILE_SCHEMA, TRACE_FILE_SCHEMA, SweepLayout, logits_schema
+from schemas.layout import (
+    FLAT,
+    METRICS_FILE_SCHEMA,
+    TRACE_FILE_SCHEMA,
+    SweepLayout,
+    logits_schema,
+    with_run_columns,
+)
 from schemas.run import RunSpec
 from workers import io
 from workers.data import Dataset, load_dataset
@@ -65,8 +72,7 @@ def _set_threads() -> None:
 def execute(spec: RunSpec, layout: SweepLayout) -> dict:
     """Train `spec`, write its logits, trace and metrics; return the metrics row."""
     _set_threads()
-    arch, width, seed = spec.key
-    done = _finished_metrics(layout.metrics(arch, width, seed), spec.run_id)
+    done = _finished_metrics(layout.file("metrics", spec.run_id, *spec.key), spec.run_id)
     if done is not None:  # a retry of a run whose results landed before its worker died
         return done
     device = pick_device(spec)
@@ -84,13 +90,20 @@ def execute(spec: RunSpec, layout: SweepLayout) -> dict:
 
 def write_result(spec: RunSpec, layout: SweepLayout, data: Dataset, result: RunResult) -> dict:
     """Write a finished run's logits, trace, final weights (unless `keep_models` is off)
-    and metrics (last), drop its checkpoint; return its metrics row."""
-    arch, width, seed = spec.key
-    io.write_table(layout.logits(arch, width, seed), logits_table(spec, data, result))
-    io.write_table(layout.trace(arch, width, seed), trace_table(spec, result))
+    and metrics (last: it marks the run finished), drop its checkpoint; return its metrics
+    row."""
+    tables = (
+        ("logits", logits_table(spec, data, result)),
+        ("trace", trace_table(spec, result)),
+    )
+    for name, table in tables:
+        written = with_run_values(table, spec) if layout.tables_layout == FLAT else table
+        io.write_table(layout.file(name, spec.run_id, *spec.key), written)
     if spec.checkpoint.keep_models and result.weights is not None:
-        io.save_checkpoint(layout.model(arch, width, seed), result.weights)  # whole or none
-    io.write_table(layout.metrics(arch, width, seed), metrics_table(spec, result))
+        io.save_checkpoint(layout.model(spec.run_id, *spec.key), result.weights)  # whole or none
+    metrics = metrics_table(spec, result)
+    written = with_run_values(metrics, spec) if layout.tables_layout == FLAT else metrics
+    io.write_table(layout.file("metrics", spec.run_id, *spec.key), written)
     if not spec.checkpoint.keep:
         io.delete(layout.checkpoint(spec.run_id))
     return {"run_id": spec.run_id, **result.metrics}
@@ -104,7 +117,7 @@ def execute_pack(specs: list[RunSpec], layout: SweepLayout) -> list[dict]:
     _set_threads()
     rows: dict[str, dict] = {}
     for spec in specs:
-        landed = _finished_metrics(layout.metrics(*spec.key), spec.run_id)
+        landed = _finished_metrics(layout.file("metrics", spec.run_id, *spec.key), spec.run_id)
         if landed is not None:
             rows[spec.run_id] = landed
     todo = [s for s in specs if s.run_id not in rows]
@@ -136,6 +149,22 @@ def _finished_metrics(path: str, run_id: str) -> dict | None:
     except (OSError, pa.ArrowException):
         return None
     return rows[0] if rows and rows[0]["run_id"] == run_id else None
+
+
+def with_run_values(table: pa.Table, spec: RunSpec) -> pa.Table:
+    """`table` with the run's key (arch, width, seed) and axis values in every row, typed
+    (layout 2: what a plain reader of the folder gets as columns)."""
+    values = {"arch": spec.arch.name, "width": float(spec.width), "seed": spec.seed}
+    values |= spec.axis_values
+    schema = with_run_columns(table.schema)
+    n = table.num_rows
+    columns = [
+        table.column(f.name)
+        if f.name in table.column_names
+        else pa.array([values[f.name]] * n, f.type)
+        for f in schema
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def logits_table(spec: RunSpec, data: Dataset, result: RunResult) -> pa.Table:

@@ -30,6 +30,7 @@ TRACE_READ = ["step", "loss", "n_unsat", "test_error"]  # what the reducer reads
 
 TRAINING_COLUMNS = [  # training.parquet, one row per (arch, width, measurement step)
     "arch",
+    "point",  # of the other sweep axes (workers.reduce.SERIES)
     "width",
     "n_params",
     "step",
@@ -41,6 +42,7 @@ TRAINING_COLUMNS = [  # training.parquet, one row per (arch, width, measurement 
 ]
 SNAPSHOT_COLUMNS = [  # snapshots.parquet, one row per (arch, width, snapshot step)
     "arch",
+    "point",  # of the other sweep axes (workers.reduce.SERIES)
     "width",
     "n_params",
     "step",

@@ -17,9 +17,11 @@ Conventions (README, "What the reducer computes"):
 - every width of the manifest has a row, finished or not: a width none of whose runs has
   finished has n_seeds = 0 and NaN in the columns of numbers, and is not jammed.
 
-The curves of one *series* (today: one architecture; later also one point of the other
-sweep axes) are what N*, the fits and a line of a figure are made of. SERIES names the
-columns that make a series, in this one place.
+The curves of one *series* (one architecture at one point of the other sweep axes) are
+what N*, the fits and a line of a figure are made of. SERIES names the columns that make a
+series, in this one place: `point` is the label of the axis values that vary among the
+sweep's runs ('train_size=1000 lr_max=0.001'; '' when none varies), and each of those
+axes is a typed column of its own beside it.
 """
 
 from __future__ import annotations
@@ -31,11 +33,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from schemas.axes import AXES
 from schemas.errors import JamsweepError
 from schemas.summary import EnsembleOver
 from workers.outputs import WidthOutputs, rms
 
-SERIES = ("arch",)  # the columns whose values make one series (one curve, one N*)
+SERIES = ("arch", "point")  # the columns whose values make one series (one curve, one N*)
 WIDTH_KEY = (*SERIES, "width")  # one row of curves.parquet
 
 CURVE_COLUMNS = [  # curves.parquet, one row per (arch, width)
@@ -86,17 +89,31 @@ NUMBER_COLUMNS = [  # what a width without a finished run has no value of (NaN)
 
 
 def series_name(key: Mapping) -> str:
-    """The name of the series a row belongs to, as summary.json keys it: the architecture."""
-    return " ".join(str(key[c]) for c in SERIES)
+    """The name of the series a row belongs to, as summary.json keys it: the architecture,
+    then the point ('fc train_size=1000'; 'fc' in a sweep without axes)."""
+    return " ".join(str(v) for c in SERIES if (v := key.get(c, "")) != "")
+
+
+def with_point(table: pd.DataFrame) -> pd.DataFrame:
+    """`table` with a `point` column ('' for tables of sweeps reduced before sweep axes)."""
+    return table if "point" in table.columns else table.assign(point="")
 
 
 def series_of(table: pd.DataFrame) -> Iterator[tuple[str, pd.DataFrame]]:
-    """(series name, its rows) for every series of a curves-like table, sorted by name."""
+    """(series name, its rows) for every series of a curves-like table, sorted by
+    architecture, then by the values of its axis columns as numbers (P = 500 before 1000)."""
     if table.empty:
         return
+    table = with_point(table)
+    axes = [a for a in AXES if a in table.columns]
+    groups = []
     for values, rows in table.groupby(list(SERIES), sort=True):
         values = values if isinstance(values, tuple) else (values,)
-        yield series_name(dict(zip(SERIES, values, strict=True))), rows
+        key = dict(zip(SERIES, values, strict=True))
+        numbers = tuple(rows[a].iloc[0] for a in axes)
+        groups.append(((key["arch"], numbers), series_name(key), rows))
+    for _, name, rows in sorted(groups, key=lambda g: g[0]):
+        yield name, rows
 
 
 # -- per-sample and per-run pieces ----------------------------------------------------------
@@ -338,6 +355,7 @@ def jamming_bracket(curves: pd.DataFrame, arch: str) -> tuple[float, float]:
 
 def with_n_over_nstar(curves: pd.DataFrame, n_star: dict[str, int | None]) -> pd.DataFrame:
     """curves plus n_over_nstar = N / N* of the row's series (NaN without N*)."""
-    names = curves[list(SERIES)].apply(series_name, axis=1) if len(curves) else curves["arch"]
+    keyed = with_point(curves)
+    names = keyed[list(SERIES)].apply(series_name, axis=1) if len(curves) else curves["arch"]
     stars = names.map(lambda a: n_star.get(a) or math.nan).astype(float)
     return curves.assign(n_over_nstar=curves["n_params"] / stars)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -17,9 +18,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from schemas.axes import AXES, TrainingGrid, point_label
 from schemas.errors import JamsweepError
 from schemas.layout import SweepLayout
-from schemas.specs import TrainingSpec
 from workers import io
 from workers.history import TRACE_READ, RunTrace
 from workers.outputs import WidthOutputs, WidthOutputsBuilder
@@ -38,6 +39,8 @@ class ManifestRun:
     n_params: int
     max_steps: int = 0
     snapshot_steps: tuple[int, ...] = ()
+    point: str = ""  # its values of the axes that vary in the sweep: schemas.axes.point_label
+    axes: tuple[tuple[str, Any], ...] = ()  # those values, typed: (name, value), ...
 
     @property
     def key(self) -> tuple[str, float, int]:
@@ -45,14 +48,35 @@ class ManifestRun:
 
 
 def manifest_runs(layout: SweepLayout) -> list[ManifestRun]:
+    """The manifest's runs; a run's point is made of the axes whose values vary among them
+    (a manifest written before sweep axes has none)."""
     if not io.exists(layout.manifest):
         return []
-    table = io.read_table(layout.manifest, ["run_id", "arch", "width", "seed", "n_params"])
+    fs, path = io.resolve(layout.manifest)
+    listed = set(pq.read_schema(path, filesystem=fs).names)
+    axes = [a for a in AXES if a in listed]
+    table = io.read_table(layout.manifest, ["run_id", "arch", "width", "seed", "n_params", *axes])
     max_steps, snapshot_steps = _training_of(layout)
-    return [
-        ManifestRun(**row, max_steps=max_steps, snapshot_steps=snapshot_steps)
-        for row in table.to_pylist()
-    ]
+    varying = [a for a in axes if len(set(table.column(a).to_pylist())) > 1]
+    runs = []
+    for row in table.to_pylist():
+        point = {a: row[a] for a in varying}
+        steps = row["max_steps"] if row.get("max_steps") is not None else max_steps
+        runs.append(
+            ManifestRun(
+                **{k: row[k] for k in ("run_id", "arch", "width", "seed", "n_params")},
+                max_steps=int(steps),
+                snapshot_steps=snapshot_steps,
+                point=point_label(point),
+                axes=tuple(point.items()),
+            )
+        )
+    return runs
+
+
+def sweep_axes(runs: list[ManifestRun]) -> list[str]:
+    """The axes that vary among `runs` (the typed columns beside `point`)."""
+    return [name for name, _ in runs[0].axes] if runs else []
 
 
 def _training_of(layout: SweepLayout) -> tuple[int, tuple[int, ...]]:
@@ -62,8 +86,9 @@ def _training_of(layout: SweepLayout) -> tuple[int, tuple[int, ...]]:
     memory for reading it at 120 runs); the first run's spec when the grid does not parse."""
     try:
         raw = yaml.safe_load(io.read_text(layout.grid_yaml)) or {}
-        training = TrainingSpec.model_validate(raw.get("training") or {})
-        return training.max_steps, tuple(training.snapshot_steps)
+        training = TrainingGrid.model_validate(raw.get("training") or {})  # lists allowed
+        steps = training.max_steps  # a list: each run's own comes from the manifest
+        return max(steps) if isinstance(steps, list) else steps, tuple(training.snapshot_steps)
     except (OSError, ValueError, AttributeError, yaml.YAMLError):
         first = io.read_table(layout.manifest, ["spec"]).column(0)[0].as_py()
         found = json.loads(first or "{}").get("training", {})
@@ -88,7 +113,7 @@ def finished_width(
     is there, can be read and names this run."""
     done, tables = [], []
     for run in runs:
-        path = layout.metrics(*run.key)
+        path = layout.file("metrics", run.run_id, *run.key)
         if path not in present:
             continue
         try:
@@ -146,7 +171,7 @@ def run_final_test(layout: SweepLayout, run: ManifestRun, steps: int) -> tuple:
     filter keep less memory than pq.read_table's dataset scan.)"""
     import pyarrow.compute as pc
 
-    fs, path = io.resolve(layout.logits(*run.key))
+    fs, path = io.resolve(layout.file("logits", run.run_id, *run.key))
     try:
         whole = pq.ParquetFile(path, filesystem=fs).read(
             columns=["split", "step", "sample", "label", "f", "grad_norm"], use_threads=False
@@ -154,8 +179,8 @@ def run_final_test(layout: SweepLayout, run: ManifestRun, steps: int) -> tuple:
     except (OSError, pa.ArrowException) as exc:
         raise JamsweepError(
             f"run {run.run_id} ({run.arch} w={run.width:g} seed={run.seed}) has no readable "
-            f"logits file ({exc}); delete its metrics file ({layout.metrics(*run.key)}) and "
-            "submit again to retrain it"
+            f"logits file ({exc}); delete its metrics file "
+            f"({layout.file('metrics', run.run_id, *run.key)}) and submit again to retrain it"
         ) from None
     test = pc.equal(whole["split"], "test")
     final_test = pc.and_(test, pc.equal(whole["step"], steps))
@@ -165,8 +190,9 @@ def run_final_test(layout: SweepLayout, run: ManifestRun, steps: int) -> tuple:
     if table.num_rows == 0:
         raise JamsweepError(
             f"run {run.run_id} ({run.arch} w={run.width:g} seed={run.seed}) has no test "
-            f"outputs at its final step {steps} in {layout.logits(*run.key)}; delete its "
-            "metrics file and submit again to retrain it"
+            f"outputs at its final step {steps} in "
+            f"{layout.file('logits', run.run_id, *run.key)}; delete its metrics file and "
+            "submit again to retrain it"
         )
     grad = table.column("grad_norm").to_numpy()  # nulls (no gradient stored) become NaN
     return (
@@ -196,7 +222,7 @@ def width_traces(
     pq.read_table costs more than the few rows of a trace)."""
     traces: list[RunTrace | None] = []
     for run in runs:
-        location = layout.trace(*run.key)
+        location = layout.file("trace", run.run_id, *run.key)
         if location not in present:
             traces.append(None)
             continue

@@ -14,6 +14,7 @@ import signal
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from orchestrator import sweep as api
@@ -25,13 +26,16 @@ from orchestrator.cli.options import (
     NumCpus,
     Results,
     Sweep,
+    Where,
     refuse,
     states_of,
     sweep_path,
     unused_options,
     unused_status_options,
+    where_of,
 )
 from orchestrator.cli.overview import locate, run_detail
+from schemas.axes import DEFAULT_MAX_RUNS
 from schemas.errors import JamsweepError
 from schemas.layout import default_results
 from schemas.run import RunStatus
@@ -45,7 +49,7 @@ class JamsweepGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except JamsweepError as exc:
-            err.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err.print("interrupted")
@@ -139,6 +143,14 @@ def submit(
             "are on a filesystem every cluster node mounts at the same path.",
         ),
     ] = False,
+    max_runs: Annotated[
+        int,
+        typer.Option(
+            "--max-runs",
+            min=1,
+            help="Refuse a grid whose product of lists, widths and seeds makes more runs.",
+        ),
+    ] = DEFAULT_MAX_RUNS,
 ) -> None:
     """Run every run of GRID that has not finished yet, then reduce."""
     refuse(unused_options(address=address, num_cpus=num_cpus, detach=not wait, shared_fs=shared_fs))
@@ -154,6 +166,7 @@ def submit(
             shared_fs=shared_fs,
             echo=bar.echo,
             progress=bar.update,
+            max_runs=max_runs,
         )
     if report.dry_run:
         show_.print_dry_run(report, sweep_path(report.results, report.sweep))
@@ -217,11 +230,15 @@ def status(
             "--run", help="Show one run (its id or a unique prefix): record, error, trace tail."
         ),
     ] = None,
+    where: Where = None,
 ) -> None:
     """What is pending / running / done / failed / cancelled / interrupted (was running when
     its driver or cluster went away; submit the grid again to resume it)."""
     states = states_of(state)
+    selected = where_of(where)
     refuse(unused_status_options(sweep=sweep, watch=watch, as_json=as_json, states=states, run=run))
+    if selected is not None and (sweep is None or run is not None or watch):
+        raise JamsweepError("--where selects runs of one SWEEP: give it, without --run or --watch")
     if sweep is None:
         for st in api.ls(results or default_results()):
             out.print(show_.counts_line(st), soft_wrap=True)
@@ -243,6 +260,8 @@ def status(
             show_.watch(looks, lambda s: show_.status_view(s, states))
         return
     st = api.status(sweep, results=results, address=address)
+    if selected is not None:
+        st = api.status_where(st, selected, results=results)
     if as_json:
         out.print_json(json.dumps(_answer(st, states)))
         return
@@ -317,7 +336,9 @@ def refine(
         )
     if dry_run:
         out.print(f"sweep {sweep}: {len(rep.planned)} run(s) would be added:")
-        show_.print_planned(rep.planned)
+        values = [s.axis_values for s in rep.planned]
+        varying = [a for a in values[0] if len({v[a] for v in values}) > 1] if values else []
+        show_.print_planned(rep.planned, varying)
         return
     if rep.curves is not None:
         show_.print_curves(rep.curves)

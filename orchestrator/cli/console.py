@@ -21,12 +21,16 @@ from orchestrator import sweep as api
 from orchestrator.cli.overview import RunDetail, SweepOverview
 from orchestrator.cluster.progress import Progress, format_duration
 from orchestrator.results.formats import fit_line, k_of_n, number
+from schemas.axes import axis_values, point_label
 from schemas.run import RunRecord
 from schemas.summary import Summary
 
 # Wide enough for the tables when output goes to a file or a pipe (rich's default is 80).
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
-err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 140)
+# markup off: messages carry user text such as architectures[fc3], which rich would eat
+out = Console(markup=False, highlight=False, width=None if sys.stdout.isatty() else 140)
+err = Console(
+    stderr=True, markup=False, highlight=False, width=None if sys.stderr.isatty() else 140
+)
 
 MAX_ROWS = 100  # runs listed by `status` before it says how many more there are
 
@@ -208,13 +212,15 @@ def print_overview(o: SweepOverview) -> None:
 # -- tables that commands share ----------------------------------------------------------
 
 
-def print_planned(specs: list) -> None:
+def print_planned(specs: list, axes: list[str] | None = None) -> None:
     for s in specs:
         w = f"{api.width_symbol(s.arch.kind)}={s.width:g}"
         # a files dataset not visible here is read on the cluster: N (and the id) too
         known = s.dataset.name != "files" or s.dataset.resolved is not None
         n, run_id = (s.n_params, s.run_id) if known else ("? (read on the cluster)", "?" * 16)
-        out.print(f"  {run_id}  {s.arch.name}  {w}  seed={s.seed}  N={n}")
+        values = axis_values(s.dataset, s.training)
+        at = point_label({k: values[k] for k in axes or []})
+        out.print(f"  {run_id}  {s.arch.name}  {at + '  ' if at else ''}{w}  seed={s.seed}  N={n}")
 
 
 def print_dry_run(report: api.SubmitReport, where: str) -> None:
@@ -226,7 +232,9 @@ def print_dry_run(report: api.SubmitReport, where: str) -> None:
         f"{n} would run" + (":" if n else "."),
         soft_wrap=True,
     )
-    print_planned(report.planned)
+    if report.product:
+        out.print(f"grid: {report.product}", soft_wrap=True)
+    print_planned(report.planned, report.axis_names)
     if report.broken:
         out.print(
             f"{len(report.broken)} finished run(s) have result files that cannot be read: "
@@ -237,7 +245,7 @@ def print_dry_run(report: api.SubmitReport, where: str) -> None:
             f"{len(report.dropped)} run(s) of the sweep that this grid no longer names would "
             "leave the manifest and the curves (their files stay):"
         )
-        print_planned(report.dropped)
+        print_planned(report.dropped, report.axis_names)
     out.print(f"Results would go to {where}.", soft_wrap=True)
 
 
@@ -275,8 +283,10 @@ def print_curves(curves: pd.DataFrame) -> None:
     if curves.empty:
         out.print("no finished runs to reduce yet")
         return
+    points = "point" in curves.columns and bool((curves["point"] != "").any())
     table = Table(
         "arch",
+        *(["point"] if points else []),
         "width",
         "N",
         "converged",
@@ -290,6 +300,7 @@ def print_curves(curves: pd.DataFrame) -> None:
     for r in curves.itertuples():
         table.add_row(
             str(r.arch),
+            *([str(r.point)] if points else []),
             f"{r.width:g}",
             str(r.n_params),
             k_of_n(r.n_converged, r.n_runs),

@@ -99,3 +99,28 @@ def unused_status_options(
     if run is not None and (states or watch):
         problems.append("--run shows one run; --state and --watch do not apply to it")
     return problems
+
+
+Where = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--where",
+        help="Only the runs whose column NAME has this value, NAME=VALUE (several values: "
+        "NAME=V1,V2; repeat for more columns): arch, width, seed or a sweep axis "
+        "(train_size, lr_max, ...).",
+    ),
+]
+
+
+def where_of(given: list[str] | None) -> dict[str, list[str]] | None:
+    """--where NAME=VALUE[,VALUE...] (repeatable) as {NAME: [VALUE, ...]}."""
+    if not given:
+        return None
+    where: dict[str, list[str]] = {}
+    for item in given:
+        name, sep, values = item.partition("=")
+        texts = [v.strip() for v in values.split(",") if v.strip()]
+        if not sep or not name.strip() or not texts:
+            raise JamsweepError(f"--where {item!r}: write NAME=VALUE, e.g. --where train_size=1000")
+        where.setdefault(name.strip(), []).extend(texts)
+    return where

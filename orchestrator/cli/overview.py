@@ -50,11 +50,11 @@ def run_detail(
         )
     record = matches[0]
     layout = existing(sweep, absolute(results) if address is None else results)
-    key = (record.arch, record.width, record.seed)
+    key = (record.run_id, record.arch, record.width, record.seed)
     files = {
-        "metrics": layout.metrics(*key),
-        "logits": layout.logits(*key),
-        "trace": layout.trace(*key),
+        "metrics": layout.file("metrics", *key),
+        "logits": layout.file("logits", *key),
+        "trace": layout.file("trace", *key),
         "checkpoint": layout.checkpoint(record.run_id),
     }
     present = {k: p for k, p in files.items() if io.exists(p)}

@@ -10,6 +10,7 @@ from orchestrator.cluster.progress import ProgressHook, RoundCounter
 from orchestrator.cluster.tracker import pending_record
 from orchestrator.reports import Echo, SweepStatus, quiet, width_symbol
 from orchestrator.results.store import finished_run_ids
+from schemas.axes import point_label, varying
 from schemas.layout import SweepLayout
 from schemas.run import RunRecord, RunSpec, RunStatus
 
@@ -69,6 +70,7 @@ def drive(
         waiting = {s.run_id: h for h in backend.start(todo, layout, tracker) for s in h.specs}
         n_done = len(specs) - len(todo)
         counter = RoundCounter(layout.sweep, len(specs), n_done, progress)
+        axes = varying([s.axis_values for s in specs])  # named in each run's line
         cancelling = False
         while waiting:
             held.check()
@@ -80,7 +82,7 @@ def drive(
                 del waiting[run_id]
                 n_done += 1
                 counter.ended_one(outcome.state)
-                echo(_progress_line(n_done, len(specs), outcome))
+                echo(_progress_line(n_done, len(specs), outcome, axes))
             if outcomes:
                 tracker.finished([ended[o.spec.run_id] for o in outcomes])
             counter.report(lambda: tracker.counts().get(RunStatus.RUNNING.value, 0))
@@ -125,9 +127,13 @@ def _round_record(spec: RunSpec, finished: bool) -> RunRecord:
     return record.model_copy(update={"state": RunStatus.DONE}) if finished else record
 
 
-def _progress_line(n: int, total: int, o) -> str:  # noqa: ANN001  (an Outcome)
+def _progress_line(n: int, total: int, o, axes: list[str]) -> str:  # noqa: ANN001  (an Outcome)
     s = o.spec
-    what = f"{s.arch.name} {width_symbol(s.arch.kind)}={s.width:g} seed={s.seed} (N={s.n_params})"
+    values = s.axis_values
+    at = "".join(f"{part} " for part in [point_label({a: values[a] for a in axes})] if part)
+    what = (
+        f"{s.arch.name} {at}{width_symbol(s.arch.kind)}={s.width:g} seed={s.seed} (N={s.n_params})"
+    )
     if o.state is RunStatus.DONE:
         m = o.metrics
         conv = "converged" if m["converged"] else f"{m['n_unsat']} unsatisfied"

@@ -31,7 +31,7 @@ from orchestrator.results.store import (
 )
 from schemas.errors import JamsweepError
 from schemas.grid import GridSpec
-from schemas.layout import SweepLayout, default_results
+from schemas.layout import FLAT, HIVE, SweepLayout, default_results
 from schemas.run import RunRecord
 from workers import io
 
@@ -122,6 +122,9 @@ class LocalExecutor:
 
         spec = with_modules(spec, grid)
         replace = check_grid_change(layout, spec, force)
+        # a new sweep (or one started afresh) keeps a typed file per run (layout 2)
+        layout = layout.settled(new_sweep=replace or not io.exists(layout.grid_yaml))
+        refuse_axes_in_hive(layout, spec)
         grid_runs, refined = planned_runs(spec, layout) if not replace else (spec.expand(), [])
         specs = grid_runs + refined
         done_ids, broken = (set(), []) if replace else finished_and_broken(layout, specs)
@@ -140,6 +143,8 @@ class LocalExecutor:
                 if replace:
                     moved = io.move_aside(layout.root)
                     echo(f"sweep {spec.sweep}: the previous grid's results were moved to {moved}")
+                if layout.tables_layout == FLAT:
+                    io.write_text(layout.layout_json, layout.layout_text())
                 io.write_text(layout.grid_yaml, text)
                 runs = [manifest_table(grid_runs), manifest_table(refined, ORIGIN_REFINE)]
                 io.write_table(layout.manifest, pa.concat_tables(runs))
@@ -241,4 +246,15 @@ class LocalExecutor:
             num_cpus=self.num_cpus,
             echo=echo,
             **options,  # type: ignore[arg-type]
+        )
+
+
+def refuse_axes_in_hive(layout: SweepLayout, spec: GridSpec) -> None:
+    """A sweep of layout 1 keeps a run's files by (arch, width, seed): two points of an
+    axis would share them."""
+    if spec.axes and layout.tables_layout == HIVE:
+        raise JamsweepError(
+            f"sweep {spec.sweep!r} in {layout.results} keeps its runs' files by arch, width "
+            f"and seed (layout 1, made before sweep axes); a grid that lists "
+            f"{', '.join(spec.axes)} needs a new sweep: give it another name"
         )

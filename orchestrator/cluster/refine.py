@@ -31,8 +31,8 @@ from schemas.errors import JamsweepError
 from schemas.layout import RESULTS_DEFAULT, SweepLayout
 from schemas.modules import width_key
 from schemas.run import RunSpec
-from workers.reduce import jamming_bracket
-from workers.sweep_reader import convergence_table
+from workers.reduce import jamming_bracket, series_name
+from workers.sweep_reader import convergence_table, manifest_runs
 
 
 def width_step(spec: RunSpec) -> float:
@@ -122,35 +122,45 @@ def refine_here(
     echo: Echo = quiet,
     progress: ProgressHook | None = None,
 ) -> RefineReport:
-    """Add `n_widths` widths inside the bracket of N* of each architecture (or `arch`), with
-    seeds 0..seeds-1 (default: the seeds the sweep already runs), run them into the same
-    sweep from this process (an embedded Ray, or the cluster at `address`), and reduce.
-    The new runs join manifest.parquet."""
+    """Add `n_widths` widths inside the bracket of N* of each series (an architecture, or
+    `arch`, at each point of the other sweep axes), with seeds 0..seeds-1 (default: the
+    seeds the sweep already runs), run them into the same sweep from this process (an
+    embedded Ray, or the cluster at `address`), and reduce. The new runs join
+    manifest.parquet. In a sweep with points, a point whose N* is not bracketed is said
+    and left as it is; refine fails only when no point of the architecture is bracketed."""
     layout = existing(sweep, absolute(results))
     manifest = read_manifest(layout)
     convergence = _convergence_table(layout)
     archs = [arch] if arch is not None else sorted({s.arch.name for s in manifest})
+    point_of = {r.run_id: r.point for r in manifest_runs(layout)}
     report = RefineReport(sweep, {}, {}, [])
-    for name in archs:
-        template = next((s for s in manifest if s.arch.name == name), None)
-        if template is None:
+    for arch_name in archs:
+        if not any(s.arch.name == arch_name for s in manifest):
             raise JamsweepError(
-                f"sweep {sweep!r} has no architecture {name!r}; it has "
+                f"sweep {sweep!r} has no architecture {arch_name!r}; it has "
                 f"{sorted({s.arch.name for s in manifest})}"
             )
-        lo, hi = jamming_bracket(convergence, name)
-        same = [s for s in manifest if s.arch.name == name]
-        widths = propose_widths(
-            lo,
-            hi,
-            n_widths,
-            step=width_step(template),
-            n_params=functools.partial(_n_params_at, template),
-            existing={s.n_params for s in same},
-        )
-        seed_list = list(range(seeds)) if seeds is not None else sorted({s.seed for s in same})
-        report.brackets[name], report.widths[name] = (lo, hi), widths
-        report.planned += refined_specs(template, widths, seed_list)
+        points = sorted({point_of.get(s.run_id, "") for s in manifest if s.arch.name == arch_name})
+        unbracketed = []
+        for point in points:
+            name = series_name({"arch": arch_name, "point": point})
+            same = [
+                s
+                for s in manifest
+                if s.arch.name == arch_name and point_of.get(s.run_id, "") == point
+            ]
+            try:
+                lo, hi = jamming_bracket(convergence, name)
+            except JamsweepError as exc:
+                if len(points) == 1:
+                    raise
+                unbracketed.append(str(exc))
+                continue
+            _plan_series(report, name, same, lo, hi, n_widths, seeds)
+        if unbracketed and len(unbracketed) == len(points):
+            raise JamsweepError("no point has N* bracketed:\n" + "\n".join(unbracketed))
+        for why in unbracketed:
+            echo(f"left as it is: {why}")
     for name, widths in report.widths.items():
         lo, hi = report.brackets[name]
         echo(
@@ -175,6 +185,31 @@ def refine_here(
             held.check()
             report.curves = reduce(sweep, results=results)
     return report
+
+
+def _plan_series(
+    report: RefineReport,
+    name: str,
+    same: list[RunSpec],
+    lo: float,
+    hi: float,
+    n_widths: int,
+    seeds: int | None,
+) -> None:
+    """Add to `report` the runs of `n_widths` new widths in (lo, hi) for one series, whose
+    runs are `same`."""
+    template = same[0]
+    widths = propose_widths(
+        lo,
+        hi,
+        n_widths,
+        step=width_step(template),
+        n_params=functools.partial(_n_params_at, template),
+        existing={s.n_params for s in same},
+    )
+    seed_list = list(range(seeds)) if seeds is not None else sorted({s.seed for s in same})
+    report.brackets[name], report.widths[name] = (lo, hi), widths
+    report.planned += refined_specs(template, widths, seed_list)
 
 
 def _n_params_at(template: RunSpec, width: float) -> int:

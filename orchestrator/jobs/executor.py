@@ -29,6 +29,7 @@ from orchestrator.cluster.progress import ProgressHook
 from orchestrator.jobs.backend import TERMINAL_JOB_STATES, JobsClient
 from orchestrator.reports import Echo, RefineReport, SubmitReport, SweepStatus
 from orchestrator.results.store import check_grid_change
+from schemas.axes import DEFAULT_MAX_RUNS
 from schemas.errors import JamsweepError
 from schemas.grid import GridSpec, ModuleArch, parse_grid
 from schemas.layout import RESULTS_ENV, SweepLayout
@@ -70,7 +71,9 @@ class JobsExecutor:
         try:
             shutil.copyfile(grid, staging / "grid.yaml")  # verbatim
             ship_modules(spec, grid, staging)  # the user's nets, beside it as found here
-            args = ["submit", "grid.yaml", "--results", location]
+            # the limit was checked here; the job's own check must not refuse it again
+            runs = max(spec.n_runs, DEFAULT_MAX_RUNS)
+            args = ["submit", "grid.yaml", "--results", location, "--max-runs", str(runs)]
             report.job_id = self._start_job(
                 client, spec.sweep, location, args + (["--force"] if force else []), staging
             )

@@ -27,7 +27,7 @@ class NoBoundaries(Exception):
 def kept_runs(layout: SweepLayout, runs: list[RunSpec]) -> list[RunSpec]:
     """The runs of `runs` whose final weights are stored (one listing of models/)."""
     stored = set(io.list_files(layout.models_dir, suffix=".pt"))
-    return [r for r in runs if layout.model(*r.key) in stored]
+    return [r for r in runs if layout.model(r.run_id, *r.key) in stored]
 
 
 def boundary_tables(layout: SweepLayout) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -2,12 +2,12 @@
 
 A sweep is opened by path (str or pathlib.Path: RESULTS/SWEEP, a folder or a URI) or by
 name (a str without '/': looked up under $JAMSWEEP_RESULTS, else ./results, as the CLI
-does). The partitioned tables (logits, metrics, trace) take filters by keyword, on any of
-their columns (the partition columns arch, width, seed and any column of the files), pushed
-down to pyarrow: a partition filter opens only the files of the runs it names, a column
-filter skips row groups by their statistics. Partition columns come back typed (arch str,
-width float64, seed int64), unlike a plain `pandas.read_parquet(folder)`, which returns
-them as categories of strings; timestamps come back as UTC datetimes.
+does). The run tables (logits, metrics, trace) take filters by keyword, on any of their
+columns (arch, width, seed, every sweep axis such as train_size, and the files' own),
+pushed down to pyarrow: a filter skips files and row groups by their statistics (layout 1:
+a partition filter opens only the files of the runs it names). Key columns come back typed
+(arch str, width float64, seed int64) in both layouts (schemas.layout); timestamps come
+back as UTC datetimes.
 """
 
 from __future__ import annotations
@@ -26,11 +26,14 @@ import pyarrow.parquet as pq
 from orchestrator.results.store import absolute, existing, locate
 from schemas.errors import JamsweepError
 from schemas.layout import (
+    AXIS_SCHEMA,
+    FLAT,
     METRICS_FILE_SCHEMA,
     PARTITIONING,
     TRACE_FILE_SCHEMA,
     SweepLayout,
     logits_schema,
+    with_run_columns,
 )
 from schemas.run import RunSpec
 from schemas.summary import Summary
@@ -112,16 +115,18 @@ class Sweep:
         columns: list[str] | None,
         where: dict[str, Any],
     ) -> pd.DataFrame:
+        flat = self.layout.tables_layout == FLAT
         if not io.exists(folder):  # no run has finished yet
-            empty = pa.schema([*PARTITIONING, *self._file_schema(table)])
+            schema = self._file_schema(table)
+            empty = with_run_columns(schema) if flat else pa.schema([*PARTITIONING, *schema])
             _check_names(table, empty.names, where, columns)
             return empty.empty_table().to_pandas()
         fs, path = io.resolve(folder)
-        dataset = ds.dataset(
+        dataset = ds.dataset(  # layout 2: the key and axis columns are in the files
             path,
             filesystem=fs,
             format="parquet",
-            partitioning=ds.partitioning(PARTITIONING, flavor="hive"),
+            partitioning=None if flat else ds.partitioning(PARTITIONING, flavor="hive"),
             exclude_invalid_files=False,
         )
         _check_names(table, dataset.schema.names, where, columns)
@@ -155,7 +160,8 @@ class Sweep:
             return
         fs, path = io.resolve(self.layout.manifest)
         listed = pq.read_schema(path, filesystem=fs).names  # the axes the manifest records
-        names = [n for n in PARTITIONING.names if n in where and n in listed]
+        keys = [*PARTITIONING.names, *AXIS_SCHEMA.names]
+        names = [n for n in keys if n in where and n in listed]
         if not names:
             return
         manifest = io.read_table(self.layout.manifest, names).to_pandas()
@@ -316,7 +322,7 @@ class Sweep:
                 f"sweep {self.layout.sweep!r} has no run {run_id!r}; its run ids are in "
                 "manifest().run_id"
             )
-        path = self.layout.model(*spec.key)
+        path = self.layout.model(spec.run_id, *spec.key)
         if not io.exists(path):
             raise JamsweepError(
                 f"run {run_id} ({spec.arch.name}, width {spec.width:g}, seed {spec.seed}) has no "

@@ -48,6 +48,7 @@ from workers.sweep_reader import (
     finished_width,
     manifest_runs,
     returning_memory,
+    sweep_axes,
     trim_heap,
     width_traces,
 )
@@ -64,6 +65,7 @@ class _Rows:
     n_done: int = 0
     untraced: int = 0  # finished runs without a trace file
     set_aside: tuple[int, str] | None = None  # (runs, folder) whose files could not be read
+    axes: list[str] = field(default_factory=list)  # the sweep's varying axes: typed columns
 
 
 def reduce(
@@ -90,7 +92,7 @@ def reduce(
     subsets = max_subsets or MAX_SUBSETS
     layout = existing(sweep, results)
     runs = manifest_runs(layout)
-    rows = _Rows()
+    rows = _Rows(axes=sweep_axes(runs))
     _, broken = finished_and_broken(layout, runs)  # never read as results: set aside
     if broken:
         rows.set_aside = (len(broken), set_aside(layout, broken))
@@ -140,7 +142,7 @@ def _reduce_width(
     rows: _Rows,
 ) -> None:
     """One width's rows of every reduced table, appended to `rows`."""
-    head = key | {"n_params": group[0].n_params}
+    head = key | dict(group[0].axes) | {"n_params": group[0].n_params}
     max_steps = max(r.max_steps for r in group)
     n_runs = len(group)  # the width's runs in the manifest, finished or not
     done, metrics = finished_width(layout, group, present)
@@ -170,8 +172,8 @@ def _reduce_width(
 def _reduced_tables(rows: _Rows) -> tuple[pd.DataFrame, ...]:
     """curves (with n_over_nstar), ensemble, training and snapshots frames, sorted by
     (series, N[, n or step])."""
-    order = [*SERIES, "n_params", "width"]
-    curves = pd.DataFrame(rows.curves, columns=CURVE_COLUMNS)
+    order = ["arch", *rows.axes, "point", "n_params", "width"]  # points in number order
+    curves = pd.DataFrame(rows.curves, columns=with_axes(CURVE_COLUMNS, rows.axes))
     curves = curves.sort_values(order, kind="stable").reset_index(drop=True)
     # a width without a finished run has its series' number of outputs
     known = curves["n_outputs"].where(curves["n_seeds"] > 0)
@@ -180,7 +182,7 @@ def _reduced_tables(rows: _Rows) -> tuple[pd.DataFrame, ...]:
     curves = with_n_over_nstar(curves, {a: j.n_star for a, j in jamming(curves).items()})
 
     def table(found: list[dict], columns: list[str], last: str) -> pd.DataFrame:
-        frame = pd.DataFrame(found, columns=columns)
+        frame = pd.DataFrame(found, columns=with_axes(columns, rows.axes))
         return frame.sort_values([*order, last], kind="stable").reset_index(drop=True)
 
     return (
@@ -234,7 +236,13 @@ def _reduce_summary(
         notes=_notes(rows, curves, snapshots),
     )
     ensemble = pd.concat(parts, ignore_index=True) if parts else ensemble
-    return summary, ensemble.reindex(columns=ENSEMBLE_COLUMNS)
+    return summary, ensemble.reindex(columns=with_axes(ENSEMBLE_COLUMNS, rows.axes))
+
+
+def with_axes(columns: list[str], axes: list[str]) -> list[str]:
+    """A reduced table's columns with the sweep's varying axes after `point`."""
+    at = columns.index("point") + 1 if "point" in columns else 1
+    return [*columns[:at], *axes, *columns[at:]]
 
 
 def _notes(rows: _Rows, curves: pd.DataFrame, snapshots: pd.DataFrame) -> list[str]:

@@ -9,11 +9,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, TypeVar
 
+import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from orchestrator.cluster.lease import is_held
 from orchestrator.cluster.tracker import read_status, shown_records
 from orchestrator.reports import SweepStatus
+from schemas.axes import AXES
 from schemas.errors import JamsweepError
 from schemas.grid import GridSpec, parse_grid
 from schemas.layout import MANIFEST_SCHEMA, SweepLayout, default_results
@@ -81,6 +84,7 @@ def manifest_table(specs: list[RunSpec], origin: str = ORIGIN_GRID) -> pa.Table:
             "spec": s.model_dump_json(),
             "origin": origin,
             "label_map": s.label_map,
+            **s.axis_values,
         }
         for s in specs
     ]
@@ -108,18 +112,23 @@ def _manifest_rows(layout: SweepLayout) -> list[tuple[RunSpec, str]]:
 
 def planned_runs(grid: GridSpec, layout: SweepLayout) -> tuple[list[RunSpec], list[RunSpec]]:
     """(the grid's runs, the runs `refine` added that the grid still names an architecture
-    of): together, the sweep's runs once the grid is submitted. Runs of widths, seeds or
-    architectures that the grid no longer names leave the manifest (their files stay).
+    of, at a point of the sweep axes that the grid still has): together, the sweep's runs
+    once the grid is submitted. Runs of widths, seeds, architectures or axis values that
+    the grid no longer names leave the manifest (their files stay).
 
     A refined run takes the grid's current resources, checkpoints and data paths (what may
     change freely), not the ones stored when it was added: its run id is unchanged."""
     runs = grid.expand()
     ids = {s.run_id for s in runs}
     names = {a.name for a in grid.architectures}
+    points = {tuple(s.axis_values.items()) for s in runs}
     refined = [
         with_settings_of(grid, spec)
         for spec, origin in _manifest_rows(layout)
-        if origin == ORIGIN_REFINE and spec.run_id not in ids and spec.arch.name in names
+        if origin == ORIGIN_REFINE
+        and spec.run_id not in ids
+        and spec.arch.name in names
+        and tuple(spec.axis_values.items()) in points
     ]
     return runs, refined
 
@@ -186,10 +195,11 @@ def finished_and_broken(layout: SweepLayout, specs: Sequence[K]) -> tuple[set[st
     not results, to be set aside and trained again). One scan of the metrics files, then the
     footers of the other two (a run of an old version without a trace file is finished)."""
     named = _run_id_by_metrics_file(layout)
-    landed = [s for s in specs if named.get(layout.metrics(*s.key)) == s.run_id]
+    landed = [s for s in specs if named.get(layout.file("metrics", s.run_id, *s.key)) == s.run_id]
     traces = set(io.list_files(layout.trace_dir))  # runs of old versions may have none
     others = {
-        s.run_id: [layout.logits(*s.key)] + [p for p in [layout.trace(*s.key)] if p in traces]
+        s.run_id: [layout.file("logits", s.run_id, *s.key)]
+        + [p for p in [layout.file("trace", s.run_id, *s.key)] if p in traces]
         for s in landed
     }
     bad = io.unreadable_parquet([path for paths in others.values() for path in paths])
@@ -207,8 +217,8 @@ def set_aside(layout: SweepLayout, runs: Sequence[RunKey]) -> str:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     target = layout.set_aside_dir(stamp)
     for spec in runs:
-        files = (layout.metrics, layout.logits, layout.trace, layout.model)
-        for path in (where(*spec.key) for where in files):
+        paths = [layout.file(t, spec.run_id, *spec.key) for t in ("metrics", "logits", "trace")]
+        for path in [*paths, layout.model(spec.run_id, *spec.key)]:
             if io.exists(path):
                 io.move_to(path, target + path[len(layout.root) :])
     return target
@@ -246,7 +256,8 @@ def status_from_files(layout: SweepLayout) -> SweepStatus:
     present = set(io.list_files(layout.metrics_dir))
     fixed = [
         r
-        if r.state is RunStatus.DONE or layout.metrics(r.arch, r.width, r.seed) not in present
+        if r.state is RunStatus.DONE
+        or layout.file("metrics", r.run_id, r.arch, r.width, r.seed) not in present
         else r.model_copy(update={"state": RunStatus.DONE, "error": None})
         for r in records
     ]
@@ -329,3 +340,49 @@ def _module_differences(layout: SweepLayout, spec: GridSpec) -> list[str]:
                 f"-> {arch.resolved.source_sha256[:12]})"
             )
     return lines
+
+
+# -- points: the runs of some values of the sweep's columns --------------------------------
+
+WHERE_COLUMNS = ("arch", "width", "seed", *AXES)  # what `status --where` may name
+
+
+def runs_where(layout: SweepLayout, where: dict[str, list[str]]) -> set[str]:
+    """The ids of the manifest's runs whose column NAME has one of the values given (as
+    text, read as the column's type) for every NAME of `where`. An unknown name, or a
+    value no run has, is a JamsweepError that lists what there is."""
+    if not io.exists(layout.manifest):
+        raise JamsweepError(f"sweep {layout.sweep!r} has no manifest yet: nothing to select")
+    fs, path = io.resolve(layout.manifest)
+    listed = set(pq.read_schema(path, filesystem=fs).names)
+    known = [c for c in WHERE_COLUMNS if c in listed]
+    unknown = sorted(set(where) - set(known))
+    if unknown:
+        raise JamsweepError(
+            f"--where {unknown[0]}: no such column of sweep {layout.sweep!r}; "
+            f"columns: {', '.join(known)}"
+        )
+    table = io.read_table(layout.manifest, ["run_id", *where]).to_pandas()
+    keep = pd.Series(True, index=table.index)
+    for name, texts in where.items():
+        column = table[name]
+        present = sorted(set(column.dropna().tolist()))
+        values = [_as_value_of(column, name, t) for t in texts]
+        missing = [t for t, v in zip(texts, values, strict=True) if v not in present]
+        if missing:
+            shown = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in present)
+            raise JamsweepError(
+                f"--where {name}={missing[0]}: no run of sweep {layout.sweep!r} has it; "
+                f"its {name} values: {shown}"
+            )
+        keep &= column.isin(values)
+    return set(table.loc[keep, "run_id"])
+
+
+def _as_value_of(column: pd.Series, name: str, text: str) -> object:
+    if column.dtype.kind in "if":
+        try:
+            return float(text) if column.dtype.kind == "f" else int(float(text))
+        except ValueError:
+            raise JamsweepError(f"--where {name}={text}: {name} is a number") from None
+    return text
