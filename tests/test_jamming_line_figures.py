@@ -35,9 +35,11 @@ def root(tmp_path_factory):
     write_sweep(root, sweep="line", widths=WIDTHS, seeds=2, n_train=PS, n_test=200,
                 jammed=lambda s: s.n_params >= threshold(s.dataset.train_size))  # fmt: skip
     write_sweep(root, sweep="flat", widths=WIDTHS[:8], seeds=2, n_test=200)
+    write_sweep(root, sweep="lr", widths=WIDTHS[:6], seeds=2, n_test=200,
+                training=", lr_max: [0.001, 0.01]")  # fmt: skip
     write_sweep(root, sweep="one", widths=WIDTHS[:6], seeds=2, n_train=[100, 800], n_test=200,
                 jammed=lambda s: s.n_params >= threshold(s.dataset.train_size))  # fmt: skip
-    for sweep in ("line", "flat", "one"):
+    for sweep in ("line", "flat", "one", "lr"):
         api.reduce(sweep, results=root)
     return root
 
@@ -90,6 +92,7 @@ def test_the_figures_are_paper_ready_and_keep_each_ps_colour(root):
     ("sweep", "why"),
     [
         ("flat", "the sweep has no train_size axis"),
+        ("lr", "the sweep has no train_size axis"),
         ("one", "N* is found at fewer than 2 values of P (fc5: P = 100: N*, P = 800: N* is above"),
     ],
 )
@@ -129,3 +132,23 @@ def test_the_report_has_the_line_and_its_figures(root):
         assert f'<h3>{name}</h3><img alt="{name}" src="data:image/png;base64,' in page
     flat = Path(api.report("flat", results=root)).read_text()
     assert "Jamming line" not in flat and "<li>nstar_vs_p: the sweep has no train_size" in flat
+
+
+def test_another_axis_gets_a_curve_per_value_in_one_colour_across_figures(root):
+    """lr_max an axis: Fig. 2 has one curve per value, and Fig. 5 draws each in its colour."""
+    rendered = render_figures(read_reduced("lr", root)[1])
+
+    def colours(fig, pattern):  # noqa: ANN001, ANN202
+        ax = fig.axes[0]
+        drawn = [*ax.containers, *ax.get_lines()]
+        found = {}
+        for artist in drawn:
+            if m := re.match(pattern, artist.get_label()):
+                first = artist.lines[0] if hasattr(artist, "lines") else artist
+                found[m.group(1)] = to_hex(first.get_color())
+        return found
+
+    in_fig2 = colours(rendered.figures["fig2_test_error"], r"fc5 lr_max=([\d.]+): one net")
+    in_fig5 = colours(rendered.figures["fig5_output_variance"], r"fc5 lr_max=([\d.]+): every")
+    assert set(in_fig2) == {"0.001", "0.01"} and len(set(in_fig2.values())) == 2
+    assert in_fig5 == in_fig2
