@@ -70,6 +70,18 @@ def test_the_figures_are_paper_ready_and_keep_each_ps_colour(root):
     fit = read_reduced("line", root)[1].summary.jamming_line["fc5"].fit
     assert any(f"$a$ = {fit.params['a']:.3g} ± " in t and "(4 points)" in t for t in labels)
     assert ax.get_xscale() == ax.get_yscale() == "log"
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    bound = lines["fc5: upper bound (every width jammed)"]  # P = 50: every width jammed
+    assert list(bound.get_xdata()) == [50] and bound.get_marker() == "v"
+    half = lines["fc5: half the runs at zero loss"]
+    points = read_reduced("line", root)[1].summary.jamming_line["fc5"].points
+    assert list(half.get_ydata()) == [q.n_star_half for q in points if q.n_star_half]
+    assert half.get_marker() == "D" and half.get_markerfacecolor() == "none"
+    bars = next(c for c in ax.containers if c.get_label().startswith("fc5: $N^*$"))
+    segments = bars.lines[2][0].get_segments()  # the bars: from n_below up to N*
+    assert [tuple(seg[:, 1]) for seg in segments] == [
+        (q.n_below, q.n_star) for q in points if q.used
+    ]
     # one colour per P, the same in Fig. 2 and in the collapse
     fig2 = rendered.figures["fig2_test_error"].axes[0]
     in_fig2 = {  # the one-net curves are error bars: a container holds the label
@@ -119,7 +131,7 @@ def test_show_and_reduce_print_the_line_with_its_points(root):
     assert "P in [100, 800]; paper: a = 1)" in out
     assert "P = 50: N* = 38, half the runs — (not fitted: N* is below the sweep" in out
     assert "P = 800: N* = 344 in (273, 344]" in out
-    one = CliRunner().invoke(app, ["show", "one", "--results", root]).output
+    one = CliRunner().invoke(app, ["reduce", "one", "--results", root, "--no-figures"]).output
     assert "fit jamming_line: none (1 value(s) of P with a bracketed N*; need at least 2" in one
     assert "jamming line" not in CliRunner().invoke(app, ["show", "flat", "--results", root]).output
 
