@@ -118,9 +118,9 @@ class LocalExecutor:
         # A files dataset's facts (d_in, labels, fingerprint) are read here, once, and
         # travel in every RunSpec: N is in the manifest before anything trains.
         spec = spec.with_data(check_dataset(spec.dataset))
-        from workers.builders import with_modules
+        from workers.builders import keep_code, with_kept_code, with_modules
 
-        spec = with_modules(spec, grid)
+        spec = with_kept_code(with_modules(spec, grid), layout.code_dir)
         replace = check_grid_change(layout, spec, force)
         # a new sweep (or one started afresh) keeps a typed file per run (layout 2)
         layout = layout.settled(new_sweep=replace or not io.exists(layout.grid_yaml))
@@ -146,6 +146,7 @@ class LocalExecutor:
                 if layout.tables_layout == FLAT:
                     io.write_text(layout.layout_json, layout.layout_text())
                 io.write_text(layout.grid_yaml, text)
+                keep_code(spec)
                 runs = [manifest_table(grid_runs), manifest_table(refined, ORIGIN_REFINE)]
                 io.write_table(layout.manifest, pa.concat_tables(runs))
 
