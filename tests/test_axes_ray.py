@@ -76,6 +76,28 @@ def test_curves_and_n_star_are_per_point(sweep):
         assert summary["n_star"][f"fc train_size={p}"] == (min(jammed) if jammed else None)
 
 
+def test_kept_nets_are_measured_per_point_each_on_its_own_data(sweep):
+    from orchestrator.results import open_sweep
+    from orchestrator.results.boundaries import boundary_tables
+    from schemas.errors import JamsweepError
+    from schemas.layout import SweepLayout
+
+    _, _, res, _ = sweep
+    _, distances = boundary_tables(SweepLayout(str(res), "line"))
+    # a series per point: the two seeds of one (P, width), never the nets of two P's
+    assert sorted(zip(distances.arch, distances.width, strict=True)) == [
+        (f"fc train_size={p}", w) for p in (40, 80) for w in (1.0, 16.0)
+    ]
+    assert (distances.n_nets == 2).all()
+    opened = open_sweep(str(res / "line"))
+    with pytest.raises(JamsweepError, match="differ in their data"):
+        opened.inputs(split="train")
+    manifest = opened.manifest()
+    for p in (40, 80):
+        run = manifest[manifest.train_size == p].run_id.iloc[0]
+        assert len(opened.inputs(split="train", run_id=run)) == p
+
+
 def test_status_where_and_show_per_point(sweep):
     _, _, res, _ = sweep
     proc = jamsweep("status", "line", "--results", str(res), "--where", "train_size=80")

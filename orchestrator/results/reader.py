@@ -280,11 +280,13 @@ class Sweep:
 
     # -- the data -------------------------------------------------------------------------
 
-    def inputs(self, split: str = "test") -> torch.Tensor:
-        """The preprocessed inputs of `split` ('train' or 'test') that every run of the
-        sweep trained or was tested on, in the run's dtype: (n, d) for flat data, (n, 3, 32,
+    def inputs(self, split: str = "test", run_id: str | None = None) -> torch.Tensor:
+        """The preprocessed inputs of `split` ('train' or 'test') that the runs of the
+        sweep trained or were tested on, in the run's dtype: (n, d) for flat data, (n, 3, 32,
         32) for CIFAR-10, rows in ascending `sample` order (the `sample` column of logits).
         Read with the runs' own loader (workers.data), so the data must be reachable here.
+        A sweep whose axes change the data (train_size, data_seed, label_noise) needs the
+        `run_id` of a run whose inputs to give.
 
         >>> sweep = open_sweep("demo")
         >>> x = sweep.inputs(split="test")  # row i: the i-th smallest test `sample`
@@ -298,30 +300,43 @@ class Sweep:
         runs = self.runs()
         if not runs:
             raise JamsweepError(f"sweep {self.layout.sweep!r} has no runs in its manifest")
+        if run_id is not None:
+            run = self._run(run_id)
+        elif len({r.dataset.model_dump_json() for r in runs}) > 1:
+            raise JamsweepError(
+                f"the runs of sweep {self.layout.sweep!r} differ in their data (a dataset "
+                "axis): give the run whose inputs you want, inputs(split, run_id=...)"
+            )
+        else:
+            run = runs[0]
         from workers.data import load_dataset  # torch and the data: only when asked
 
-        data = load_dataset(runs[0].dataset)  # every run of a sweep shares its data
+        data = load_dataset(run.dataset)
         part = data.train if split == "train" else data.test
         order = torch.argsort(part.index)
-        return part.x[order].to(getattr(torch, runs[0].training.dtype))
+        return part.x[order].to(getattr(torch, run.training.dtype))
 
-    def model(self, run_id: str) -> torch.nn.Module:
-        """The trained net of a finished run (built-in or built by your `builder`), its
-        final weights loaded, in eval mode and the run's dtype: `model(inputs)` gives the
-        run's stored final logits (n, outputs). A module's code must be importable here
-        (where it was found at submit, or on the Python path) and unchanged.
-
-        >>> sweep = open_sweep("demo")
-        >>> run = sweep.manifest().query("width == 8 and seed == 0").run_id.item()
-        >>> f = sweep.model(run)(sweep.inputs(split="test"))  # (n_test, 1)
-        """
-        runs = {r.run_id: r for r in self.runs()}
-        spec = runs.get(run_id)
+    def _run(self, run_id: str) -> RunSpec:
+        spec = next((r for r in self.runs() if r.run_id == run_id), None)
         if spec is None:
             raise JamsweepError(
                 f"sweep {self.layout.sweep!r} has no run {run_id!r}; its run ids are in "
                 "manifest().run_id"
             )
+        return spec
+
+    def model(self, run_id: str) -> torch.nn.Module:
+        """The trained net of a finished run (built-in or built by your `builder`), its
+        final weights loaded, in eval mode and the run's dtype: `model(inputs)` gives the
+        run's stored final logits (n, outputs). A module is built by the code it was
+        submitted with (where it was found at submit, the sweep's copy in code/, or the
+        Python path: the first whose source hash is the submitted one).
+
+        >>> sweep = open_sweep("demo")
+        >>> run = sweep.manifest().query("width == 8 and seed == 0").run_id.item()
+        >>> f = sweep.model(run)(sweep.inputs(split="test"))  # (n_test, 1)
+        """
+        spec = self._run(run_id)
         path = self.layout.model(spec.run_id, *spec.key)
         if not io.exists(path):
             raise JamsweepError(
