@@ -190,3 +190,11 @@ def test_lists_of_train_size_and_lr_max_through_the_jobs_api(tmp_path, head):
     assert set(summary["n_star"]) == {
         f"fc train_size={p} lr_max={lr}" for p in (40, 80) for lr in (0.01, 0.02)
     }
+    # --where through the Jobs API: selected on the cluster, where the manifest is
+    shown = jamsweep(
+        "status", "jobs", "--address", head.dashboard, "--results", res,
+        "--where", "lr_max=0.02", "--where", "train_size=80", "--json",
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    answer = json.loads(shown.stdout[shown.stdout.find("{") :])
+    assert answer["counts"]["done"] == 2 and len(answer["runs"]) == 2, answer

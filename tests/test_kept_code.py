@@ -13,6 +13,7 @@ import torch
 
 from schemas.errors import JamsweepError
 from schemas.grid import load_grid
+from tests.conftest import jamsweep
 from tests.test_user_modules import NETS, PACKAGE, module_grid, package_grid
 from workers.builders import build_module, keep_code, with_kept_code, with_modules
 
@@ -104,3 +105,40 @@ def test_a_copy_on_s3_is_downloaded_once_and_used(tmp_path, s3, monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(after, before, strict=True))
     (downloaded,) = (tmp_path / "tmp" / "jamsweep-code").glob("*/lab_nets.py")
     assert downloaded.read_text() == NETS
+
+
+def test_a_sweep_moved_elsewhere_builds_its_nets_from_the_copy_it_carries(tmp_path):
+    """rsync'd from a cluster: the copy's recorded path is the old one; the manifest's
+    runs, read where the sweep is now, find the copy beside them."""
+    from orchestrator.results.reader import open_sweep
+    from orchestrator.results.store import manifest_table
+    from schemas.layout import SweepLayout
+    from workers import io
+
+    grid = module_grid(tmp_path / "lab", sweep="moved")
+    run = submitted(grid, str(tmp_path / "there" / "moved" / "code"))
+    layout = SweepLayout(str(tmp_path / "there"), "moved")
+    io.write_text(layout.grid_yaml, grid.read_text())
+    io.write_table(layout.manifest, manifest_table([run]))
+    before = weights(build_module(run.arch, 5, 8, 1, seed=2))
+    (tmp_path / "there").rename(tmp_path / "here")
+    (tmp_path / "lab" / "lab_nets.py").unlink()
+    forget("lab_nets")
+    with pytest.raises(JamsweepError, match="found nowhere"):
+        build_module(run.arch, 5, 8, 1, seed=2)  # the spec as written: the old path
+    (here,) = open_sweep(str(tmp_path / "here" / "moved")).runs()
+    after = weights(build_module(here.arch, 5, 8, 1, seed=2))
+    assert all(torch.equal(a, b) for a, b in zip(after, before, strict=True))
+
+
+def test_a_module_that_imports_a_file_beside_it_is_refused_at_submit(tmp_path):
+    """Only the builder's module is hashed, kept and shipped: an edit of helpers.py would not
+    change the run ids, and a node without the folder could not import it."""
+    lab = tmp_path / "lab"
+    grid = module_grid(lab, nets="from helpers import mlp\n")
+    (lab / "helpers.py").write_text(NETS)
+    proc = jamsweep("submit", str(grid), "--results", str(tmp_path / "res"), "--dry-run")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "lab_nets.py imports helpers.py from its folder" in proc.stderr, proc.stderr
+    assert "Make the folder a package" in proc.stderr
+    assert not (tmp_path / "res").exists()

@@ -84,6 +84,19 @@ def test_a_module_sweep_end_to_end_on_the_embedded_ray(tmp_path):
     profile, distances = boundary_tables(SweepLayout(str(res), "mods"))
     assert set(distances.arch) == {"mlp", "bn", "fc"} and (distances.n_nets == 2).all()
     assert set(profile.seed) == {0, 1} and set(profile.width) == {6.0}  # the largest N
+    # a torn weights file is never read as a net: model() says so; the figures leave it out
+    bn_run = manifest[manifest.arch == "bn"].run_id.iloc[0]
+    torn = root / "models" / f"{bn_run}.pt"
+    kept = torn.read_bytes()
+    torn.write_bytes(kept[: len(kept) // 2])
+    with pytest.raises(JamsweepError, match="cannot be read"):
+        open_sweep(root).model(bn_run)
+    _, distances = boundary_tables(SweepLayout(str(res), "mods"))
+    assert set(distances.arch) == {"mlp", "fc"}  # bn's width has one readable net left
+    replotted = jamsweep("plot", str(root))
+    assert replotted.returncode == 0 and "Traceback" not in replotted.stderr, replotted.stderr
+    assert "fig10_boundary_distance.png" in replotted.stdout
+    torn.write_bytes(kept)
 
     shown = jamsweep("show", str(root))
     assert shown.returncode == 0, shown.stderr

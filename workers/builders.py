@@ -271,6 +271,7 @@ def resolve_module(
     """The facts of `arch` (found from `folder`): every width built once (seed 0) to count
     N and check that it is a module that takes (n, *input_shape) inputs to (n, n_out)."""
     found = find_module(arch, folder)
+    loaded_before = set(sys.modules)
     builder = import_builder(arch, found)
     counts, mixing = {}, None
     for width in arch.widths:
@@ -279,12 +280,37 @@ def resolve_module(
         if width == min(arch.widths):
             _check_output(arch, net, width, input_shape, n_out)
             mixing = batch_mixing(net, input_shape)
+    _refuse_siblings(arch, found, set(sys.modules) - loaded_before)
     return ModuleFacts(
         location=str(found.location),
         source_sha256=source_sha256(found.location),
         n_params=counts,
         batch_mixing=mixing,
     )
+
+
+def _refuse_siblings(arch: ModuleArch, found: Found, loaded: set[str]) -> None:
+    """Refuse a module that imports other files of its folder: only the module's own file
+    (or package) is hashed, copied and shipped, so an edit of a sibling would not change
+    the run ids and a node without the folder could not import it."""
+    if {"site-packages", "dist-packages"} & set(found.folder.parts):
+        return  # installed code: the hash check on every node covers the module only
+    own = {p.resolve() for p in source_files(found.location).values()}
+    folder = found.folder.resolve()
+    siblings = sorted(
+        Path(file).name
+        for name in loaded
+        if (file := getattr(sys.modules.get(name), "__file__", None)) is not None
+        and Path(file).resolve().parent == folder
+        and Path(file).resolve() not in own
+    )
+    if siblings:
+        raise JamsweepError(
+            f"architecture {arch.name!r}: {found.location.name} imports {', '.join(siblings)} "
+            f"from its folder ({found.folder}); jamsweep hashes, keeps and ships the builder's "
+            "module only. Make the folder a package (NAME/__init__.py, builder: NAME.module:"
+            "function) or put those files in the module"
+        )
 
 
 def _check_output(

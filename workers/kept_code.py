@@ -14,13 +14,24 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from schemas.modules import ModuleFacts
+from schemas.modules import ModuleArch, ModuleFacts
+from schemas.run import RunSpec
 from workers import io
 
 
 def kept_at(code_dir: str, facts: ModuleFacts) -> str:
     """Where the sweep keeps the code of `facts`: CODE_DIR/SHA16 (one folder per source)."""
     return f"{code_dir.rstrip('/')}/{facts.source_sha256[:16]}"
+
+
+def kept_here(spec: RunSpec, code_dir: str) -> RunSpec:
+    """`spec` as read from the manifest of a sweep whose code folder is `code_dir` now: a
+    sweep moved or copied elsewhere (rsync'd from a cluster) finds its copy where it is."""
+    arch = spec.arch
+    if not isinstance(arch, ModuleArch) or arch.resolved is None or arch.resolved.kept is None:
+        return spec
+    facts = arch.resolved.model_copy(update={"kept": kept_at(code_dir, arch.resolved)})
+    return spec.model_copy(update={"arch": arch.model_copy(update={"resolved": facts})})
 
 
 def source_files(location: Path) -> dict[str, Path]:

@@ -15,6 +15,7 @@ import pandas as pd
 from orchestrator.results.figures.boundary import DISTANCE_COLUMNS, PROFILE_COLUMNS
 from orchestrator.results.reader import Sweep
 from schemas.axes import point_label, varying
+from schemas.errors import JamsweepError
 from schemas.layout import SweepLayout
 from schemas.run import RunSpec
 from workers import io
@@ -64,7 +65,11 @@ def boundary_tables(layout: SweepLayout) -> tuple[pd.DataFrame, pd.DataFrame]:
     rows, profile = [], pd.DataFrame(columns=[*PROFILE_COLUMNS, "arch", "width", "n_params"])
     widest = max(groups, key=lambda k: (groups[k][0].n_params, k[0]))
     for (arch, width), group in sorted(groups.items()):
-        nets = [sweep.model(r.run_id) for r in sorted(group, key=lambda r: r.seed)]
+        loaded = [(r, _net(sweep, r.run_id)) for r in sorted(group, key=lambda r: r.seed)]
+        group = [r for r, net in loaded if net is not None]  # an unreadable file: left out
+        nets = [net for _, net in loaded if net is not None]
+        if len(nets) < 2:
+            continue
         data = group[0].dataset.model_dump_json()
         if data not in inputs:
             inputs[data] = sweep.inputs(split="test", run_id=group[0].run_id)
@@ -93,3 +98,10 @@ def boundary_tables(layout: SweepLayout) -> tuple[pd.DataFrame, pd.DataFrame]:
 def _point(run: RunSpec, moving: list[str]) -> str:
     values = run.axis_values
     return point_label({a: values[a] for a in moving})
+
+
+def _net(sweep: Sweep, run_id: str) -> torch.nn.Module | None:
+    try:
+        return sweep.model(run_id)
+    except JamsweepError:  # its weights file is torn or foreign (Sweep.model says which)
+        return None

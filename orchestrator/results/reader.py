@@ -38,6 +38,7 @@ from schemas.layout import (
 from schemas.run import RunSpec
 from schemas.summary import Summary
 from workers import io
+from workers.kept_code import kept_here
 
 if TYPE_CHECKING:
     import torch
@@ -222,7 +223,8 @@ class Sweep:
         if not io.exists(self.layout.manifest):
             return []
         specs = io.read_table(self.layout.manifest, ["spec"]).column(0).to_pylist()
-        return [RunSpec.model_validate_json(s) for s in specs]
+        code = self.layout.code_dir  # a module's copy of its code: where the sweep is now
+        return [kept_here(RunSpec.model_validate_json(s), code) for s in specs]
 
     def status(self) -> pd.DataFrame:
         """The last persisted state of every run of the latest round: run_id, arch, width,
@@ -347,7 +349,18 @@ class Sweep:
         from workers.train import DTYPES, build_model  # torch and the user's code: when asked
 
         net = build_model(spec, spec.d_in).to(dtype=DTYPES[spec.training.dtype])
-        net.load_state_dict(io.load_checkpoint(path) or {})
+        weights = io.load_checkpoint(path)
+        if weights is None:  # torn or not a torch file: never read as the run's net
+            raise JamsweepError(
+                f"run {run_id}: its stored weights {path} cannot be read (a torn or foreign "
+                "file); move it away and submit the grid again to train that run anew"
+            )
+        try:
+            net.load_state_dict(weights)
+        except RuntimeError as exc:  # another net's weights (a foreign file)
+            raise JamsweepError(
+                f"run {run_id}: {path} holds no weights of its net: {exc}"
+            ) from None
         return net.eval()
 
 
