@@ -13,9 +13,8 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from orchestrator.results.figures.boundary import DISTANCE_COLUMNS, PROFILE_COLUMNS
-from orchestrator.results.reader import Sweep
+from orchestrator.results.reader import Sweep, UnreadableWeights
 from schemas.axes import point_label, varying
-from schemas.errors import JamsweepError
 from schemas.layout import SweepLayout
 from schemas.run import RunSpec
 from workers import io
@@ -103,5 +102,5 @@ def _point(run: RunSpec, moving: list[str]) -> str:
 def _net(sweep: Sweep, run_id: str) -> torch.nn.Module | None:
     try:
         return sweep.model(run_id)
-    except JamsweepError:  # its weights file is torn or foreign (Sweep.model says which)
+    except UnreadableWeights:  # its weights file is torn or foreign (not its code: that stops)
         return None

@@ -351,7 +351,7 @@ class Sweep:
         net = build_model(spec, spec.d_in).to(dtype=DTYPES[spec.training.dtype])
         weights = io.load_checkpoint(path)
         if weights is None:  # torn or not a torch file: never read as the run's net
-            raise JamsweepError(
+            raise UnreadableWeights(
                 f"run {run_id}: its stored weights {path} cannot be read (a torn or foreign "
                 "file); move it away and submit the grid again to train that run anew"
             )
@@ -362,6 +362,10 @@ class Sweep:
                 f"run {run_id}: {path} holds no weights of its net: {exc}"
             ) from None
         return net.eval()
+
+
+class UnreadableWeights(JamsweepError):
+    """A run's models/ file is torn or foreign: never read as its net."""
 
 
 def open_sweep(path: str | os.PathLike[str], *, results: str | None = None) -> Sweep:
