@@ -15,7 +15,7 @@ from orchestrator.cluster.progress import ProgressHook
 from orchestrator.reports import Echo, RefineReport, SubmitReport, SweepStatus, quiet, width_symbol
 from orchestrator.results.reduced import load_summary
 from orchestrator.results.reduction import reduce
-from orchestrator.results.store import existing, runs_where, sweep_names
+from orchestrator.results.store import sweep_names
 from schemas.axes import DEFAULT_MAX_RUNS
 from schemas.errors import JamsweepError
 from schemas.grid import GridSpec, load_grid
@@ -119,20 +119,18 @@ def refuse_large(spec: GridSpec, max_runs: int) -> None:
 
 
 def status(
-    sweep: str, *, results: str = RESULTS_DEFAULT, address: str | None = None
+    sweep: str,
+    *,
+    results: str = RESULTS_DEFAULT,
+    address: str | None = None,
+    where: dict[str, list[str]] | None = None,
 ) -> SweepStatus:
     """Live from the sweep's tracker when `address` names a cluster that has one; else from
-    the persisted status.parquet, corrected by the result files and the round's heartbeat."""
-    return executor_for(address).status(sweep, results)
-
-
-def status_where(
-    st: SweepStatus, where: dict[str, list[str]], *, results: str = RESULTS_DEFAULT
-) -> SweepStatus:
-    """`st` with only the runs whose columns have the values of `where` (NAME -> values as
-    text: arch, width, seed or any sweep axis, e.g. {"train_size": ["1000"]})."""
-    ids = runs_where(existing(st.sweep, results), where)
-    return SweepStatus(st.sweep, [r for r in st.records if r.run_id in ids], st.source, st.alive)
+    the persisted status.parquet, corrected by the result files and the round's heartbeat.
+    `where`: only the runs whose columns have those values (NAME -> values as text: arch,
+    width, seed or any sweep axis, e.g. {"train_size": ["1000"]}), selected where the
+    manifest is (on the cluster, for a Jobs API address)."""
+    return executor_for(address).status(sweep, results, where)
 
 
 def watch(

@@ -176,8 +176,9 @@ def axis_values(dataset: DatasetSpec, training: TrainingSpec) -> dict[str, Any]:
 
 
 def point_label(point: Point) -> str:
-    """'train_size=1000 lr_max=0.001' ('' for the one point of a grid without axes)."""
-    return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in point.items())
+    """'train_size=1000 lr_max=0.001' ('' for the one point of a grid without axes). A
+    float is written as Python's shortest exact form (repr): two values never share a label."""
+    return " ".join(f"{k}={v!r}" if isinstance(v, float) else f"{k}={v}" for k, v in point.items())
 
 
 def varying(values: list[dict[str, Any]]) -> list[str]:

@@ -112,6 +112,11 @@ class SweepLayout:
         return _join(self.root, "trace")
 
     @property
+    def code_dir(self) -> str:
+        """The sweep's copies of its `kind: module` code, code/SHA16/ per source."""
+        return _join(self.root, "code")
+
+    @property
     def checkpoints_dir(self) -> str:
         return _join(self.root, "checkpoints")
 

@@ -44,6 +44,12 @@ class ModuleFacts(BaseModel):
     n_params: dict[str, int] = Field(
         description="N per width (width_key): parameters with ndim >= 2, or all with `count: all`."
     )
+    kept: str | None = Field(
+        default=None,
+        description="The sweep's own copy of the source (SWEEP/code/SHA16, written at "
+        "submit): where workers, `refine` and `open_sweep().model()` look when the module is "
+        "not at `location`. None in sweeps submitted before copies were kept.",
+    )
     batch_mixing: str | None = Field(
         default=None,
         description="Why the module's outputs in train mode depend on the rest of the batch "

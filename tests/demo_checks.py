@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from schemas.grid import load_grid
+from workers.builders import with_modules
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_GRID = ROOT / "examples" / "demo.yaml"
@@ -17,7 +18,7 @@ DEMO_GRID = ROOT / "examples" / "demo.yaml"
 def check_finished_sweep(sweep_dir: Path, grid: Path = DEMO_GRID) -> pd.DataFrame:
     """Every run of the grid done, one curve row per (arch, width); returns the curves."""
     spec, text = load_grid(grid)
-    runs = spec.expand()
+    runs = with_modules(spec, grid).expand()  # a module's run ids hold its source hash
     assert (sweep_dir / "grid.yaml").read_text() == text
     status = pd.read_parquet(sweep_dir / "status.parquet")
     assert len(status) == len(runs), status

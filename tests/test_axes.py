@@ -151,6 +151,12 @@ def test_a_sweep_of_layout_1_takes_no_lists_but_a_new_sweep_does(tmp_path):
     path.write_text(BASE.format(p="[100, 200]", training=""))
     with pytest.raises(JamsweepError, match="layout 1"):
         api.submit(path, results=str(res), dry_run=True)
+    # a Jobs API submission is refused on this machine too, before any job starts
+    from orchestrator.jobs.executor import _checks_that_can_run_here
+    from schemas.grid import load_grid
+
+    with pytest.raises(JamsweepError, match="layout 1"):
+        _checks_that_can_run_here(load_grid(path)[0], path, SweepLayout(str(res), "ax"), False)
     report = api.submit(path, results=str(tmp_path / "fresh"), dry_run=True)
     assert len(report.planned) == 8
     assert SweepLayout(str(tmp_path / "fresh"), "ax").settled(new_sweep=True).tables_layout == FLAT
@@ -174,3 +180,12 @@ def test_series_are_per_point_sorted_as_numbers_and_old_tables_have_one_per_arch
     assert found == [("fc train_size=500", 2), ("fc train_size=1000", 1)]  # not as text
     reduced_before_axes = pd.DataFrame({"arch": ["b", "a"], "n_params": [1, 2]})  # no point
     assert [name for name, _ in series_of(reduced_before_axes)] == ["a", "b"]
+
+
+def test_two_values_of_an_axis_never_share_a_point_label():
+    from schemas.axes import point_label
+
+    # 6 significant digits would write both as lr_max=0.001: one curve of two points' runs
+    close = [point_label({"lr_max": v}) for v in (0.001, 0.0010000004)]
+    assert close[0] == "lr_max=0.001" and close[0] != close[1]
+    assert point_label({"train_size": 500, "adam_eps": 1e-08}) == "train_size=500 adam_eps=1e-08"

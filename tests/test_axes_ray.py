@@ -76,6 +76,28 @@ def test_curves_and_n_star_are_per_point(sweep):
         assert summary["n_star"][f"fc train_size={p}"] == (min(jammed) if jammed else None)
 
 
+def test_kept_nets_are_measured_per_point_each_on_its_own_data(sweep):
+    from orchestrator.results import open_sweep
+    from orchestrator.results.boundaries import boundary_tables
+    from schemas.errors import JamsweepError
+    from schemas.layout import SweepLayout
+
+    _, _, res, _ = sweep
+    _, distances = boundary_tables(SweepLayout(str(res), "line"))
+    # a series per point: the two seeds of one (P, width), never the nets of two P's
+    assert sorted(zip(distances.arch, distances.width, strict=True)) == [
+        (f"fc train_size={p}", w) for p in (40, 80) for w in (1.0, 16.0)
+    ]
+    assert (distances.n_nets == 2).all()
+    opened = open_sweep(str(res / "line"))
+    with pytest.raises(JamsweepError, match="differ in their data"):
+        opened.inputs(split="train")
+    manifest = opened.manifest()
+    for p in (40, 80):
+        run = manifest[manifest.train_size == p].run_id.iloc[0]
+        assert len(opened.inputs(split="train", run_id=run)) == p
+
+
 def test_status_where_and_show_per_point(sweep):
     _, _, res, _ = sweep
     proc = jamsweep("status", "line", "--results", str(res), "--where", "train_size=80")
@@ -168,3 +190,11 @@ def test_lists_of_train_size_and_lr_max_through_the_jobs_api(tmp_path, head):
     assert set(summary["n_star"]) == {
         f"fc train_size={p} lr_max={lr}" for p in (40, 80) for lr in (0.01, 0.02)
     }
+    # --where through the Jobs API: selected on the cluster, where the manifest is
+    shown = jamsweep(
+        "status", "jobs", "--address", head.dashboard, "--results", res,
+        "--where", "lr_max=0.02", "--where", "train_size=80", "--json",
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    answer = json.loads(shown.stdout[shown.stdout.find("{") :])
+    assert answer["counts"]["done"] == 2 and len(answer["runs"]) == 2, answer

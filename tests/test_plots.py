@@ -394,3 +394,27 @@ def test_tables_of_an_older_reduce_are_refused_with_what_to_do(tmp_path):
     assert result.exit_code == 1, result.output
     assert "written by an older jamsweep" in result.output
     assert f"jamsweep reduce {files.layout.root}" in result.output.replace("\n", "")
+
+
+def test_training_curves_draw_a_line_per_point_not_one_across_points():
+    """Two points of an axis at one N (train_size 500 and 1000, the same net): two lines,
+    each with its own loss, never one that alternates between them."""
+    from orchestrator.results.figures.training import training_curves
+    from schemas.summary import Summary
+    from workers.history import TRAINING_COLUMNS
+
+    rows = []
+    for p, scale in ((500, 1.0), (1000, 100.0)):
+        for step in (1, 10, 100, 1000):
+            row = {c: 0.0 for c in TRAINING_COLUMNS}
+            row.update(arch="fc", point=f"train_size={p}", width=4.0, n_params=100, step=step)
+            row.update({c: scale / step for c in TRAINING_COLUMNS if c.endswith("_mean")})
+            rows.append(row)
+    fig = training_curves(
+        pd.DataFrame(rows, columns=TRAINING_COLUMNS), pd.DataFrame({"max_steps": [1000]}),
+        Summary(sweep="s"),
+    )  # fmt: skip
+    lines = [
+        list(line.get_ydata()) for line in fig.axes[0].get_lines() if len(line.get_xdata()) == 4
+    ]
+    assert sorted(lines) == sorted([[1.0, 0.1, 0.01, 0.001], [100.0, 10.0, 1.0, 0.1]])

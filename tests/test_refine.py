@@ -163,3 +163,22 @@ def test_refine_is_refused_while_another_driver_holds_the_sweep(tmp_path):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "being run by Ray job jamsweep-synth-00000000" in proc.stderr, proc.stderr
     assert sorted(p.name for p in (tmp_path / "synth").rglob("*")) == before  # nothing added
+
+
+def test_runs_refined_into_a_manifest_older_than_the_axes_get_every_column(tmp_path):
+    """A manifest written before sweep axes has no axis columns: the refined rows are
+    appended, and the stored rows get their values from their own specs."""
+    from orchestrator.results.store import add_to_manifest
+    from schemas.axes import AXES
+    from workers import io
+
+    files = write_sweep(str(tmp_path), seeds=2, widths=[2, 4])
+    old = io.read_table(files.layout.manifest)
+    old = old.select([c for c in old.column_names if c not in AXES])
+    io.write_table(files.layout.manifest, old)
+    (added,) = add_to_manifest(files.layout, refined_specs(files.specs[0], [3.0], [0]))
+    table = io.read_table(files.layout.manifest).to_pylist()
+    assert [r["run_id"] for r in table] == [*old.column("run_id").to_pylist(), added.run_id]
+    train_size = files.specs[0].dataset.train_size
+    assert {r["train_size"] for r in table} == {train_size}
+    assert {r["lr_max"] for r in table} == {files.specs[0].training.lr_max}

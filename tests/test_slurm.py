@@ -1,8 +1,8 @@
 """deploy/slurm/jamsweep.sbatch on a real single-node SLURM started here (munged, slurmctld,
 slurmd on loopback): the script brings up Ray, runs a grid to the end with
 `jamsweep submit GRID --address auto`, and stops Ray. `make test-slurm` installs SLURM.
-The grid is small (digits, 3 widths x 2 seeds): what is tested is the deploy path; the
-demo's own promise is tests/test_demo.py's."""
+The grid is small (digits, 3 widths x 2 seeds, and a user's module beside it): what is
+tested is the deploy path; the demo's own promise is tests/test_demo.py's."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import pytest
 from tests.conftest import ROOT, free_port
 from tests.demo_checks import check_finished_sweep
 from tests.slurm import SingleNodeSlurm, missing_commands
+from tests.test_user_modules import NETS
 
 pytestmark = [pytest.mark.ray, pytest.mark.slurm]
 
@@ -40,6 +41,7 @@ sweep: slurm
 dataset: {name: digits_parity_pca, train_size: 200, test_size: 300, pca_dim: 10}
 architectures:
   - {name: fc3, depth: 3, widths: [2, 4, 8]}
+  - {name: mlp, kind: module, builder: "lab_nets:mlp", widths: [4]}
 seeds: 2
 training: {lr_max: 0.01, max_steps: 1500}
 resources: {num_cpus: 1, max_retries: 1}
@@ -93,6 +95,7 @@ def test_sbatch_script_runs_a_grid_to_the_end_and_stops_ray(slurm, tmp_path, sho
     results, log = tmp_path / "results", tmp_path / "job.out"
     grid = tmp_path / "grid.yaml"
     grid.write_text(GRID)
+    (tmp_path / "lab_nets.py").write_text(NETS)  # a user's module, found beside the grid
     env = {
         "TMPDIR": str(short_tmp),  # the script puts Ray's files in $TMPDIR/ray-JOBID
         "JAMSWEEP_VENV": str(Path(sys.executable).parent.parent),
@@ -123,6 +126,7 @@ def test_sbatch_script_runs_a_grid_to_the_end_and_stops_ray(slurm, tmp_path, sho
     assert "jamsweep.sbatch: 1 node(s) up" in text
     assert "jamsweep submit exited with 0" in text and "jamsweep.sbatch: stopping Ray" in text
     check_finished_sweep(results / "slurm", grid)
+    assert [p.name for p in (results / "slurm" / "code").glob("*/*")] == ["lab_nets.py"]
 
     # The job's Ray: one head (jamsweep connected to it, it started no Ray of its own),
     # every port of it on loopback (srun's own I/O ports are SLURM's, not Ray's).

@@ -255,7 +255,7 @@ def test_a_batch_norm_run_resumes_from_its_checkpoint_bit_for_bit(tmp_path):
 def test_a_worker_refuses_code_that_is_not_the_submitted_code(tmp_path):
     runs, _ = resolved_runs(tmp_path, "lab_nets:mlp")
     (tmp_path / "g" / "lab_nets.py").write_text(NETS.replace("blocks=1", "blocks=3"))
-    with pytest.raises(JamsweepError, match="not the code the sweep was submitted with"):
+    with pytest.raises(JamsweepError, match="is the code the sweep was submitted with"):
         build_module(runs[0].arch, 2, 8, 1, 0)
 
 

@@ -4,6 +4,7 @@ keeps its weights, and `open_sweep(path).model(run_id)` reproduces its stored lo
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,19 @@ def test_a_module_sweep_end_to_end_on_the_embedded_ray(tmp_path):
     profile, distances = boundary_tables(SweepLayout(str(res), "mods"))
     assert set(distances.arch) == {"mlp", "bn", "fc"} and (distances.n_nets == 2).all()
     assert set(profile.seed) == {0, 1} and set(profile.width) == {6.0}  # the largest N
+    # a torn weights file is never read as a net: model() says so; the figures leave it out
+    bn_run = manifest[manifest.arch == "bn"].run_id.iloc[0]
+    torn = root / "models" / f"{bn_run}.pt"
+    kept = torn.read_bytes()
+    torn.write_bytes(kept[: len(kept) // 2])
+    with pytest.raises(JamsweepError, match="cannot be read"):
+        open_sweep(root).model(bn_run)
+    _, distances = boundary_tables(SweepLayout(str(res), "mods"))
+    assert set(distances.arch) == {"mlp", "fc"}  # bn's width has one readable net left
+    replotted = jamsweep("plot", str(root))
+    assert replotted.returncode == 0 and "Traceback" not in replotted.stderr, replotted.stderr
+    assert "fig10_boundary_distance.png" in replotted.stdout
+    torn.write_bytes(kept)
 
     shown = jamsweep("show", str(root))
     assert shown.returncode == 0, shown.stderr
@@ -102,11 +116,16 @@ def test_a_module_sweep_end_to_end_on_the_embedded_ray(tmp_path):
     options = jamsweep("submit", str(grid), "--results", str(res), "--num-cpus", "2")
     assert options.returncode == 1 and "options.blocks: 2 -> 3" in options.stderr
 
-    (tmp_path / "lab" / "lab_nets.py").unlink()  # the code gone: the other figures stand
+    (tmp_path / "lab" / "lab_nets.py").unlink()  # the file gone: the sweep's copy draws
+    plotted = jamsweep("plot", str(root))
+    assert plotted.returncode == 0, plotted.stderr
+    assert "fig9_boundary_profile.png" in plotted.stdout, plotted.stdout + plotted.stderr
+    shutil.rmtree(root / "code")  # no code anywhere: those two are not drawn, the others are
     plotted = jamsweep("plot", str(root))
     assert plotted.returncode == 0, plotted.stderr
     assert "fig9_boundary_profile: architecture" in plotted.stdout + plotted.stderr
-    assert "module 'lab_nets' not found" in plotted.stdout + plotted.stderr
+    assert "it was found nowhere" in plotted.stdout + plotted.stderr
+    assert "fig2_test_error.png" in plotted.stdout
 
 
 def test_keep_models_false_stores_no_weights_and_says_so(tmp_path):
@@ -148,7 +167,11 @@ def test_a_module_sweep_through_the_jobs_api_ships_the_module_with_the_job(tmp_p
     assert client.status(job) == "SUCCEEDED", client.logs(job)[-3000:]
     runs = open_sweep(res / "jobmods").runs()
     locations = {r.arch.resolved.location for r in runs if r.arch.kind == "module"}
-    assert len(locations) == 1 and not locations.pop().startswith(str(lab))
+    (location,) = locations
+    assert not location.startswith(str(lab))
+    # The job's own folder goes too: the nets are rebuilt from the sweep's copy of the code.
+    shutil.rmtree(Path(location).parent)
+    assert [p.name for p in (res / "jobmods" / "code").glob("*/*")] == ["lab_nets.py"]
     assert_models_reproduce_the_logits(res / "jobmods")
     # reduced on the cluster: curves, N*, figures (Fig. 9 and 10 from the nets), a report
     root = res / "jobmods"

@@ -1,8 +1,10 @@
 """User code enters here, and only here: a `kind: module` architecture's `builder:
 MODULE:FUNCTION` found, hashed, imported, called and probed (STYLE 13: one named seam).
 
-Where MODULE is looked for, in order: the folder given (the grid file's at submit; on a
-worker, the folder the module was found in at submit), then the Python path. A package
+Where MODULE is looked for, in order: at submit, the grid file's folder, then the Python
+path; to build a run's net, the folder it was found in at submit, the sweep's own copy
+(SWEEP/code/, `workers.kept_code`), then the Python path, taking the first whose source
+hash is the submitted one. A package
 (`mylab.nets:build`) is found by its top-level name. Its source hash covers the file, or
 every .py file of the top-level package, so editing any of it changes the run ids.
 """
@@ -29,6 +31,7 @@ from schemas.errors import JamsweepError
 from schemas.grid import GridSpec
 from schemas.modules import ModuleArch, ModuleFacts, width_key
 from schemas.run import RunSpec
+from workers.kept_code import kept_at, kept_folder, source_files, write_kept
 
 # Modules whose train-mode output for one sample depends on the others (batch statistics) or
 # on a random draw per forward: with them a violator-only step is not the full-batch step.
@@ -53,16 +56,10 @@ def find_module(arch: ModuleArch, folder: Path | None) -> Found:
     """MODULE's top-level file or package: in `folder` first, then on the Python path.
     Raises JamsweepError naming the module and every place looked in."""
     top = arch.module_name.split(".")[0]
-    if folder is not None:
-        if (folder / f"{top}.py").is_file():
-            return Found(folder / f"{top}.py", f"in {folder}")
-        if (folder / top / "__init__.py").is_file():
-            return Found(folder / top, f"in {folder}")
-    spec = importlib.util.find_spec(top) if top not in sys.modules else sys.modules[top].__spec__
-    origin = getattr(spec, "origin", None) if spec is not None else None
-    if spec is not None and origin not in (None, "built-in", "frozen"):
-        path = Path(str(origin))
-        return Found(path.parent if path.name == "__init__.py" else path, "on the Python path")
+    found = _in_folder(arch, folder, f"in {folder}") if folder is not None else None
+    found = found or _on_path(arch)
+    if found is not None:
+        return found
     places = ([str(folder)] if folder is not None else []) + [p or "." for p in sys.path]
     raise JamsweepError(
         f"architecture {arch.name!r}: builder {arch.builder!r}: module {top!r} not found; "
@@ -71,14 +68,30 @@ def find_module(arch: ModuleArch, folder: Path | None) -> Found:
     )
 
 
+def _in_folder(arch: ModuleArch, folder: Path, where: str) -> Found | None:
+    top = arch.module_name.split(".")[0]
+    if (folder / f"{top}.py").is_file():
+        return Found(folder / f"{top}.py", where)
+    if (folder / top / "__init__.py").is_file():
+        return Found(folder / top, where)
+    return None
+
+
+def _on_path(arch: ModuleArch) -> Found | None:
+    top = arch.module_name.split(".")[0]
+    spec = importlib.util.find_spec(top) if top not in sys.modules else sys.modules[top].__spec__
+    origin = getattr(spec, "origin", None) if spec is not None else None
+    if spec is None or origin in (None, "built-in", "frozen"):
+        return None
+    path = Path(str(origin))
+    return Found(path.parent if path.name == "__init__.py" else path, "on the Python path")
+
+
 def source_sha256(location: Path) -> str:
     """sha256 of a module file, or of every .py file of a package (by relative path)."""
     digest = hashlib.sha256()
-    files = [location] if location.is_file() else sorted(location.rglob("*.py"))
-    for path in files:
-        if "__pycache__" in path.parts:
-            continue
-        digest.update(str(path.relative_to(location.parent)).encode() + b"\0")
+    for rel, path in source_files(location).items():
+        digest.update(rel.encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
     return digest.hexdigest()
 
@@ -221,6 +234,24 @@ def with_modules(spec: GridSpec, grid: str | Path) -> GridSpec:
     return spec.with_models(resolve_modules(spec, Path(grid).resolve().parent))
 
 
+def with_kept_code(spec: GridSpec, code_dir: str) -> GridSpec:
+    """`spec` with each module's facts naming where the sweep keeps a copy of its code
+    (`workers.kept_code.kept_at`); `write_kept` writes it when the sweep is written."""
+    facts = {
+        a.name: a.resolved.model_copy(update={"kept": kept_at(code_dir, a.resolved)})
+        for a in spec.architectures
+        if isinstance(a, ModuleArch) and a.resolved is not None
+    }
+    return spec.with_models(facts)
+
+
+def keep_code(spec: GridSpec) -> None:
+    """Write the sweep's copy of each module's code (`with_kept_code` named where)."""
+    for arch in spec.architectures:
+        if isinstance(arch, ModuleArch) and arch.resolved is not None:
+            write_kept(arch.resolved)
+
+
 def resolve_modules(grid: GridSpec, folder: Path | None) -> dict[str, ModuleFacts]:
     """The facts of every `kind: module` architecture of `grid` (its files dataset already
     resolved: d_in and the outputs come from the data), by name. `folder`: the grid file's."""
@@ -240,6 +271,7 @@ def resolve_module(
     """The facts of `arch` (found from `folder`): every width built once (seed 0) to count
     N and check that it is a module that takes (n, *input_shape) inputs to (n, n_out)."""
     found = find_module(arch, folder)
+    loaded_before = set(sys.modules)
     builder = import_builder(arch, found)
     counts, mixing = {}, None
     for width in arch.widths:
@@ -248,12 +280,37 @@ def resolve_module(
         if width == min(arch.widths):
             _check_output(arch, net, width, input_shape, n_out)
             mixing = batch_mixing(net, input_shape)
+    _refuse_siblings(arch, found, set(sys.modules) - loaded_before)
     return ModuleFacts(
         location=str(found.location),
         source_sha256=source_sha256(found.location),
         n_params=counts,
         batch_mixing=mixing,
     )
+
+
+def _refuse_siblings(arch: ModuleArch, found: Found, loaded: set[str]) -> None:
+    """Refuse a module that imports other files of its folder: only the module's own file
+    (or package) is hashed, copied and shipped, so an edit of a sibling would not change
+    the run ids and a node without the folder could not import it."""
+    if {"site-packages", "dist-packages"} & set(found.folder.parts):
+        return  # installed code: the hash check on every node covers the module only
+    own = {p.resolve() for p in source_files(found.location).values()}
+    folder = found.folder.resolve()
+    siblings = sorted(
+        Path(file).name
+        for name in loaded
+        if (file := getattr(sys.modules.get(name), "__file__", None)) is not None
+        and Path(file).resolve().parent == folder
+        and Path(file).resolve() not in own
+    )
+    if siblings:
+        raise JamsweepError(
+            f"architecture {arch.name!r}: {found.location.name} imports {', '.join(siblings)} "
+            f"from its folder ({found.folder}); jamsweep hashes, keeps and ships the builder's "
+            "module only. Make the folder a package (NAME/__init__.py, builder: NAME.module:"
+            "function) or put those files in the module"
+        )
 
 
 def _check_output(
@@ -277,20 +334,40 @@ def _check_output(
 
 
 def build_module(arch: ModuleArch, width: float, d_in: int, n_out: int, seed: int) -> nn.Module:
-    """The run's net on a worker (or in a notebook): the module found where it was at
-    submit, else on this process's Python path, and only if its source is the one submitted."""
+    """The run's net on a worker (or in a notebook), built by the code it was submitted
+    with (`submitted_code`)."""
+    found = submitted_code(arch)
+    return call_builder(arch, import_builder(arch, found), width, d_in, n_out, seed)
+
+
+def submitted_code(arch: ModuleArch) -> Found:
+    """The module whose source is the one `arch` was submitted with (its hash): where it
+    was found at submit, else the sweep's own copy (`workers.kept_code`), else on the
+    Python path. Refused, naming each place and the hash found there, if none is."""
     facts = arch.resolved
     if facts is None:
         raise JamsweepError(f"architecture {arch.name!r} was not resolved at submit")
-    found = find_module(arch, Path(facts.location).parent)
-    if source_sha256(found.location) != facts.source_sha256:
-        raise JamsweepError(
-            f"architecture {arch.name!r}: the module found {found.where} ({found.location}) is "
-            f"not the code the sweep was submitted with (source sha256 "
-            f"{source_sha256(found.location)[:12]}, submitted {facts.source_sha256[:12]}); "
-            "give every node the same code, or submit the edited grid as a new sweep"
-        )
-    return call_builder(arch, import_builder(arch, found), width, d_in, n_out, seed)
+    kept = kept_folder(facts)
+    places = [(Path(facts.location).parent, "where it was found at submit")]
+    places += [(kept, "in the sweep's copy")] if kept is not None else []
+    seen = []
+    for folder, where in places:
+        found = _in_folder(arch, folder, where)
+        if found is not None:
+            if source_sha256(found.location) == facts.source_sha256:
+                return found
+            seen.append(f"{found.location} (sha256 {source_sha256(found.location)[:12]})")
+    found = _on_path(arch)
+    if found is not None and source_sha256(found.location) == facts.source_sha256:
+        return found
+    if found is not None:
+        seen.append(f"{found.location} (sha256 {source_sha256(found.location)[:12]})")
+    what = "; found " + ", ".join(seen) if seen else "; it was found nowhere"
+    raise JamsweepError(
+        f"architecture {arch.name!r}: no module {arch.module_name!r} here is the code the "
+        f"sweep was submitted with (source sha256 {facts.source_sha256[:12]}){what}. Give "
+        "every node the same code, or submit the edited grid as a new sweep"
+    )
 
 
 @functools.lru_cache(maxsize=256)

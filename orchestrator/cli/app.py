@@ -259,9 +259,7 @@ def status(
         else:
             show_.watch(looks, lambda s: show_.status_view(s, states))
         return
-    st = api.status(sweep, results=results, address=address)
-    if selected is not None:
-        st = api.status_where(st, selected, results=results)
+    st = api.status(sweep, results=results, address=address, where=selected)
     if as_json:
         out.print_json(json.dumps(_answer(st, states)))
         return

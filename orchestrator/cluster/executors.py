@@ -26,12 +26,14 @@ from orchestrator.results.store import (
     finished_and_broken,
     manifest_table,
     planned_runs,
+    refuse_axes_in_hive,
+    runs_where,
     set_aside,
     status_from_files,
 )
 from schemas.errors import JamsweepError
 from schemas.grid import GridSpec
-from schemas.layout import FLAT, HIVE, SweepLayout, default_results
+from schemas.layout import FLAT, SweepLayout, default_results
 from schemas.run import RunRecord
 from workers import io
 
@@ -51,7 +53,9 @@ class Executor(Protocol):
         progress: ProgressHook | None = None,
     ) -> SubmitReport: ...
 
-    def status(self, sweep: str, results: str) -> SweepStatus: ...
+    def status(
+        self, sweep: str, results: str, where: dict[str, list[str]] | None = None
+    ) -> SweepStatus: ...
 
     def cancel(self, sweep: str, results: str) -> list[str]: ...
 
@@ -118,9 +122,9 @@ class LocalExecutor:
         # A files dataset's facts (d_in, labels, fingerprint) are read here, once, and
         # travel in every RunSpec: N is in the manifest before anything trains.
         spec = spec.with_data(check_dataset(spec.dataset))
-        from workers.builders import with_modules
+        from workers.builders import keep_code, with_kept_code, with_modules
 
-        spec = with_modules(spec, grid)
+        spec = with_kept_code(with_modules(spec, grid), layout.code_dir)
         replace = check_grid_change(layout, spec, force)
         # a new sweep (or one started afresh) keeps a typed file per run (layout 2)
         layout = layout.settled(new_sweep=replace or not io.exists(layout.grid_yaml))
@@ -146,6 +150,7 @@ class LocalExecutor:
                 if layout.tables_layout == FLAT:
                     io.write_text(layout.layout_json, layout.layout_text())
                 io.write_text(layout.grid_yaml, text)
+                keep_code(spec)
                 runs = [manifest_table(grid_runs), manifest_table(refined, ORIGIN_REFINE)]
                 io.write_table(layout.manifest, pa.concat_tables(runs))
 
@@ -183,15 +188,21 @@ class LocalExecutor:
                 report.curves = reduce(spec.sweep, results=layout.results)
         return report
 
-    def status(self, sweep: str, results: str) -> SweepStatus:
+    def status(
+        self, sweep: str, results: str, where: dict[str, list[str]] | None = None
+    ) -> SweepStatus:
         """Live from the tracker when the address reaches a cluster that has one; else from
-        the files (see store.status_from_files)."""
+        the files (see store.status_from_files); only the runs `where` selects."""
         layout = existing(sweep, absolute(results))
-        if self.address is not None:
-            live = self._live_records(layout)
-            if live is not None:
-                return SweepStatus(sweep, live, "live", alive=True)
-        return status_from_files(layout)
+        live = self._live_records(layout) if self.address is not None else None
+        if live is not None:
+            st = SweepStatus(sweep, live, "live", alive=True)
+        else:
+            st = status_from_files(layout)
+        if where is None:
+            return st
+        ids = runs_where(layout, where)
+        return SweepStatus(sweep, [r for r in st.records if r.run_id in ids], st.source, st.alive)
 
     def watch(self, sweep: str, results: str, every_s: float = 2.0) -> Iterator[SweepStatus]:
         """The sweep's status every `every_s` until its round ends (the last one included).
@@ -246,15 +257,4 @@ class LocalExecutor:
             num_cpus=self.num_cpus,
             echo=echo,
             **options,  # type: ignore[arg-type]
-        )
-
-
-def refuse_axes_in_hive(layout: SweepLayout, spec: GridSpec) -> None:
-    """A sweep of layout 1 keeps a run's files by (arch, width, seed): two points of an
-    axis would share them."""
-    if spec.axes and layout.tables_layout == HIVE:
-        raise JamsweepError(
-            f"sweep {spec.sweep!r} in {layout.results} keeps its runs' files by arch, width "
-            f"and seed (layout 1, made before sweep axes); a grid that lists "
-            f"{', '.join(spec.axes)} needs a new sweep: give it another name"
         )

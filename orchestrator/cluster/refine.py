@@ -149,16 +149,15 @@ def refine_here(
                 for s in manifest
                 if s.arch.name == arch_name and point_of.get(s.run_id, "") == point
             ]
-            try:
+            try:  # a point without a bracket, or without a new N inside it: left as it is
                 lo, hi = jamming_bracket(convergence, name)
+                _plan_series(report, name, same, lo, hi, n_widths, seeds)
             except JamsweepError as exc:
                 if len(points) == 1:
                     raise
                 unbracketed.append(str(exc))
-                continue
-            _plan_series(report, name, same, lo, hi, n_widths, seeds)
         if unbracketed and len(unbracketed) == len(points):
-            raise JamsweepError("no point has N* bracketed:\n" + "\n".join(unbracketed))
+            raise JamsweepError("no point can be refined:\n" + "\n".join(unbracketed))
         for why in unbracketed:
             echo(f"left as it is: {why}")
     for name, widths in report.widths.items():

@@ -28,7 +28,7 @@ from orchestrator.cluster import lease
 from orchestrator.cluster.progress import ProgressHook
 from orchestrator.jobs.backend import TERMINAL_JOB_STATES, JobsClient
 from orchestrator.reports import Echo, RefineReport, SubmitReport, SweepStatus
-from orchestrator.results.store import check_grid_change
+from orchestrator.results.store import check_grid_change, refuse_axes_in_hive
 from schemas.axes import DEFAULT_MAX_RUNS
 from schemas.errors import JamsweepError
 from schemas.grid import GridSpec, ModuleArch, parse_grid
@@ -85,9 +85,14 @@ class JobsExecutor:
         )
         return report
 
-    def status(self, sweep: str, results: str) -> SweepStatus:
-        """`jamsweep status --json` run on the cluster (live tracker, else its files)."""
-        log = run_cli_job(self.address, ["status", sweep, "--json", "--results", results])
+    def status(
+        self, sweep: str, results: str, where: dict[str, list[str]] | None = None
+    ) -> SweepStatus:
+        """`jamsweep status --json` run on the cluster (live tracker, else its files), with
+        `--where` applied there, where the manifest is."""
+        selects = [f"--where={name}={','.join(values)}" for name, values in (where or {}).items()]
+        args = ["status", sweep, "--json", "--results", results, *selects]
+        log = run_cli_job(self.address, args)
         start, end = log.find("{"), log.rfind("}")
         if start < 0:
             raise JamsweepError(
@@ -288,7 +293,8 @@ def _checks_that_can_run_here(
                 import_builder(arch, find_module(arch, Path(grid).resolve().parent))
     if io.is_local(layout.results) and Path(layout.results.removeprefix("file://")).exists():
         io.check_writable(layout.results)
-        check_grid_change(layout, spec, force)
+        replace = check_grid_change(layout, spec, force)
+        refuse_axes_in_hive(layout.settled(replace or not io.exists(layout.grid_yaml)), spec)
         lease.refuse_if_held(layout)
     return spec
 

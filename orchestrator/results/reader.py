@@ -38,6 +38,7 @@ from schemas.layout import (
 from schemas.run import RunSpec
 from schemas.summary import Summary
 from workers import io
+from workers.kept_code import kept_here
 
 if TYPE_CHECKING:
     import torch
@@ -222,7 +223,8 @@ class Sweep:
         if not io.exists(self.layout.manifest):
             return []
         specs = io.read_table(self.layout.manifest, ["spec"]).column(0).to_pylist()
-        return [RunSpec.model_validate_json(s) for s in specs]
+        code = self.layout.code_dir  # a module's copy of its code: where the sweep is now
+        return [kept_here(RunSpec.model_validate_json(s), code) for s in specs]
 
     def status(self) -> pd.DataFrame:
         """The last persisted state of every run of the latest round: run_id, arch, width,
@@ -280,11 +282,13 @@ class Sweep:
 
     # -- the data -------------------------------------------------------------------------
 
-    def inputs(self, split: str = "test") -> torch.Tensor:
-        """The preprocessed inputs of `split` ('train' or 'test') that every run of the
-        sweep trained or was tested on, in the run's dtype: (n, d) for flat data, (n, 3, 32,
+    def inputs(self, split: str = "test", run_id: str | None = None) -> torch.Tensor:
+        """The preprocessed inputs of `split` ('train' or 'test') that the runs of the
+        sweep trained or were tested on, in the run's dtype: (n, d) for flat data, (n, 3, 32,
         32) for CIFAR-10, rows in ascending `sample` order (the `sample` column of logits).
         Read with the runs' own loader (workers.data), so the data must be reachable here.
+        A sweep whose axes change the data (train_size, data_seed, label_noise) needs the
+        `run_id` of a run whose inputs to give.
 
         >>> sweep = open_sweep("demo")
         >>> x = sweep.inputs(split="test")  # row i: the i-th smallest test `sample`
@@ -298,30 +302,43 @@ class Sweep:
         runs = self.runs()
         if not runs:
             raise JamsweepError(f"sweep {self.layout.sweep!r} has no runs in its manifest")
+        if run_id is not None:
+            run = self._run(run_id)
+        elif len({r.dataset.model_dump_json() for r in runs}) > 1:
+            raise JamsweepError(
+                f"the runs of sweep {self.layout.sweep!r} differ in their data (a dataset "
+                "axis): give the run whose inputs you want, inputs(split, run_id=...)"
+            )
+        else:
+            run = runs[0]
         from workers.data import load_dataset  # torch and the data: only when asked
 
-        data = load_dataset(runs[0].dataset)  # every run of a sweep shares its data
+        data = load_dataset(run.dataset)
         part = data.train if split == "train" else data.test
         order = torch.argsort(part.index)
-        return part.x[order].to(getattr(torch, runs[0].training.dtype))
+        return part.x[order].to(getattr(torch, run.training.dtype))
 
-    def model(self, run_id: str) -> torch.nn.Module:
-        """The trained net of a finished run (built-in or built by your `builder`), its
-        final weights loaded, in eval mode and the run's dtype: `model(inputs)` gives the
-        run's stored final logits (n, outputs). A module's code must be importable here
-        (where it was found at submit, or on the Python path) and unchanged.
-
-        >>> sweep = open_sweep("demo")
-        >>> run = sweep.manifest().query("width == 8 and seed == 0").run_id.item()
-        >>> f = sweep.model(run)(sweep.inputs(split="test"))  # (n_test, 1)
-        """
-        runs = {r.run_id: r for r in self.runs()}
-        spec = runs.get(run_id)
+    def _run(self, run_id: str) -> RunSpec:
+        spec = next((r for r in self.runs() if r.run_id == run_id), None)
         if spec is None:
             raise JamsweepError(
                 f"sweep {self.layout.sweep!r} has no run {run_id!r}; its run ids are in "
                 "manifest().run_id"
             )
+        return spec
+
+    def model(self, run_id: str) -> torch.nn.Module:
+        """The trained net of a finished run (built-in or built by your `builder`), its
+        final weights loaded, in eval mode and the run's dtype: `model(inputs)` gives the
+        run's stored final logits (n, outputs). A module is built by the code it was
+        submitted with (where it was found at submit, the sweep's copy in code/, or the
+        Python path: the first whose source hash is the submitted one).
+
+        >>> sweep = open_sweep("demo")
+        >>> run = sweep.manifest().query("width == 8 and seed == 0").run_id.item()
+        >>> f = sweep.model(run)(sweep.inputs(split="test"))  # (n_test, 1)
+        """
+        spec = self._run(run_id)
         path = self.layout.model(spec.run_id, *spec.key)
         if not io.exists(path):
             raise JamsweepError(
@@ -332,8 +349,23 @@ class Sweep:
         from workers.train import DTYPES, build_model  # torch and the user's code: when asked
 
         net = build_model(spec, spec.d_in).to(dtype=DTYPES[spec.training.dtype])
-        net.load_state_dict(io.load_checkpoint(path) or {})
+        weights = io.load_checkpoint(path)
+        if weights is None:  # torn or not a torch file: never read as the run's net
+            raise UnreadableWeights(
+                f"run {run_id}: its stored weights {path} cannot be read (a torn or foreign "
+                "file); move it away and submit the grid again to train that run anew"
+            )
+        try:
+            net.load_state_dict(weights)
+        except RuntimeError as exc:  # another net's weights (a foreign file)
+            raise JamsweepError(
+                f"run {run_id}: {path} holds no weights of its net: {exc}"
+            ) from None
         return net.eval()
+
+
+class UnreadableWeights(JamsweepError):
+    """A run's models/ file is torn or foreign: never read as its net."""
 
 
 def open_sweep(path: str | os.PathLike[str], *, results: str | None = None) -> Sweep:

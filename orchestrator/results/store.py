@@ -19,10 +19,11 @@ from orchestrator.reports import SweepStatus
 from schemas.axes import AXES
 from schemas.errors import JamsweepError
 from schemas.grid import GridSpec, parse_grid
-from schemas.layout import MANIFEST_SCHEMA, SweepLayout, default_results
+from schemas.layout import HIVE, MANIFEST_SCHEMA, SweepLayout, default_results
 from schemas.modules import ModuleFacts
 from schemas.run import RunRecord, RunSpec, RunStatus
 from workers import io
+from workers.kept_code import kept_here
 
 ORIGIN_GRID, ORIGIN_REFINE = "grid", "refine"  # why a run is in the manifest
 
@@ -106,7 +107,10 @@ def _manifest_rows(layout: SweepLayout) -> list[tuple[RunSpec, str]]:
         if "origin" in table.column_names
         else [ORIGIN_REFINE] * table.num_rows
     )
-    specs = [RunSpec.model_validate_json(s) for s in table.column("spec").to_pylist()]
+    specs = [
+        kept_here(RunSpec.model_validate_json(s), layout.code_dir)
+        for s in table.column("spec").to_pylist()
+    ]
     return list(zip(specs, origins, strict=True))
 
 
@@ -152,11 +156,16 @@ def add_to_manifest(layout: SweepLayout, specs: list[RunSpec]) -> list[RunSpec]:
     """Append the runs of `specs` that manifest.parquet lacks, as refined; return them.
     Existing rows are kept as stored, so their run_ids keep naming their result files."""
     stored = io.read_table(layout.manifest)
-    if "origin" not in stored.column_names:  # an older manifest: see _manifest_rows
-        stored = stored.append_column("origin", pa.array([ORIGIN_REFINE] * stored.num_rows))
-    if "label_map" not in stored.column_names:  # older still: from each row's spec
-        maps = [spec.label_map for spec, _ in _manifest_rows(layout)]
-        stored = stored.append_column("label_map", pa.array(maps, pa.string()))
+    missing = [f for f in MANIFEST_SCHEMA if f.name not in stored.column_names]
+    specs_stored = [spec for spec, _ in _manifest_rows(layout)] if missing else []
+    for column in missing:  # an older manifest (before origin, label_map, the axes)
+        if column.name == "origin":  # see _manifest_rows
+            values: list = [ORIGIN_REFINE] * stored.num_rows
+        elif column.name == "label_map":
+            values = [spec.label_map for spec in specs_stored]
+        else:  # an axis: each row's value, from its spec
+            values = [spec.axis_values[column.name] for spec in specs_stored]
+        stored = stored.append_column(column, pa.array(values, column.type))
     known = set(stored.column("run_id").to_pylist())
     added = [s for s in specs if s.run_id not in known]
     new = manifest_table(added, ORIGIN_REFINE)
@@ -386,3 +395,14 @@ def _as_value_of(column: pd.Series, name: str, text: str) -> object:
         except ValueError:
             raise JamsweepError(f"--where {name}={text}: {name} is a number") from None
     return text
+
+
+def refuse_axes_in_hive(layout: SweepLayout, spec: GridSpec) -> None:
+    """A sweep of layout 1 keeps a run's files by (arch, width, seed): two points of an
+    axis would share them."""
+    if spec.axes and layout.tables_layout == HIVE:
+        raise JamsweepError(
+            f"sweep {spec.sweep!r} in {layout.results} keeps its runs' files by arch, width "
+            f"and seed (layout 1, made before sweep axes); a grid that lists "
+            f"{', '.join(spec.axes)} needs a new sweep: give it another name"
+        )

@@ -21,6 +21,7 @@ from orchestrator.results.figures.style import (
     positive,
 )
 from schemas.summary import Summary
+from workers.reduce import series_of
 
 MARKERS = "osD^vP*X"
 IGNORED = {"sweep", "results"}  # keys that name a sweep, not what it does
@@ -77,13 +78,14 @@ def fig_compare(sweeps: Sequence[tuple[str, pd.DataFrame, Summary]]) -> Figure:
         fig = fig_compare([(labels["lr1"], a.curves(), a.summary()),
                            (labels["lr3"], b.curves(), b.summary())])
     """
-    archs = sorted({a for _, c, _ in sweeps for a in c["arch"].unique()})
+    # a series per architecture and point of the sweeps' axes, named as summary.json does
+    archs = sorted({a for _, c, _ in sweeps for a, _ in series_of(c)})
     marker = {a: MARKERS[i % len(MARKERS)] for i, a in enumerate(archs)}
     several = len(archs) > 1
 
     def lines(ax: Axes, draw) -> None:  # noqa: ANN001
         for i, (label, curves, summary) in enumerate(sweeps):
-            for arch, g in curves.groupby("arch"):
+            for arch, g in series_of(curves):
                 name = f"{label} ({arch})" if several else label
                 draw(ax, g.sort_values("n_params"), colour(i), marker[arch], name, summary, arch)
 

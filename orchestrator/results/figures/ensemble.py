@@ -22,6 +22,7 @@ from orchestrator.results.figures.style import (
     positive,
 )
 from schemas.summary import Summary
+from workers.reduce import with_point
 
 CMAP = "viridis"
 
@@ -49,7 +50,7 @@ def fig4(ensemble: pd.DataFrame, summary: Summary) -> Figure:
     names = sorted(summary.fits) or [""]
 
     def by_width(ax: Axes, column: str) -> None:
-        for _, g in rows.groupby(["arch", "n_params"]):
+        for _, g in with_point(rows).groupby(["arch", "point", "n_params"]):
             ax.plot(
                 *positive(g["n"], g[column]),
                 "o-",

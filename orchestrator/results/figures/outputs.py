@@ -31,6 +31,7 @@ from orchestrator.results.figures.style import (
 )
 from orchestrator.results.formats import k_of_n
 from schemas.summary import Summary
+from workers.reduce import series_of
 
 
 def fig5(curves: pd.DataFrame, summary: Summary) -> Figure:
@@ -249,7 +250,7 @@ def fig7b(snapshots: pd.DataFrame, summary: Summary) -> Figure:
         for t in steps:
             style = {"color": "k", "ls": "--"} if t == 0 else {"color": cmap(norm(t) * 0.85)}
             label = "initialisation (t = 0)" if t == 0 else None if many else f"t = {t}"
-            for i, (_, g) in enumerate(snapshots[snapshots["step"] == t].groupby("arch")):
+            for i, (_, g) in enumerate(series_of(snapshots[snapshots["step"] == t])):
                 g = g.sort_values("n_params")
                 ax.plot(
                     *positive(g["n_params"], g["f_norm2"]),

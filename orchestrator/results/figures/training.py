@@ -18,6 +18,7 @@ from orchestrator.results.figures.style import (
 )
 from schemas.summary import Summary
 from workers.history import LATE_FRACTION
+from workers.reduce import with_point
 
 
 def training_curves(training: pd.DataFrame, curves: pd.DataFrame, summary: Summary) -> Figure:
@@ -42,7 +43,7 @@ def training_curves(training: pd.DataFrame, curves: pd.DataFrame, summary: Summa
 
     def per_width(column: str, ylabel: str, title: str):  # noqa: ANN202
         def draw(ax: Axes) -> None:
-            for _, g in rows.groupby(["arch", "n_params"]):
+            for _, g in with_point(rows).groupby(["arch", "point", "n_params"]):
                 g = g.sort_values("step")
                 ax.plot(
                     *positive(g["step"], g[column]),
