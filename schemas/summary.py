@@ -24,6 +24,7 @@ DIVERGENCE = "||f|| = C (N/N* - 1)^-beta"
 GRADIENT = "||grad f|| = C0 + C1 N^-1/4"
 ENSEMBLE_ERROR = "eps_bar^n - eps_bar^M = B_N (n^-b - M^-b)"
 ENSEMBLE_DELTA = "delta_n^2 = A_N (n^-2g - M^-2g)"
+JAMMING_LINE = "N* = c P^a"
 FLAG_KINDS = ("underdetermined", "implausible", "unlike the paper", "by construction")
 
 
@@ -60,6 +61,7 @@ class Fit(BaseModel):
     flags: list[str] = []  # "underdetermined: ...", "implausible: ...", "unlike the paper: ...",
     # "by construction: ..." (a value the method forces, not a measurement)
     paper: dict[str, float] = {}  # the paper's value of a parameter, to compare with
+    variable: str = "N"  # what n_range and predict() are in: N, or P for the jamming line
 
     @property
     def ok(self) -> bool:
@@ -96,6 +98,8 @@ class Fit(BaseModel):
             return p["A"] * n ** (-p["alpha"])
         if self.law == GRADIENT:
             return p["C0"] + p["C1"] * n**-0.25
+        if self.law == JAMMING_LINE:  # n is P here
+            return p["c"] * n ** p["a"]
         if self.law in (ENSEMBLE_ERROR, ENSEMBLE_DELTA):
             raise ValueError(f"the law {self.law!r} is drawn per width: see Fit.amplitude")
         if n_star is None:
@@ -109,6 +113,31 @@ class Fit(BaseModel):
             if value is not None:
                 return value
         return None
+
+
+class LinePoint(BaseModel):
+    """One value of P on a jamming line: its series' N*, the N of the width just below
+    (the bracket of the jamming threshold is (n_below, n_star]), and whether the fit used it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    train_size: int
+    series: str  # the summary's key of its series ("fc5 train_size=500")
+    n_star: int | None = None
+    n_below: int | None = None  # N of the largest width under N* (None without a bracket)
+    n_star_half: float | None = None
+    used: bool = False
+    why: str | None = None  # why the fit left it out
+
+
+class JammingLine(BaseModel):
+    """N*(P) of one architecture at one point of the other axes: the fit N* = c P^a
+    (workers.jamming_line says how) and the points it was made of."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    fit: Fit
+    points: list[LinePoint] = []
 
 
 class Summary(BaseModel):
@@ -142,6 +171,10 @@ class Summary(BaseModel):
         default={}, description="arch -> why N* may be the step budget's (only where it may)"
     )
     notes: list[str] = Field(default=[], description="what the reducer could not compute, and why")
+    jamming_line: dict[str, JammingLine] = Field(
+        default={},
+        description="arch [other axes' point] -> N*(P) and its fit, when train_size is an axis",
+    )
 
     def to_json(self) -> str:
         """The file's text: json.dumps of the plain data (NaN stays NaN), indented."""

@@ -19,9 +19,10 @@ import pyarrow as pa
 
 from orchestrator.results.store import manifest_table
 from schemas.grid import parse_grid
-from schemas.layout import METRICS_FILE_SCHEMA, SweepLayout, logits_schema
+from schemas.layout import FLAT, HIVE, METRICS_FILE_SCHEMA, SweepLayout, logits_schema
 from schemas.run import RunSpec
 from workers import io
+from workers.execute import with_run_values
 
 FC_GRID = """
 sweep: {sweep}
@@ -67,7 +68,7 @@ def write_sweep(
     widths: list[int] | None = None,
     seeds: int = 4,
     n_test: int = 300,
-    n_train: int = 50,
+    n_train: int | list[int] = 50,
     n_outputs: int = 1,
     converged: Converged | None = None,
     snapshot: bool = True,
@@ -76,11 +77,15 @@ def write_sweep(
     steps: Steps | None = None,
     max_steps: int = 1000,
     training: str = "",
+    jammed: Callable[[RunSpec], bool] | None = None,
 ) -> SweepFiles:
     """Write grid.yaml, manifest.parquet, and the logits, trace and metrics files of every
     run. `trace`: "new" (with test_error), "old" (without, as before it was recorded) or
     None (no trace files). `steps` gives each run's final step (default 100 + 10 k + seed).
-    `training` adds fields to the grid's training (", lr_max: 0.0003")."""
+    `training` adds fields to the grid's training (", lr_max: 0.0003", or an axis:
+    ", lr_max: [0.001, 0.01]"). A list `n_train` makes train_size an axis: each run has
+    its own P training samples (the first P of a pool of max(n_train)) and the same test
+    set. `jammed(spec)`, when given, says whether a run converged (instead of `converged`)."""
     widths = widths or [2, 3, 4, 6, 8, 12, 16, 24]
     converged = converged or default_converged(len(widths) // 2)
     steps = steps or (lambda k, seed, conv: 100 + 10 * k + seed)
@@ -95,21 +100,27 @@ def write_sweep(
         snapshots=snapshots,
     )
     specs = parse_grid(text).expand()
-    layout = SweepLayout(results, sweep)
+    axes = isinstance(n_train, list) or "[" in training  # lists need the layout of a file per run
+    layout = SweepLayout(results, sweep, FLAT if axes else HIVE)
+    if axes:
+        io.write_text(layout.layout_json, layout.layout_text())
     io.write_text(layout.grid_yaml, text)
     io.write_table(layout.manifest, manifest_table(specs))
+    pool = max(n_train) if isinstance(n_train, list) else n_train
     rng = np.random.default_rng(data_seed)
-    truth = rng.normal(size=(n_test + n_train, n_outputs))  # g(x): (samples, C)
+    truth = rng.normal(size=(n_test + pool, n_outputs))  # g(x): (samples, C)
     labels = _labels(truth, rng)
     final_step = {}
     index = {w: k for k, w in enumerate(widths)}
     for spec in specs:
         k = index[int(spec.width)]
-        conv = converged(k, spec.seed)
+        conv = jammed(spec) if jammed is not None else converged(k, spec.seed)
         step = steps(k, spec.seed, conv)
         final_step[spec.run_id] = step
-        f = _outputs(truth, spec, k)
-        write_run(layout, spec, f, labels, n_train, step, conv, snapshot)
+        p = spec.dataset.train_size
+        rows = np.r_[0:p, pool : pool + n_test]  # its P train samples, then the test set
+        f = _outputs(truth, spec, k)[rows]
+        write_run(layout, spec, f, labels[rows], p, step, conv, snapshot)
         if trace is not None:
             write_trace(layout, spec, step, conv, max_steps, test_error=trace == "new")
     return SweepFiles(layout, specs, final_step)
@@ -140,7 +151,7 @@ def write_trace(
     it at the middle measurement step k_best."""
     import pyarrow.parquet as pq
 
-    metrics = pq.read_table(layout.metrics(*spec.key)).to_pylist()[0]
+    metrics = pq.read_table(layout.file("metrics", spec.run_id, *spec.key)).to_pylist()[0]
     steps = measurement_steps(last)
     best = len(steps) // 2
     rows = []
@@ -159,7 +170,15 @@ def write_trace(
             final = metrics["test_error"]
             row["test_error"] = final - EARLY_GAIN if k == best else final + 0.001 * abs(k - best)
         rows.append(row)
-    io.write_table(layout.trace(*spec.key), pa.Table.from_pylist(rows))
+    _write(layout, "trace", spec, pa.Table.from_pylist(rows))
+
+
+def _write(layout: SweepLayout, table: str, spec: RunSpec, rows: pa.Table) -> None:
+    """A run's file of `table` where its layout keeps it (layout 2: with the run's columns)."""
+    flat = layout.tables_layout == FLAT
+    io.write_table(
+        layout.file(table, spec.run_id, *spec.key), with_run_values(rows, spec) if flat else rows
+    )
 
 
 def _labels(truth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -197,7 +216,7 @@ def write_run(
     for split, rows, at in parts:
         values = f[rows] if at == step else snapshot_f(f[rows], at)  # a snapshot differs
         tables.append(_logits_part(spec, split, np.arange(len(f))[rows], labels[rows], values, at))
-    io.write_table(layout.logits(*spec.key), pa.concat_tables(tables))
+    _write(layout, "logits", spec, pa.concat_tables(tables))
     test_f = f[n_train:] if n_out > 1 else f[n_train:, 0]
     test_error = _error(test_f, labels[n_train:])
     metrics = {
@@ -216,7 +235,7 @@ def write_run(
         "wall_s": 0.1,
         "device": "cpu",
     }
-    io.write_table(layout.metrics(*spec.key), pa.Table.from_pylist([metrics], METRICS_FILE_SCHEMA))
+    _write(layout, "metrics", spec, pa.Table.from_pylist([metrics], METRICS_FILE_SCHEMA))
 
 
 def snapshot_f(f: np.ndarray, step: int) -> np.ndarray:

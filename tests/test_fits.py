@@ -169,11 +169,12 @@ def test_summary_json_round_trips_with_nan_and_keeps_the_file_format():
     assert list(raw) == [  # the file's keys: those it has always had first, in their order
         "sweep", "n_runs", "n_done", "ensemble_over", "max_subsets", "n_star", "n_star_half",
         "n_star_bracket", "smallest_jammed_n", "fits", "reduced_at", "budget", "notes",
+        "jamming_line",
     ]  # fmt: skip
     gap = raw["fits"]["fc5"]["gap"]
     assert list(gap) == [
         "law", "params", "errors", "n_points", "n_range", "reason", "dof", "r2", "chi2_dof",
-        "flags", "paper",
+        "flags", "paper", "variable",
     ]  # fmt: skip
     assert raw["ensemble_over"] == "converged" and text.startswith('{\n  "sweep": "s",\n')
     assert raw["n_star"] == {"fc5": 120, "cnn": None} and '"fc5": 120,' in text  # an int stays

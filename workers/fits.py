@@ -140,12 +140,12 @@ def _above(n: np.ndarray, n_min: float | None) -> np.ndarray:
 # -- the quality of a fit -----------------------------------------------------------------
 
 
-def assess(fit: Fit, *, main: tuple[str, ...], implausible: list[str]) -> Fit:
-    """The fit with its flags: underdetermined (dof < 2, or a `main` parameter whose error
-    exceeds its value), the law's own `implausible` findings, and "unlike the paper" for
-    each parameter of `fit.paper` more than UNLIKE_SIGMAS errors away from it."""
+def assess(fit: Fit, *, main: tuple[str, ...], implausible: list[str], min_dof: int = 2) -> Fit:
+    """The fit with its flags: underdetermined (dof < min_dof, or a `main` parameter whose
+    error exceeds its value), the law's own `implausible` findings, and "unlike the paper"
+    for each parameter of `fit.paper` more than UNLIKE_SIGMAS errors away from it."""
     flags = []
-    if fit.dof is not None and fit.dof < 2:
+    if fit.dof is not None and fit.dof < min_dof:
         flags.append(
             f"underdetermined: {len(fit.params)} parameters on {fit.n_points} points "
             f"({fit.dof} degree{'s' if fit.dof != 1 else ''} of freedom)"

@@ -20,7 +20,7 @@ from rich.text import Text
 from orchestrator import sweep as api
 from orchestrator.cli.overview import RunDetail, SweepOverview
 from orchestrator.cluster.progress import Progress, format_duration
-from orchestrator.results.formats import fit_line, k_of_n, number
+from orchestrator.results.formats import fit_line, k_of_n, line_points, number
 from schemas.axes import axis_values, point_label
 from schemas.run import RunRecord
 from schemas.summary import Summary
@@ -271,6 +271,13 @@ def print_summary(summary: Summary) -> None:
             out.print(f"  {fit_line(name, fit)}", soft_wrap=True, markup=False)
             for flag in fit.flags:
                 out.print(f"    ! {flag}", soft_wrap=True, markup=False)
+    for key, line in summary.jamming_line.items():
+        out.print(f"{key}: jamming line N*(P)", soft_wrap=True, markup=False)
+        out.print(f"  {fit_line('jamming_line', line.fit)}", soft_wrap=True, markup=False)
+        for flag in line.fit.flags:
+            out.print(f"    ! {flag}", soft_wrap=True, markup=False)
+        for text in line_points(line):
+            out.print(f"  {text}", soft_wrap=True, markup=False)
     for arch, warning in summary.budget.items():
         err.print(f"warning: {arch}: {warning}", soft_wrap=True, markup=False)
     for note in summary.notes:

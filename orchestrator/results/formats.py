@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from schemas.summary import Fit
+from schemas.summary import Fit, JammingLine
 
 MISSING = "—"  # a value that does not exist (no N*, no ensemble, a width not finished)
 
@@ -46,13 +46,26 @@ def fit_quality(fit: Fit) -> str:
     if fit.r2 is not None:
         parts.append(f"R^2 {number(fit.r2, '.3f')}")
     if fit.n_range is not None:
-        parts.append(f"N in [{fit.n_range[0]:g}, {fit.n_range[1]:g}]")
+        parts.append(f"{fit.variable} in [{fit.n_range[0]:g}, {fit.n_range[1]:g}]")
     return ", ".join(parts)
 
 
 def paper_comparison(fit: Fit) -> str:
     """'paper: alpha = 0.25' for the parameters the paper gives (empty if none)."""
     return ", ".join(f"paper: {k} = {v:g}" for k, v in fit.paper.items())
+
+
+def line_points(line: JammingLine) -> list[str]:
+    """Each P of a jamming line: 'P = 500: N* = 210 in (155, 210], half 180.2' and, for a
+    P the fit left out, why."""
+    found = []
+    for q in line.points:
+        text = f"P = {q.train_size}: N* = {number(q.n_star, 'd')}"
+        if q.used:
+            text += f" in ({q.n_below}, {q.n_star}]"
+        text += f", half the runs {number(q.n_star_half, '.1f')}"
+        found.append(text + ("" if q.used else f" (not fitted: {q.why})"))
+    return found
 
 
 def fit_line(name: str, fit: Fit) -> str:

@@ -13,6 +13,7 @@ from orchestrator.results.boundaries import NO_NETS, NoBoundaries, boundary_tabl
 from orchestrator.results.figures import (
     FORMATS,
     NothingToDraw,
+    collapse,
     fig2,
     fig4,
     fig5,
@@ -24,6 +25,7 @@ from orchestrator.results.figures import (
     fig10,
     fig_compare,
     grid_labels,
+    nstar_vs_p,
     to_bytes,
     training_curves,
 )
@@ -44,6 +46,10 @@ FIGURES: dict[str, Callable[[Reduced], Figure]] = {
     "training_curves": lambda r: training_curves(r.training, r.curves, r.summary),
     "fig8_cnn": lambda r: fig8(r.curves, r.summary),
 }
+LINE_FIGURES: dict[str, Callable[[Reduced], Figure]] = {  # when train_size is an axis
+    "nstar_vs_p": lambda r: nstar_vs_p(r.curves, r.summary),
+    "collapse": lambda r: collapse(r.curves, r.summary),
+}
 NEED_NETS = {  # the figures drawn from the kept nets (models/), and why without them
     "fig9_boundary_profile": NO_NETS,
     "fig10_boundary_distance": NO_NETS,
@@ -59,11 +65,12 @@ class Rendered:
 
 
 def render_figures(reduced: Reduced, layout: SweepLayout | None = None) -> Rendered:
-    """Every figure the tables support (fig8 only for sweeps of several outputs); with the
-    sweep's `layout`, Fig. 9 and 10 from its kept nets too."""
+    """Every figure the tables support (fig8 only for sweeps of several outputs; the
+    jamming line's with N* at two values of train_size or more); with the sweep's `layout`,
+    Fig. 9 and 10 from its kept nets too."""
     done = Rendered()
     several = bool((reduced.curves["n_outputs"] > 1).any()) if len(reduced.curves) else False
-    for name, draw in FIGURES.items():
+    for name, draw in (FIGURES | LINE_FIGURES).items():
         if name == "fig8_cnn" and not several:
             continue
         try:
@@ -157,4 +164,4 @@ def _check(fmt: str, dpi: int) -> None:
         raise JamsweepError(f"the dpi must be between 20 and 1200, not {dpi}")
 
 
-__all__ = ["FIGURES", "Plotted", "Rendered", "compare", "plot", "render_figures"]
+__all__ = ["FIGURES", "LINE_FIGURES", "Plotted", "Rendered", "compare", "plot", "render_figures"]

@@ -29,6 +29,7 @@ from workers.history import (
     trace_columns,
     training_curve,
 )
+from workers.jamming_line import jamming_lines
 from workers.reduce import (
     CURVE_COLUMNS,
     SERIES,
@@ -231,6 +232,7 @@ def _reduce_summary(
             a: j.smallest_jammed for a, j in found.items() if j.smallest_jammed != j.n_star
         },
         fits=fits,
+        jamming_line=jamming_lines(curves),
         reduced_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         budget=budget,
         notes=_notes(rows, curves, snapshots),

@@ -15,6 +15,7 @@ from orchestrator.results.formats import (
     fit_quality,
     fit_values,
     k_of_n,
+    line_points,
     number,
     paper_comparison,
 )
@@ -85,6 +86,7 @@ def report_html(reduced: Reduced, figures: dict[str, bytes], missing: dict[str, 
 <th>bracket</th><th>smallest jammed N</th></tr>
 {_n_star_rows(summary)}
 </table>
+{_jamming_lines(summary)}
 <h2>Fits</h2>
 <table><tr><th>arch</th><th>fit</th><th>law</th><th>parameters (± 1σ)</th><th>quality</th>
 <th>flags</th></tr>
@@ -120,6 +122,32 @@ def _n_star_rows(summary: Summary) -> str:
             f"<td>{number(smallest, 'd')}</td></tr>"
         )
     return "\n".join(rows)
+
+
+def _jamming_lines(summary: Summary) -> str:
+    """The fit N* = c P^a per architecture (when train_size is an axis), and its points."""
+    if not summary.jamming_line:
+        return ""
+    rows = []
+    for key, line in summary.jamming_line.items():
+        fit = line.fit
+        values = fit_values(fit) if fit.ok else MISSING
+        quality = (fit_quality(fit) + f"; {paper_comparison(fit)}") if fit.ok else fit.reason
+        flags = "".join(f"<li>{html.escape(f)}</li>" for f in fit.flags)
+        points = "".join(f"<li>{html.escape(p)}</li>" for p in line_points(line))
+        rows.append(
+            f"<tr{' class=flagged' if fit.flags else ''}><td class=text>{html.escape(key)}</td>"
+            f"<td class=text>{html.escape(values)}</td><td class=text>"
+            f"{html.escape(quality or '')}</td><td class=text>"
+            f"{f'<ul class=flags>{flags}</ul>' if flags else MISSING}</td>"
+            f"<td class=text><ul class=flags>{points}</ul></td></tr>"
+        )
+    return (
+        "<h2>Jamming line N*(P)</h2>\n<p>The fit N* = c P^a in log-log through the "
+        "brackets (N of the width below, N*] of each P, their half-widths as errors.</p>\n"
+        "<table><tr><th>arch</th><th>c, a (± 1σ)</th><th>quality</th><th>flags</th>"
+        "<th>points</th></tr>\n" + "\n".join(rows) + "\n</table>"
+    )
 
 
 def _fit_rows(summary: Summary) -> str:

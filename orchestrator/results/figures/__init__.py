@@ -12,7 +12,8 @@ A figure whose data are not there raises NothingToDraw (a JamsweepError) saying 
 
 Figures (arXiv 1901.01608): fig2 (test error, ensemble, early stopping, fit), fig4 (the
 average of n nets), fig5 (output variance), fig6 (gradient, gap), fig7a, fig7b (||f||),
-fig8 (several outputs), training_curves, fig_compare (several sweeps), and fig9 / fig10,
+fig8 (several outputs), training_curves, nstar_vs_p and collapse (the jamming line N*(P),
+when train_size is an axis), fig_compare (several sweeps), and fig9 / fig10,
 drawn from the tables `orchestrator.results.boundaries.boundary_tables` computes from the
 kept nets.
 """
@@ -21,6 +22,7 @@ from orchestrator.results.figures.boundary import fig9, fig10
 from orchestrator.results.figures.compare import fig_compare, grid_labels
 from orchestrator.results.figures.ensemble import fig4
 from orchestrator.results.figures.error import fig2, fig8
+from orchestrator.results.figures.jamming import collapse, nstar_vs_p
 from orchestrator.results.figures.outputs import fig5, fig6, fig7a, fig7b
 from orchestrator.results.figures.style import FORMATS, NothingToDraw, to_bytes
 from orchestrator.results.figures.training import training_curves
@@ -28,6 +30,7 @@ from orchestrator.results.figures.training import training_curves
 __all__ = [
     "FORMATS",
     "NothingToDraw",
+    "collapse",
     "fig10",
     "fig2",
     "fig4",
@@ -39,6 +42,7 @@ __all__ = [
     "fig9",
     "fig_compare",
     "grid_labels",
+    "nstar_vs_p",
     "to_bytes",
     "training_curves",
 ]
