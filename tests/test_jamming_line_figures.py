@@ -144,6 +144,10 @@ def test_the_report_has_the_line_and_its_figures(root):
         assert f'<h3>{name}</h3><img alt="{name}" src="data:image/png;base64,' in page
     flat = Path(api.report("flat", results=root)).read_text()
     assert "Jamming line" not in flat and "<li>nstar_vs_p: the sweep has no train_size" in flat
+    # the curve table names each row's point (one N at two P would read as one row twice)
+    assert "<th>arch</th><th>point</th><th>h</th>" in page
+    assert "<td>train_size=400</td>" in page
+    assert "<th>point</th>" not in flat
 
 
 def test_another_axis_gets_a_curve_per_value_in_one_colour_across_figures(root):

@@ -182,3 +182,19 @@ def test_runs_refined_into_a_manifest_older_than_the_axes_get_every_column(tmp_p
     train_size = files.specs[0].dataset.train_size
     assert {r["train_size"] for r in table} == {train_size}
     assert {r["lr_max"] for r in table} == {files.specs[0].training.lr_max}
+
+
+def test_a_point_whose_bracket_holds_no_new_n_is_left_as_it_is_and_the_others_refined(tmp_path):
+    """train_size an axis: at P = 40 N* is bracketed by h = 2 and 2.2, between which no
+    width of a depth-5 net gives a new N; P = 80's bracket (2.2, 4) is refined."""
+    write_sweep(
+        str(tmp_path), seeds=2, widths=[2, 2.2, 4], n_train=[40, 80],
+        jammed=lambda s: s.width >= (2.2 if s.dataset.train_size == 40 else 4),
+    )  # fmt: skip
+    said: list[str] = []
+    report = api.refine("synth", results=str(tmp_path), dry_run=True, echo=said.append)
+    assert list(report.widths) == ["fc5 train_size=80"]
+    assert {s.dataset.train_size for s in report.planned} == {80}
+    assert all(2.2 < s.width < 4 for s in report.planned)
+    left = "left as it is: fc5 train_size=40: no width between 2 and 2.2 gives a new number"
+    assert any(line.startswith(left) for line in said), said

@@ -155,7 +155,8 @@ def refine_here(
             except JamsweepError as exc:
                 if len(points) == 1:
                     raise
-                unbracketed.append(str(exc))
+                why = str(exc)
+                unbracketed.append(why if name in why else f"{name}: {why}")
         if unbracketed and len(unbracketed) == len(points):
             raise JamsweepError("no point can be refined:\n" + "\n".join(unbracketed))
         for why in unbracketed:

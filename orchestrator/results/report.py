@@ -175,9 +175,12 @@ def _fit_rows(summary: Summary) -> str:
 def _curve_table(curves: pd.DataFrame) -> str:
     if curves.empty:
         return "<p>no finished runs</p>"
-    head = "".join(f"<th>{html.escape(h)}</th>" for h, _ in TABLE)
+    columns = TABLE
+    if "point" in curves.columns and (curves["point"] != "").any():  # a sweep with axes
+        columns = [TABLE[0], ("point", lambda r: str(r.point)), *TABLE[1:]]
+    head = "".join(f"<th>{html.escape(h)}</th>" for h, _ in columns)
     body = "\n".join(
-        "<tr>" + "".join(f"<td>{html.escape(cell(r))}</td>" for _, cell in TABLE) + "</tr>"
+        "<tr>" + "".join(f"<td>{html.escape(cell(r))}</td>" for _, cell in columns) + "</tr>"
         for r in curves.itertuples()
     )
     return f"<table><tr>{head}</tr>\n{body}</table>"
