@@ -24,6 +24,7 @@ class SweepStatus:
     records: list[RunRecord]
     source: str  # "live" (the tracker answered) or "file" (status.parquet)
     alive: bool = False  # a driver is at work on the sweep (its round has not ended)
+    points: dict[str, str] = field(default_factory=dict)  # run_id -> its point, if axes vary
 
     @property
     def counts(self) -> dict[str, int]:
@@ -40,8 +41,16 @@ class SweepStatus:
             "source": self.source,
             "alive": self.alive,
             "counts": self.counts,
-            "runs": [r.model_dump(mode="json") for r in self.records],
+            "runs": [
+                {**r.model_dump(mode="json"), "point": self.points.get(r.run_id, "")}
+                for r in self.records
+            ],
         }
+
+    def where(self, ids: set[str]) -> SweepStatus:
+        """This status with the runs of `ids` only."""
+        kept = [r for r in self.records if r.run_id in ids]
+        return SweepStatus(self.sweep, kept, self.source, self.alive, self.points)
 
 
 @dataclass
@@ -79,6 +88,7 @@ class RefineReport:
     status: SweepStatus | None = None
     curves: pd.DataFrame | None = None
     job_id: str | None = None  # set when it ran on a cluster as a Ray job
+    axis_names: list[str] = field(default_factory=list)  # the axes that vary in the sweep
 
 
 def width_symbol(kind: str) -> str:

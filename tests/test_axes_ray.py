@@ -114,6 +114,16 @@ def test_status_where_and_show_per_point(sweep):
     show = jamsweep("show", "line", "--results", str(res))
     assert show.returncode == 0
     assert "fc train_size=40: N* =" in show.stdout and "fc train_size=80: N* =" in show.stdout
+    # every listing of runs names each run's point: the table, its JSON, one run's header
+    table = jamsweep("status", "line", "--results", str(res)).stdout
+    assert "point" in table and table.count("train_size=40") == 4, table
+    answer = json.loads(jamsweep("status", "line", "--results", str(res), "--json").stdout)
+    manifest = pd.read_parquet(res / "line" / "manifest.parquet")
+    p_of = dict(zip(manifest.run_id, manifest.train_size, strict=True))
+    assert all(r["point"] == f"train_size={p_of[r['run_id']]}" for r in answer["runs"])
+    run = manifest.run_id[manifest.train_size == 80].iloc[0]
+    header = jamsweep("status", "line", "--results", str(res), "--run", run).stdout
+    assert header.startswith(f"run {run}: fc train_size=80 width="), header
 
 
 def test_growing_and_shrinking_along_the_axis(sweep, head):

@@ -84,6 +84,7 @@ def hand_curve(f, grads, labels, converged, train_error, train_loss, members):
         )
         / n_runs,
         "n_ensembled": len(members),
+        "n_dead": sum(1 for r in range(n_runs) if hand_rms(grads[r]) == 0.0),
     }
     if not members:
         return row | dict.fromkeys(["ens_test_error", "gap", "f_var", "delta"], math.nan)

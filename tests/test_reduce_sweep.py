@@ -205,3 +205,21 @@ def test_a_mid_sweep_reduce_puts_n_star_above_a_width_still_running(tmp_path):
     summary = api.load_summary("synth", results=str(tmp_path))
     n_12 = int(curves.loc[curves["width"] == 12, "n_params"].item())
     assert summary.n_star == {"fc5": n_12} and summary.n_star_bracket == {"fc5": (8.0, 12.0)}
+
+
+def test_a_dead_net_is_counted_per_width_and_named_in_the_notes(tmp_path):
+    """A net whose input gradient is zero on every test point (every ReLU off) is dead:
+    `n_dead` counts it at its width and the summary's notes say where."""
+    files = write_sweep(str(tmp_path), seeds=3, widths=[2, 4, 8])
+    dead = next(s for s in files.specs if s.width == 4 and s.seed == 1)
+    path = files.layout.logits(*dead.key)
+    table = pq.read_table(path)
+    test = pc.equal(table.column("split"), "test")
+    grads = pc.if_else(test, 0.0, table.column("grad_norm"))
+    io.write_table(
+        path, table.set_column(table.schema.get_field_index("grad_norm"), "grad_norm", grads)
+    )
+    curves = api.reduce("synth", results=str(tmp_path), figures=False).set_index("width")
+    assert curves["n_dead"].to_dict() == {2: 0, 4: 1, 8: 0}
+    notes = api.load_summary("synth", results=str(tmp_path)).notes
+    assert any("dead nets" in n and f"1 of 3 at N = {dead.n_params}" in n for n in notes), notes

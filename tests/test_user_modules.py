@@ -48,6 +48,10 @@ def not_a_module(width, d_in, n_out, **options):
 
 def wrong_outputs(width, d_in, n_out, **options):
     return nn.Linear(d_in, n_out + 1)
+
+
+def frozen(width, d_in, n_out, **options):
+    return nn.Linear(d_in, n_out).requires_grad_(False)
 """
 
 GRID = """
@@ -115,6 +119,7 @@ def test_the_run_id_follows_builder_options_and_source_not_where_the_file_is(tmp
         ("workers.models:build_fc", NETS, ["would shadow jamsweep's own package"]),
         ("lab_nets:mlp_typo", NETS, ["has no attribute 'mlp_typo'"]),
         ("lab_nets:bn", NETS, ["lab_nets:bn(2, 8, 1, **{'blocks': 2}) raised TypeError"]),
+        ("lab_nets:frozen", NETS, ["builds a net without trainable parameters"]),
     ],
 )
 def test_a_builder_that_cannot_be_used_is_refused_before_anything_is_written(

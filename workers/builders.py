@@ -276,6 +276,11 @@ def resolve_module(
     counts, mixing = {}, None
     for width in arch.widths:
         net = call_builder(arch, builder, width, d_in, n_out, seed=0)
+        if not any(p.requires_grad for p in net.parameters()):
+            raise JamsweepError(
+                f"architecture {arch.name!r} (width {width:g}): {arch.builder} builds a net "
+                "without trainable parameters: there is nothing to train"
+            )
         counts[width_key(width)] = count_params(net, arch.count)
         if width == min(arch.widths):
             _check_output(arch, net, width, input_shape, n_out)

@@ -64,11 +64,16 @@ CURVE_COLUMNS = [  # curves.parquet, one row per (arch, width)
     "grad_norm_median",
     "delta",
     "n_ensembled",
+    "n_dead",
     "max_steps",
     "n_late",
     "n_still_falling",
     "n_over_nstar",
 ]
+# A dead net: its input gradient is zero on every test point (every ReLU off: f is a
+# constant, its test error that of one label for all), the RMS over the test set at most this.
+DEAD_GRAD = 1e-12
+
 NUMBER_COLUMNS = [  # what a width without a finished run has no value of (NaN)
     "test_error_mean",
     "test_error_std",
@@ -209,6 +214,7 @@ def width_curve(
         "grad_norm_median": float(np.median(outputs.grad_norm)),
         "f_var_all": f_var_all,
         "n_ensembled": len(members),
+        "n_dead": int((np.asarray(outputs.grad_norm) <= DEAD_GRAD).sum()),
     }
     return row | _ensemble_columns(outputs, members, errors)
 
@@ -221,6 +227,7 @@ def unfinished_width(n_params: int, n_outputs: int) -> dict:
         "n_seeds": 0,
         "n_converged": 0,
         "n_ensembled": 0,
+        "n_dead": 0,
         **dict.fromkeys(NUMBER_COLUMNS, math.nan),
     }
 

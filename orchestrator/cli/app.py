@@ -334,9 +334,7 @@ def refine(
         )
     if dry_run:
         out.print(f"sweep {sweep}: {len(rep.planned)} run(s) would be added:")
-        values = [s.axis_values for s in rep.planned]
-        varying = [a for a in values[0] if len({v[a] for v in values}) > 1] if values else []
-        show_.print_planned(rep.planned, varying)
+        show_.print_planned(rep.planned, rep.axis_names)
         return
     if rep.curves is not None:
         show_.print_curves(rep.curves)

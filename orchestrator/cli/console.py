@@ -111,14 +111,18 @@ def counts_line(st: api.SweepStatus) -> str:
     return f"{st.sweep}: {counts}  ({len(st.records)} runs, {st.source})"
 
 
-def runs_table(records: list[RunRecord]) -> RenderableType:
-    """The runs (at most MAX_ROWS of them) and, if cut, how many more there are."""
-    table = Table("run_id", "arch", "width", "seed", "N", "state", "attempts", "node", "error")
-    ordered = sorted(records, key=lambda r: (r.arch, r.width, r.seed))
+def runs_table(records: list[RunRecord], points: dict[str, str] | None = None) -> RenderableType:
+    """The runs (at most MAX_ROWS of them) and, if cut, how many more there are; with the
+    point of each run when the sweep's axes vary (`points`: run_id -> point)."""
+    points = points or {}
+    at = ["point"] if points else []
+    table = Table("run_id", "arch", *at, "width", "seed", "N", "state", "attempts", "node", "error")
+    ordered = sorted(records, key=lambda r: (r.arch, points.get(r.run_id, ""), r.width, r.seed))
     for r in ordered[:MAX_ROWS]:
         table.add_row(
             r.run_id,
             r.arch,
+            *([points.get(r.run_id, "")] if points else []),
             f"{r.width:g}",
             str(r.seed),
             str(r.n_params),
@@ -137,7 +141,7 @@ def status_view(st: api.SweepStatus, states: set[str] | None) -> RenderableType:
     records = [r for r in st.records if states is None or r.state.value in states]
     if states is not None and not records:
         return Group(Text(counts_line(st)), Text(f"no run is {' or '.join(sorted(states))}"))
-    return Group(Text(counts_line(st)), runs_table(records))
+    return Group(Text(counts_line(st)), runs_table(records, st.points))
 
 
 def watch(
@@ -166,7 +170,8 @@ def watch(
 def print_run(d: RunDetail) -> None:
     r = d.record
     width = f"{r.width:g}"
-    out.print(f"run {r.run_id}: {r.arch} width={width} seed={r.seed} N={r.n_params}")
+    at = f" {d.point}" if d.point else ""
+    out.print(f"run {r.run_id}: {r.arch}{at} width={width} seed={r.seed} N={r.n_params}")
     out.print(f"  state     {r.state.value} (attempts {r.attempts}, node {r.node or '-'})")
     for name in ("submitted_at", "started_at", "ended_at"):
         value = getattr(r, name)

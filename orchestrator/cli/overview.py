@@ -34,6 +34,7 @@ class RunDetail:
     trace_tail: pd.DataFrame | None
     checkpoint: str | None
     files: dict[str, str] = field(default_factory=dict)  # what -> path, for those present
+    point: str = ""  # its values of the sweep's varying axes ("train_size=500")
 
 
 def run_detail(
@@ -62,7 +63,8 @@ def run_detail(
     trace = None
     if "trace" in present:
         trace = io.read_table(present["trace"]).to_pandas().sort_values("step").tail(tail)
-    return RunDetail(record, metrics, trace, present.get("checkpoint"), present)
+    point = st.points.get(record.run_id, "")
+    return RunDetail(record, metrics, trace, present.get("checkpoint"), present, point)
 
 
 def _first_row(path: str | None) -> dict | None:

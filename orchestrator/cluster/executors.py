@@ -27,6 +27,7 @@ from orchestrator.results.store import (
     manifest_table,
     planned_runs,
     refuse_axes_in_hive,
+    run_points,
     runs_where,
     set_aside,
     status_from_files,
@@ -199,10 +200,8 @@ class LocalExecutor:
             st = SweepStatus(sweep, live, "live", alive=True)
         else:
             st = status_from_files(layout)
-        if where is None:
-            return st
-        ids = runs_where(layout, where)
-        return SweepStatus(sweep, [r for r in st.records if r.run_id in ids], st.source, st.alive)
+        st.points = run_points(layout)
+        return st if where is None else st.where(runs_where(layout, where))
 
     def watch(self, sweep: str, results: str, every_s: float = 2.0) -> Iterator[SweepStatus]:
         """The sweep's status every `every_s` until its round ends (the last one included).

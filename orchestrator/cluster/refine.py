@@ -27,6 +27,7 @@ from orchestrator.results.store import (
     existing,
     read_manifest,
 )
+from schemas.axes import varying
 from schemas.errors import JamsweepError
 from schemas.layout import RESULTS_DEFAULT, SweepLayout
 from schemas.modules import width_key
@@ -134,6 +135,7 @@ def refine_here(
     archs = [arch] if arch is not None else sorted({s.arch.name for s in manifest})
     point_of = {r.run_id: r.point for r in manifest_runs(layout)}
     report = RefineReport(sweep, {}, {}, [])
+    report.axis_names = varying([s.axis_values for s in manifest])  # named in its listing
     for arch_name in archs:
         if not any(s.arch.name == arch_name for s in manifest):
             raise JamsweepError(

@@ -198,9 +198,11 @@ class JobsExecutor:
 
 def _status_of(sweep: str, answer: dict) -> SweepStatus:
     """A SweepStatus from `jamsweep status --json`'s answer."""
-    records = [RunRecord.model_validate(r) for r in answer["runs"]]
+    runs = answer["runs"]
+    records = [RunRecord.model_validate({k: v for k, v in r.items() if k != "point"}) for r in runs]
+    points = {r["run_id"]: r["point"] for r in runs if r.get("point")}
     alive = bool(answer.get("alive", False))
-    return SweepStatus(sweep, records, answer.get("source", "live"), alive=alive)
+    return SweepStatus(sweep, records, answer.get("source", "live"), alive, points)
 
 
 def cluster_results(raw: GridSpec, results: str | None, shared_fs: bool) -> str:

@@ -41,6 +41,7 @@ from workers.reduce import (
     unfinished_width,
     width_curve,
     with_n_over_nstar,
+    with_point,
 )
 from workers.sweep_reader import (
     ManifestRun,
@@ -273,6 +274,19 @@ def _notes(rows: _Rows, curves: pd.DataFrame, snapshots: pd.DataFrame) -> list[s
         notes.append(
             f"{rows.untraced} finished run(s) have no trace file: they are left out of the "
             "training curves, and their loss at the end of the budget is not checked"
+        )
+    dead = finished[finished["n_dead"] > 0] if "n_dead" in finished else finished.iloc[:0]
+    if len(dead):
+        where = ", ".join(
+            f"{n} of {k} at N = {N}{f' ({p})' if p else ''}"
+            for n, k, N, p in with_point(dead)
+            .head(6)[["n_dead", "n_seeds", "n_params", "point"]]
+            .astype(str)
+            .itertuples(index=False)
+        )
+        notes.append(
+            f"dead nets (output constant: zero input gradient on every test point): {where}"
+            f"{' ...' if len(dead) > 6 else ''}; they count in the means of their widths"
         )
     if snapshots.empty:
         notes.append(

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 from orchestrator.cluster.lease import is_held
 from orchestrator.cluster.tracker import read_status, shown_records
 from orchestrator.reports import SweepStatus
-from schemas.axes import AXES
+from schemas.axes import AXES, point_label
 from schemas.errors import JamsweepError
 from schemas.grid import GridSpec, parse_grid
 from schemas.layout import HIVE, MANIFEST_SCHEMA, SweepLayout, default_results
@@ -386,6 +386,23 @@ def runs_where(layout: SweepLayout, where: dict[str, list[str]]) -> set[str]:
             )
         keep &= column.isin(values)
     return set(table.loc[keep, "run_id"])
+
+
+def run_points(layout: SweepLayout) -> dict[str, str]:
+    """run_id -> its point ('train_size=500', the axes that vary among the manifest's runs),
+    from the manifest's columns; empty for a sweep without varying axes."""
+    if not io.exists(layout.manifest):
+        return {}
+    fs, path = io.resolve(layout.manifest)
+    axes = [a for a in AXES if a in pq.read_schema(path, filesystem=fs).names]
+    table = io.read_table(layout.manifest, ["run_id", *axes]).to_pydict()
+    moving = [a for a in axes if len(set(table[a])) > 1]
+    if not moving:
+        return {}
+    return {
+        run_id: point_label({a: table[a][i] for a in moving})
+        for i, run_id in enumerate(table["run_id"])
+    }
 
 
 def _as_value_of(column: pd.Series, name: str, text: str) -> object:
