@@ -64,6 +64,7 @@ class SubmitReport:
     dry_run: bool = False
     planned: list[RunSpec] = field(default_factory=list)
     dropped: list[RunSpec] = field(default_factory=list)  # runs the grid no longer names
+    replaced: bool = False  # --force on a changed grid: the previous results move aside
     broken: list[RunSpec] = field(default_factory=list)  # finished, with unreadable files
     job_id: str | None = None  # set when the sweep went to a cluster as a Ray job
     job_state: str | None = None

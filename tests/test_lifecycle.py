@@ -200,6 +200,11 @@ def test_the_cli_prints_a_changed_architecture_s_name_in_brackets(tmp_path):
     assert proc.returncode == 1
     assert "architectures[fc5].depth: 5 -> 4" in proc.stderr
     assert "Traceback" not in proc.stderr
+    # --dry-run --force says what --force would do to the finished runs, and does nothing
+    forced = jamsweep("submit", str(path), "--results", str(tmp_path), "--dry-run", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert "would be moved aside to synth.replaced-TIMESTAMP" in forced.stdout, forced.stdout
+    assert not list(tmp_path.glob("synth.replaced-*"))
 
 
 def test_refined_runs_stay_when_the_grid_is_submitted_again_but_not_removed_ones(tmp_path):

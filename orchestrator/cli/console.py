@@ -239,6 +239,12 @@ def print_dry_run(report: api.SubmitReport, where: str) -> None:
     )
     if report.product:
         out.print(f"grid: {report.product}", soft_wrap=True)
+    if report.replaced:
+        out.print(
+            f"--force: the sweep's previous results (another grid) would be moved aside to "
+            f"{report.sweep}.replaced-TIMESTAMP beside it, and every run trained afresh",
+            soft_wrap=True,
+        )
     print_planned(report.planned, report.axis_names)
     if report.broken:
         out.print(

@@ -136,7 +136,7 @@ class LocalExecutor:
         todo = [s for s in specs if s.run_id not in done_ids]
         report = SubmitReport(spec.sweep, layout.results, len(specs), len(specs) - len(todo))
         report.dropped = [] if replace else dropped_runs(layout, specs)
-        report.broken = broken
+        report.broken, report.replaced = broken, replace
         if dry_run:
             io.check_creatable(layout.results)
             report.dry_run, report.planned = True, todo
