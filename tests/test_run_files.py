@@ -195,3 +195,26 @@ def test_small_tables_are_snappy_large_ones_zstd_and_both_read_back(tmp_path):
         io.write_table(path, table)
         assert pq.ParquetFile(path).metadata.row_group(0).column(0).compression == codec
         assert pq.read_table(path).equals(table)
+
+
+def test_on_an_object_store_each_file_is_one_upload_the_marker_last(s3, monkeypatch):
+    """An object is visible once its upload completes: the metrics file is put after the
+    others have landed (a real S3 server on loopback, moto)."""
+    uploads: list[str] = []
+    real_write = io.write_bytes
+
+    def write_bytes(location: str, data: bytes) -> None:
+        real_write(location, data)
+        head = s3.head_object(Bucket="sweeps", Key=location.removeprefix("s3://sweeps/"))
+        uploads.append(location if head["ContentLength"] == len(data) else "torn")
+
+    monkeypatch.setattr(io, "write_bytes", write_bytes)
+    files = [
+        ("s3://sweeps/lab/logits/r.parquet", b"L" * 100),
+        ("s3://sweeps/lab/trace/r.parquet", b"T" * 10),
+        ("s3://sweeps/lab/metrics/r.parquet", b"X" * 3),
+    ]
+    io.write_run_files(files)
+    assert uploads == [location for location, _ in files]  # in order, the marker last
+    for location, data in files:
+        assert io.read_bytes(location) == data
