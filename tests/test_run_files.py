@@ -81,6 +81,7 @@ def test_every_temporary_is_durable_before_any_rename_and_the_rest_before_the_ma
     for path, _ in files:  # each file's temporary, fsync'd before the first rename
         name = os.path.basename(path)
         assert any(os.path.basename(s).startswith(f".{name}.tmp-") for s in synced), name
+    assert str(tmp_path) in synced  # the new folders made durable in it, before any rename
     marker = renames[-1]
     assert events[marker][1].endswith(str(tmp_path / "metrics" / "r.parquet"))
     between = {what for kind, what in events[renames[2] : marker] if kind == "fsync"}

@@ -202,10 +202,23 @@ def _open_temporary(path: str) -> tuple[int, str]:
     tmp = os.path.join(parent, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     try:
-        return os.open(tmp, flags, 0o644), tmp
+        return os.open(tmp, flags, 0o666), tmp  # less the umask, as open() does
     except FileNotFoundError:  # the folder's first file: make it, then try again
-        os.makedirs(parent, exist_ok=True)
-        return os.open(tmp, flags, 0o644), tmp
+        _make_folder(parent)
+        return os.open(tmp, flags, 0o666), tmp
+
+
+def _make_folder(folder: str) -> None:
+    """Make `folder` and its missing parents, each one durable in its parent before any
+    file goes in (a power loss that lost a new folder would lose the files renamed into it)."""
+    missing = []
+    while not os.path.isdir(folder):
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+    for made in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another worker made it just now
+            os.mkdir(made)
+        _fsync_dir(os.path.dirname(made))
 
 
 def _write_all(fd: int, data: bytes) -> None:
