@@ -114,7 +114,7 @@ def test_an_error_before_the_marker_leaves_the_run_unfinished_and_no_temporaries
 # A worker that trains the run and blocks (forever) in one step of writing its files, so
 # that the test kills it there with SIGKILL, as a dead node or the OOM killer would.
 _WORKER = """
-import os, sys, time
+import os, stat, sys, time
 sys.path.insert(0, {root!r})
 from schemas.grid import parse_grid
 from schemas.layout import SweepLayout
@@ -127,8 +127,17 @@ def block(*args):
     open({ready!r}, "w").close()
     time.sleep(600)
 
+for table in ("logits", "trace", "models", "metrics"):  # made here: a new folder's fsync
+    os.makedirs(os.path.join(layout.root, table), exist_ok=True)  # is not the one to block
+real_fsync = os.fsync
+
+def fsync_of_files(fd):
+    if stat.S_ISREG(os.fstat(fd).st_mode):  # a folder's fsync (a new folder's) goes on
+        block()
+    real_fsync(fd)
+
 if {where!r} == "data":
-    os.fsync = block  # the first round: temporaries written, not yet durable nor renamed
+    os.fsync = fsync_of_files  # the first round: temporaries written, not yet durable
 else:
     io._fsync_dir = block  # the second: logits, trace and model renamed, metrics not yet
 execute.execute(spec, layout)
