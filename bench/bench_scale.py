@@ -21,13 +21,22 @@ import shutil
 import tempfile
 import time
 
+# 20 small widths x as many seeds as it takes: every run as trivial as the next. (The
+# widths once grew with the sweep, 2 ... 501 at 10,000 runs, so that the last runs trained
+# and saved nets of 250,000 weights while the work was timed on the first, smallest ones:
+# that growth was counted as orchestration, and read as a cost of files piling up.)
+WIDTHS = list(range(2, 22))
 GRID = """
 sweep: scale
 dataset: {{name: digits_parity_pca, train_size: 20, test_size: 20, pca_dim: 10}}
 architectures: [{{name: fc2, depth: 2, widths: {widths}}}]
-seeds: 20
+seeds: {seeds}
 training: {{max_steps: 1}}
 """
+
+
+def grid_text(runs: int) -> str:
+    return GRID.format(widths=WIDTHS, seeds=max(1, runs // len(WIDTHS)))
 
 
 def bare_ray(n: int, cpus: int) -> float:
@@ -54,7 +63,7 @@ def jamsweep_drive(root: str, specs: list, cpus: int, version: int) -> float:
 
     layout = SweepLayout(root, "scale", version)
     io.write_text(layout.layout_json, layout.layout_text())
-    io.write_text(layout.grid_yaml, GRID)
+    io.write_text(layout.grid_yaml, grid_text(len(specs)))
     io.write_table(layout.manifest, manifest_table(specs))
     start = time.perf_counter()
     with acquire(layout, Holder.this_process(None)) as held:
@@ -74,7 +83,7 @@ def work_per_run(root: str, specs: list, sample: int, version: int) -> float:
     torch.set_num_threads(1)  # as in a Ray worker
     layout = SweepLayout(root, "work", version)
     execute(specs[0], layout)  # warm: data loaded and cached, as in a worker
-    chosen = specs[1 : sample + 1]
+    chosen = specs[1 :: max(1, len(specs) // sample)][:sample]  # spread over the sweep
     start = time.perf_counter()
     for spec in chosen:
         execute(spec, layout)
@@ -91,8 +100,7 @@ def main() -> None:
     from orchestrator.sweep import status
     from schemas.grid import parse_grid
 
-    widths = [2 + i for i in range(args.runs // 20)]
-    specs = parse_grid(GRID.format(widths=widths)).expand()
+    specs = parse_grid(grid_text(args.runs)).expand()
     n = len(specs)
     root = tempfile.mkdtemp(prefix="jamsweep-bench-scale-")
     try:

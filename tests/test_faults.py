@@ -21,7 +21,7 @@ from orchestrator.cluster.tracker import read_records, read_status
 from orchestrator.results import open_sweep
 from orchestrator.results.store import manifest_table
 from schemas.grid import parse_grid
-from schemas.layout import SweepLayout
+from schemas.layout import FLAT, SweepLayout
 from schemas.run import RunStatus
 from tests.conftest import JAMSWEEP, RayHead, _descendants, jamsweep, tracker_alive, write_grid
 from workers import io
@@ -52,7 +52,7 @@ def wait_for(condition, timeout: float, what: str, poll: float = 0.2):  # noqa: 
 
 
 def done_ids(layout: SweepLayout, specs) -> set[str]:  # noqa: ANN001
-    return {s.run_id for s in specs if os.path.exists(layout.metrics(*s.key))}
+    return {s.run_id for s in specs if os.path.exists(layout.file("metrics", s.run_id, *s.key))}
 
 
 def test_a_killed_worker_node_s_runs_resume_elsewhere_and_finish_once(tmp_path):
@@ -173,7 +173,9 @@ def test_killing_the_submitting_client_does_not_stop_the_sweep(tmp_path, head):
     # let the round end first once in 10 runs)
     grid_text = GRID.format(sweep="client", widths="[1.5, 6]", seeds=2, steps=30000)
     grid = write_grid(tmp_path / "g.yaml", grid_text)
-    layout = SweepLayout(str(tmp_path / "res"), "client")
+    layout = SweepLayout(
+        str(tmp_path / "res"), "client", FLAT
+    )  # submit settles a new sweep to layout 2
     specs = parse_grid(grid_text).expand()
     cli = subprocess.Popen(
         [
@@ -218,7 +220,7 @@ def test_killing_the_submitting_client_does_not_stop_the_sweep(tmp_path, head):
 def test_after_the_whole_cluster_dies_a_resubmission_runs_only_what_is_missing(tmp_path, head):
     grid_text = GRID.format(sweep="phoenix", widths="[6, 1.5]", seeds=2, steps=8000)
     grid = write_grid(tmp_path / "g.yaml", grid_text)
-    layout = SweepLayout(str(tmp_path / "res"), "phoenix")
+    layout = SweepLayout(str(tmp_path / "res"), "phoenix", FLAT)
     specs = parse_grid(grid_text).expand()
     proc = submit_detached(grid, head, tmp_path / "res")
     assert "Ray job jamsweep-phoenix-" in proc.stdout
@@ -239,7 +241,9 @@ def test_after_the_whole_cluster_dies_a_resubmission_runs_only_what_is_missing(t
     finished = done_ids(layout, specs)
     assert 0 < len(finished) < len(specs)
     stamps = {
-        s.run_id: os.stat(layout.metrics(*s.key)).st_mtime_ns for s in specs if s.run_id in finished
+        s.run_id: os.stat(layout.file("metrics", s.run_id, *s.key)).st_mtime_ns
+        for s in specs
+        if s.run_id in finished
     }
 
     # the killed driver's lease frees the sweep within the lease time
@@ -251,7 +255,7 @@ def test_after_the_whole_cluster_dies_a_resubmission_runs_only_what_is_missing(t
     assert f"{len(finished)} already done, {len(specs) - len(finished)} to run" in again.stderr
     for s in specs:
         if s.run_id in finished:  # not retrained
-            assert os.stat(layout.metrics(*s.key)).st_mtime_ns == stamps[s.run_id]
+            assert os.stat(layout.file("metrics", s.run_id, *s.key)).st_mtime_ns == stamps[s.run_id]
     metrics = open_sweep(layout.root).metrics()
     assert sorted(metrics.run_id) == sorted(s.run_id for s in specs)
     assert (metrics.loc[~metrics.run_id.isin(finished), "resumed_from"] > 0).any()
@@ -264,7 +268,7 @@ def test_after_the_whole_cluster_dies_a_resubmission_runs_only_what_is_missing(t
 def test_cancel_stops_pending_and_running_runs_and_records_them(tmp_path, head):
     grid_text = GRID.format(sweep="stopme", widths="[1.5]", seeds=4, steps=200000)
     grid = write_grid(tmp_path / "g.yaml", grid_text)
-    layout = SweepLayout(str(tmp_path / "res"), "stopme")
+    layout = SweepLayout(str(tmp_path / "res"), "stopme", FLAT)
     submit_detached(grid, head, tmp_path / "res")
     wait_for(
         lambda: any(r.state is RunStatus.RUNNING for r in read_records(layout)),
@@ -320,7 +324,7 @@ def test_a_pack_whose_worker_is_killed_resumes_each_run_from_its_checkpoint_once
     """Issue 18: the pack's process is SIGKILLed mid-run; Ray retries the task and each of
     its runs goes on from its own checkpoint, as the uninterrupted pack would have."""
     grid = write_grid(tmp_path / "g.yaml", PACKED)
-    layout = SweepLayout(str(tmp_path / "res"), "packkill")
+    layout = SweepLayout(str(tmp_path / "res"), "packkill", FLAT)
     specs = parse_grid(PACKED).expand()
     submit_detached(grid, head, tmp_path / "res")
     wait_for(

@@ -95,15 +95,16 @@ def write_result(spec: RunSpec, layout: SweepLayout, data: Dataset, result: RunR
     tables = (
         ("logits", logits_table(spec, data, result)),
         ("trace", trace_table(spec, result)),
+        ("metrics", metrics_table(spec, result)),  # last: the marker
     )
+    files = []
     for name, table in tables:
         written = with_run_values(table, spec) if layout.tables_layout == FLAT else table
-        io.write_table(layout.file(name, spec.run_id, *spec.key), written)
+        files.append((layout.file(name, spec.run_id, *spec.key), io.table_bytes(written)))
     if spec.checkpoint.keep_models and result.weights is not None:
-        io.save_checkpoint(layout.model(spec.run_id, *spec.key), result.weights)  # whole or none
-    metrics = metrics_table(spec, result)
-    written = with_run_values(metrics, spec) if layout.tables_layout == FLAT else metrics
-    io.write_table(layout.file("metrics", spec.run_id, *spec.key), written)
+        model = layout.model(spec.run_id, *spec.key)
+        files.insert(-1, (model, io.checkpoint_bytes(result.weights)))
+    io.write_run_files(files)  # each whole or absent, the metrics file after the rest
     if not spec.checkpoint.keep:
         io.delete(layout.checkpoint(spec.run_id))
     return {"run_id": spec.run_id, **result.metrics}

@@ -3,15 +3,19 @@ pyarrow filesystem URI (s3://, gs://). Every write is atomic: a reader sees the 
 file or none of it.
 
 Local writes go to a hidden temporary file beside the target ('.NAME.tmp-XXXX', which
-pyarrow, pandas and duckdb skip when reading a folder) and are renamed into place. Object
-stores make an object visible only once its upload completes, so there a write is direct.
+pyarrow, pandas and duckdb skip when reading a folder), made durable (fsync) and renamed into
+place. Object stores make an object visible only once its upload completes, so there a write
+is direct. A finished run's files go together through `write_run_files` (one round of
+fsyncs for all of them, its marker file last; its docstring gives the power-loss argument).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -118,9 +122,117 @@ def read_bytes(location: str) -> bytes:
 
 
 def write_table(location: str, table: pa.Table) -> None:
+    write_bytes(location, table_bytes(table))
+
+
+# Below this many bytes in memory a table is compressed with snappy, above with zstd: zstd
+# sets up a context per column (0.42 ms for a 40-row table of 6 columns, snappy 0.11 ms, for
+# sizes within 5%), which a sweep of 10,000 short runs pays 30,000 times; a large table's
+# bytes are what matter, and zstd's are smaller. Readers see no difference.
+SMALL_TABLE_BYTES = 1 << 16
+
+
+def table_bytes(table: pa.Table) -> bytes:
+    """`table` as the bytes of a Parquet file."""
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
-    write_bytes(location, sink.getvalue().to_pybytes())
+    codec = "snappy" if table.nbytes < SMALL_TABLE_BYTES else "zstd"
+    pq.write_table(table, sink, compression=codec)
+    return sink.getvalue().to_pybytes()
+
+
+# Threads for fsync: fsyncs issued at once share one journal commit (ext4's jbd2, XFS's
+# log force), where one after another each waits for its own (4 files: 1.3 ms vs 2.5-13 ms
+# on the 2-CPU VM's disk, depending on its load).
+_SYNC = ThreadPoolExecutor(max_workers=8, thread_name_prefix="jamsweep-fsync")
+
+
+def write_run_files(files: list[tuple[str, bytes]]) -> None:
+    """Write a finished run's files (location, bytes); the last one is its marker (the
+    metrics file, whose presence means the run finished). Each appears whole or not at all,
+    after a crash or a power loss, and the marker only once the others are there.
+
+    Locally, in three steps:
+      1. every file's bytes go to its hidden temporary file, and all of them are fsync'd at
+         once (one journal commit): no name points at them yet, so a crash leaves only
+         hidden temporaries, which no reader opens;
+      2. every file but the marker is renamed into place, then their folders are fsync'd
+         (at once): the renames are durable. A rename names an inode whose data is already
+         on disk, so after a power loss the name is either absent or names the whole file;
+      3. the marker is renamed into place. Should a power loss undo that rename, the run
+         is not finished and is trained again (its files replaced, never doubled); it
+         cannot survive without the others, which were durable before it.
+    Two rounds of fsyncs per run, each one commit, where writing file by file took one
+    commit per file and left the order of the renames on disk to the filesystem.
+
+    Object stores show an object once its upload completes: the files are put one after
+    the other, the marker last."""
+    if not files:
+        return
+    fs, _ = resolve(files[0][0])
+    if not isinstance(fs, pafs.LocalFileSystem):
+        for location, data in files:
+            write_bytes(location, data)
+        return
+    fds: list[int] = []
+    staged: list[tuple[str, str]] = []  # (temporary, target)
+    try:
+        for location, data in files:
+            path = resolve(location)[1]
+            fd, tmp = _open_temporary(path)
+            fds.append(fd)
+            staged.append((tmp, path))
+            _write_all(fd, data)
+        list(_SYNC.map(os.fsync, fds))  # 1.
+        *others, (marker_tmp, marker) = staged
+        for tmp, path in others:  # 2.
+            os.replace(tmp, path)
+        list(_SYNC.map(_fsync_dir, sorted({os.path.dirname(path) for _, path in others})))
+        os.replace(marker_tmp, marker)  # 3.
+    finally:
+        for fd in fds:
+            os.close(fd)
+        for tmp, _ in staged:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+def _open_temporary(path: str) -> tuple[int, str]:
+    """A new hidden temporary file beside `path` (its folder made if missing), open to write."""
+    parent, name = os.path.split(path)
+    tmp = os.path.join(parent, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    try:
+        return os.open(tmp, flags, 0o666), tmp  # less the umask, as open() does
+    except FileNotFoundError:  # the folder's first file: make it, then try again
+        _make_folder(parent)
+        return os.open(tmp, flags, 0o666), tmp
+
+
+def _make_folder(folder: str) -> None:
+    """Make `folder` and its missing parents, each one durable in its parent before any
+    file goes in (a power loss that lost a new folder would lose the files renamed into it)."""
+    missing = []
+    while not os.path.isdir(folder):
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+    for made in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another worker made it just now
+            os.mkdir(made)
+        _fsync_dir(os.path.dirname(made))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _fsync_dir(folder: str) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_table(location: str, columns: list[str] | None = None) -> pa.Table:
@@ -137,6 +249,10 @@ def read_text(location: str) -> str:
 
 
 def delete(location: str) -> None:
+    if "://" not in location:  # a local file: one system call, not pyarrow's two
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(location)
+        return
     fs, path = resolve(location)
     if fs.get_file_info(path).type != pafs.FileType.NotFound:
         fs.delete_file(path)
@@ -235,11 +351,15 @@ def move_aside(folder: str) -> str:
 
 
 def save_checkpoint(location: str, state: dict[str, Any]) -> None:
+    write_bytes(location, checkpoint_bytes(state))
+
+
+def checkpoint_bytes(state: dict[str, Any]) -> bytes:
     import torch  # here, not at the top: the CLI reads tables without paying torch's import
 
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    write_bytes(location, buffer.getvalue())
+    return buffer.getvalue()
 
 
 def load_checkpoint(location: str) -> dict[str, Any] | None:

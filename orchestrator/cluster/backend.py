@@ -53,6 +53,7 @@ from workers.pack_plan import plan_tasks  # noqa: E402
 NAMESPACE = "jamsweep"
 
 
+_UNKNOWN = object()  # RayBackend._outcomes: a task's value, to be fetched there
 TRACKER_DEADLINE_S = 300.0  # how long the driver waits for a restarting tracker
 START_REPORT_WAIT_S = 120.0  # how long a task's end waits for its start to be recorded
 
@@ -416,16 +417,25 @@ class RayBackend:
             return []
         by_ref = {h.ref: h for h in handles}
         ready, _ = ray.wait(list(by_ref), num_returns=len(by_ref), timeout=timeout_s)
-        return [outcome for ref in ready for outcome in self._outcomes(by_ref[ref])]
+        try:  # one call for all of them (a sweep of short runs ends hundreds a second)
+            values = ray.get(ready, timeout=10)
+        except (RayError, GetTimeoutError):  # one failed or was cancelled: each on its own
+            return [outcome for ref in ready for outcome in self._outcomes(by_ref[ref])]
+        return [
+            outcome
+            for ref, value in zip(ready, values, strict=True)
+            for outcome in self._outcomes(by_ref[ref], value)
+        ]
 
     def cancel(self, handles: list[RunHandle]) -> None:
         for h in handles:
             ray.cancel(h.ref, force=True)
 
     @staticmethod
-    def _outcomes(handle: RunHandle) -> list[Outcome]:
+    def _outcomes(handle: RunHandle, value: Any = _UNKNOWN) -> list[Outcome]:
         try:
-            value = ray.get(handle.ref, timeout=10)
+            if value is _UNKNOWN:
+                value = ray.get(handle.ref, timeout=10)
         except TaskCancelledError:
             return [Outcome(spec, RunStatus.CANCELLED) for spec in handle.specs]
         except (RayError, GetTimeoutError) as exc:
