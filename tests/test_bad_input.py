@@ -200,9 +200,12 @@ def test_a_torn_logits_or_trace_file_is_set_aside_and_only_its_run_is_trained_ag
     layout = SweepLayout(str(res), "bad")
     runs = parse_grid(GOOD).expand()
     torn_logits, torn_trace, *kept = runs
-    for path in (layout.logits(*torn_logits.key), layout.trace(*torn_trace.key)):
+    for path in (
+        layout.file("logits", torn_logits.run_id, *torn_logits.key),
+        layout.file("trace", torn_trace.run_id, *torn_trace.key),
+    ):
         Path(path).write_bytes(Path(path).read_bytes()[:100])  # a partial copy, say
-    stamps = {s.run_id: os.stat(layout.metrics(*s.key)).st_mtime_ns for s in runs}
+    stamps = {s.run_id: os.stat(layout.file("metrics", s.run_id, *s.key)).st_mtime_ns for s in runs}
     dry = jamsweep("submit", str(grid), "--results", str(res), "--dry-run")
     assert dry.returncode == 0 and "2 would run" in dry.stdout, dry.stdout
     assert "2 finished run(s) have result files that cannot be read" in dry.stdout
@@ -211,11 +214,13 @@ def test_a_torn_logits_or_trace_file_is_set_aside_and_only_its_run_is_trained_ag
     assert "2 finished run(s) had result files that cannot be read" in proc.stderr
     assert "4 runs, 2 already done, 2 to run" in proc.stderr
     for s in kept:  # untouched
-        assert os.stat(layout.metrics(*s.key)).st_mtime_ns == stamps[s.run_id]
+        assert os.stat(layout.file("metrics", s.run_id, *s.key)).st_mtime_ns == stamps[s.run_id]
     for s in (torn_logits, torn_trace):  # trained again, whole now
-        assert os.stat(layout.metrics(*s.key)).st_mtime_ns != stamps[s.run_id]
+        assert os.stat(layout.file("metrics", s.run_id, *s.key)).st_mtime_ns != stamps[s.run_id]
     assert finished_run_ids(layout, runs) == {s.run_id for s in runs}
     (stamp,) = (res / "bad" / "set_aside").iterdir()
-    torn = stamp / Path(layout.logits(*torn_logits.key)).relative_to(res / "bad")
+    torn = stamp / Path(layout.file("logits", torn_logits.run_id, *torn_logits.key)).relative_to(
+        res / "bad"
+    )
     assert torn.stat().st_size == 100  # kept as it was, not deleted
     assert len(list(stamp.rglob("*.parquet"))) == 6  # both runs, 3 files each
