@@ -198,3 +198,10 @@ def test_a_point_whose_bracket_holds_no_new_n_is_left_as_it_is_and_the_others_re
     assert all(2.2 < s.width < 4 for s in report.planned)
     left = "left as it is: fc5 train_size=40: no width between 2 and 2.2 gives a new number"
     assert any(line.startswith(left) for line in said), said
+
+
+def test_show_says_plainly_when_no_width_has_n_star(tmp_path):
+    write_sweep(str(tmp_path), seeds=2, widths=[2, 4], converged=lambda k, seed: False)
+    api.reduce("synth", results=str(tmp_path), figures=False)
+    shown = CliRunner().invoke(app, ["show", "synth", "--results", str(tmp_path)]).output
+    assert "fc5: N* = — (no width where every run fits the training set)" in shown, shown

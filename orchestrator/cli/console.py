@@ -20,7 +20,7 @@ from rich.text import Text
 from orchestrator import sweep as api
 from orchestrator.cli.overview import RunDetail, SweepOverview
 from orchestrator.cluster.progress import Progress, format_duration
-from orchestrator.results.formats import fit_line, k_of_n, line_points, number
+from orchestrator.results.formats import MISSING, fit_line, k_of_n, line_points, number
 from schemas.axes import axis_values, point_label
 from schemas.run import RunRecord
 from schemas.summary import Summary
@@ -273,11 +273,14 @@ def print_summary(summary: Summary) -> None:
         half = summary.n_star_half.get(arch)
         smallest = summary.smallest_jammed_n.get(arch)
         smallest_text = f"; smallest jammed N = {smallest}" if smallest is not None else ""
-        out.print(
-            f"{arch}: N* = {number(n_star, 'd')} (every run, at every larger width too), "
-            f"{number(half, '.1f')} (half the runs){smallest_text}",
-            soft_wrap=True,
-        )
+        if n_star is None and half is None:
+            out.print(f"{arch}: N* = {MISSING} (no width where every run fits the training set)")
+        else:
+            out.print(
+                f"{arch}: N* = {number(n_star, 'd')} (every run, at every larger width too), "
+                f"{number(half, '.1f')} (half the runs){smallest_text}",
+                soft_wrap=True,
+            )
         for name, fit in summary.fits.get(arch, {}).items():
             out.print(f"  {fit_line(name, fit)}", soft_wrap=True, markup=False)
             for flag in fit.flags:
