@@ -243,4 +243,4 @@ def test_grid_rejects_fractional_channels_and_a_cnn_that_erases_the_image():
         "sweep: t\ndataset: {name: cifar10, root: x, train_size: 50}\nseeds: 1\n"
         "architectures: [{kind: rnn, name: r, widths: [2]}]\n"
     )
-    assert "kind must be 'fc' (fully-connected) or 'cnn' (convolutional)" in kind
+    assert "kind must be 'fc' (fully-connected), 'cnn' (convolutional) or 'module'" in kind
