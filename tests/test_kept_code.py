@@ -20,9 +20,15 @@ from workers.builders import build_module, keep_code, with_kept_code, with_modul
 
 @pytest.fixture(autouse=True)
 def own_sys_path(monkeypatch):
-    """Builders leave a module's folder on sys.path (imports inside it still work); each test
-    starts from the path it had."""
-    monkeypatch.setattr(sys, "path", list(sys.path))
+    """Builders leave a module's folder on sys.path (imports inside it still work), and
+    other test modules built nets of their own lab_nets: each test starts with none of
+    those on the path or imported, and leaves the path as it found it."""
+    clean = [
+        p for p in sys.path if not any((Path(p) / n).exists() for n in ("lab_nets.py", "mylab"))
+    ]
+    monkeypatch.setattr(sys, "path", clean)
+    forget("lab_nets")
+    forget("mylab")
 
 
 def submitted(grid: Path, code_dir: str | None):  # noqa: ANN201
