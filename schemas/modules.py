@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from schemas.errors import JamsweepError
-from schemas.strict import Strict, check_safe_name
+from schemas.strict import Strict, check_no_repeats, check_safe_name
 
 # MODULE:FUNCTION, MODULE dotted (a package's module), as uvicorn's import strings
 BUILDER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
@@ -115,10 +115,7 @@ class ModuleArch(Strict):
         bad = [w for w in widths if not math.isfinite(w) or w <= 0]
         if bad:
             raise ValueError(f"widths must be finite and > 0; got {bad}")
-        dup = sorted({w for w in widths if widths.count(w) > 1})
-        if dup:
-            raise ValueError(f"widths repeat {dup}: list each width once")
-        return widths
+        return check_no_repeats(widths)
 
     @property
     def module_name(self) -> str:

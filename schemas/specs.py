@@ -21,6 +21,7 @@ from schemas.datasets import DATASETS_WITH_ROOT, FILE_FORMATS, PCA_DATASETS, Dat
 from schemas.modules import ModuleArch as ModuleArch
 from schemas.strict import SAFE_NAME as SAFE_NAME  # re-exported: importable from here as before
 from schemas.strict import Strict as Strict
+from schemas.strict import check_no_repeats
 from schemas.strict import check_safe_name as _check_safe_name
 
 # A dataset's fields that say where its data is read from, not what it is: left out of run
@@ -213,10 +214,7 @@ class FCArch(ArchBase):
             raise ValueError(
                 f"widths must be finite and >= 1 (every layer needs a unit); got {bad}"
             )
-        dup = sorted({w for w in widths if widths.count(w) > 1})
-        if dup:
-            raise ValueError(f"widths repeat {dup}: list each width once")
-        return widths
+        return check_no_repeats(widths)
 
     def layer_widths(self, h: float) -> list[int]:
         """Hidden widths for (possibly fractional) h: floor(h + 1 - (i+1)/L), i = 0..L-1.
@@ -263,10 +261,7 @@ class CNNArch(ArchBase):
         bad = [w for w in widths if w < 1]
         if bad:
             raise ValueError(f"widths (channel counts f) must be >= 1; got {bad}")
-        dup = sorted({w for w in widths if widths.count(w) > 1})
-        if dup:
-            raise ValueError(f"widths repeat {dup}: list each width once")
-        return widths
+        return check_no_repeats(widths)
 
     def feature_size(self, image_size: int) -> int:
         """Side of the feature maps after the convolutions (0 if the image vanishes)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -22,3 +23,14 @@ def check_safe_name(value: str, what: str) -> str:
             "(at most 100, starting with a letter or digit)"
         )
     return value
+
+
+W = TypeVar("W", int, float)
+
+
+def check_no_repeats(widths: list[W]) -> list[W]:
+    """`widths` unchanged, or a ValueError naming the widths listed twice."""
+    dup = sorted({w for w in widths if widths.count(w) > 1})
+    if dup:
+        raise ValueError(f"widths repeat {dup}: list each width once")
+    return widths
