@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from orchestrator.results.store import absolute, existing, locate
+from orchestrator.results.store import absolute, existing, locate, read_manifest
 from schemas.errors import JamsweepError
 from schemas.layout import (
     AXIS_SCHEMA,
@@ -38,7 +38,6 @@ from schemas.layout import (
 from schemas.run import RunSpec
 from schemas.summary import Summary
 from workers import io
-from workers.kept_code import kept_here
 
 if TYPE_CHECKING:
     import torch
@@ -220,11 +219,7 @@ class Sweep:
 
         >>> [(r.width, r.seed, r.training.learning_rate(r.width)) for r in sweep.runs()]
         """
-        if not io.exists(self.layout.manifest):
-            return []
-        specs = io.read_table(self.layout.manifest, ["spec"]).column(0).to_pylist()
-        code = self.layout.code_dir  # a module's copy of its code: where the sweep is now
-        return [kept_here(RunSpec.model_validate_json(s), code) for s in specs]
+        return read_manifest(self.layout)  # a module's code copy: where the sweep is now
 
     def status(self) -> pd.DataFrame:
         """The last persisted state of every run of the latest round: run_id, arch, width,
