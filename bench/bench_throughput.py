@@ -5,12 +5,19 @@ P = 10,000 MNIST points (parity, 10 whitened PCA components), depth 5, float64, 
   - authors: their loop re-implemented: a forward without a graph over a random
     permutation of the points finds the violators, forward/backward on those only,
     torch.optim.Adam (its default, single-tensor form), one model at a time;
-  - jamsweep: one run's step as workers/train.py takes it (violator-only, fused Adam);
-  - pack: a step of workers/pack.py over `--pack` runs (seeds), per run.
+  - module: one run as a torch module with torch's fused Adam and autograd, as
+    workers/trainer.py's `Solo` steps a CNN or a user's module (and FC runs before issue 19);
+  - one: one FC run as workers/trainer.py trains it now: a pack of one (hand-written
+    backward, flat-buffer Adam);
+  - pack: a step of workers/pack.py over `--pack` runs (seeds), per run;
+  - bmm: the arithmetic floor: the step's batched matmuls alone (forward, and the two of
+    the backward), per run, timed in this run; the pack's "roofline" ratio is bmm / pack.
+Every step has static shapes, as the loop takes them between two boundaries: dense early,
+violators only (a capacity of twice the count plus 16) late.
 Phases: early (every run from its init: nearly every point violated) and late (a state with
 < 1% of the points violated: the net's own signs as labels, its read-out scaled so that
 0.3 to 1% of the points sit inside the margin, a different fraction for each run of a pack).
-Prints ms per run-step and the ratios authors / jamsweep and authors / pack.
+Prints ms per run-step and the ratios authors / each.
 
     .venv/bin/python bench/bench_throughput.py [--widths 4 16 64 256] [--pack 20] [--seconds 1]
 """
@@ -26,9 +33,11 @@ import torch
 
 from schemas.grid import parse_grid
 from workers.data import Dataset, load_dataset
-from workers.pack import Member, Pack, outputs, pack_step, stack_runs
+from workers.loop import Member, Plan, member, plan_after
+from workers.pack import Pack, stack_runs
 from workers.pack_plan import auto_pack_size
-from workers.train import DENSE_FRACTION, build_model, hinge_step_loss, make_optimizer
+from workers.train import build_model
+from workers.trainer import Solo
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 GRID = """
@@ -84,37 +93,56 @@ def authors_time(spec, x, y, shift, scale, seconds: float) -> float:  # noqa: AN
     return timed(lambda: authors_step(model, optimizer, x, y), seconds)
 
 
-def single_time(spec, split, shift, scale, seconds: float) -> float:  # noqa: ANN001
-    model = build_model(spec, 10)
-    make_late(list(model.parameters()), shift, torch.tensor(scale))
-    optimizer = make_optimizer(spec, model)
-    state = {"dense": True}
-
-    def step() -> None:  # as workers/train.py's loop takes a full-batch hinge step
-        loss, fraction = hinge_step_loss(model, split, spec, state["dense"])
-        state["dense"] = fraction > DENSE_FRACTION
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    return timed(step, seconds)
+def late_plan(f: torch.Tensor, y: torch.Tensor) -> Plan:
+    """The plan the loop takes from outputs f (R, P): dense early, a capacity late."""
+    return plan_after(int((1 - y * f > 0).sum(-1).max()), f.shape[-1])
 
 
-def pack_time(specs, data, split, shift, scales, seconds: float) -> float:  # noqa: ANN001
+def single_time(spec, data, shift, scale, seconds: float) -> float:  # noqa: ANN001
+    """Seconds per step of one run as a torch module with fused Adam (`Solo`)."""
+    engine = Solo(member(spec, None), data, None)
+    make_late(list(engine.net.parameters()), shift, torch.tensor(scale))
+    with torch.no_grad():
+        plan = late_plan(engine.net(data.train.x)[:, 0], data.train.y)
+    return timed(lambda: engine.step(plan), seconds)
+
+
+def pack_time(specs, data, shift, scales, seconds: float) -> float:  # noqa: ANN001
     """Seconds per run-step of a pack of len(specs) runs."""
     pack: Pack = stack_runs([Member(s) for s in specs], [None] * len(specs), data)
     if shift:  # late: every run from the seed-0 state, each with its own violated share
-        with torch.no_grad():
-            for p in pack.params:
-                p.copy_(p[0].expand_as(p))
+        for p in pack.params:
+            p.copy_(p[0].expand_as(p))
         make_late(pack.params, shift, scales)
-    state = {"dense": True}
+    plan = late_plan(pack.forward(data.train.x)[0], pack.y)
+    return timed(lambda: pack.step(plan), seconds) / len(specs)
 
-    def step() -> None:  # as workers/pack.py's loop takes it
-        f = None if state["dense"] else outputs(pack, split.x)
-        state["dense"] = pack_step(pack, split, f) > DENSE_FRACTION
 
-    return timed(step, seconds) / len(specs)
+def bmm_time(specs, data, shift, scales, seconds: float) -> float:  # noqa: ANN001
+    """Seconds per run-step of the pack step's matmuls alone (3 per layer, 2 for the
+    first) on the rows the step back-propagates, plus the forward that finds them."""
+    pack: Pack = stack_runs([Member(s) for s in specs], [None] * len(specs), data)
+    if shift:
+        for p in pack.params:
+            p.copy_(p[0].expand_as(p))
+        make_late(pack.params, shift, scales)
+    plan = late_plan(pack.forward(data.train.x)[0], pack.y)
+    rows = data.train.x[: plan.capacity] if plan.capacity is not None else data.train.x
+    x_rows = rows.expand(len(specs), *rows.shape).contiguous()
+    _, inputs = pack.forward(x_rows)
+    weights = pack.params[::2]
+    outs = [torch.empty(len(specs), len(rows), w.shape[1], dtype=w.dtype) for w in weights]
+
+    def matmuls() -> None:
+        if plan.capacity is not None:
+            pack.forward(data.train.x)  # the forward that finds the violators
+        for w, h, out in zip(weights, inputs, outs, strict=True):
+            torch.bmm(h, w.transpose(1, 2), out=out)  # forward
+            torch.bmm(out.transpose(1, 2), h)  # d weight
+        for w, out in zip(weights[1:], outs[1:], strict=True):
+            torch.bmm(out, w)  # d input
+
+    return timed(matmuls, seconds) / len(specs)
 
 
 def bench_width(h: float, pack_size: int, data: Dataset, seconds: float) -> None:
@@ -133,14 +161,18 @@ def bench_width(h: float, pack_size: int, data: Dataset, seconds: float) -> None
             scale = late_scales(f0 + shift, [0.005])[0]
             shares = torch.linspace(0.003, 0.01, len(specs)).tolist()
             scales = torch.tensor(late_scales(f0 + shift, shares), dtype=x.dtype)
-        split = type(data.train)(x, y, data.train.index)
+        phased = Dataset(type(data.train)(x, y, data.train.index), data.test)
         t_authors = authors_time(spec, x, y, shift_now, scale, seconds)
-        t_single = single_time(spec, split, shift_now, scale, seconds)
-        row = f"h={h:<4g} {phase:<5}  authors {t_authors * 1e3:8.2f}   jamsweep "
-        row += f"{t_single * 1e3:8.2f} ({t_authors / t_single:4.2f}x)"
+        t_module = single_time(spec, phased, shift_now, scale, seconds)
+        t_one = pack_time(specs[:1], phased, shift_now, scales[:1], seconds)
+        row = f"h={h:<4g} {phase:<5}  authors {t_authors * 1e3:7.3f}"
+        row += f"   module {t_module * 1e3:7.3f} ({t_authors / t_module:4.2f}x)"
+        row += f"   one {t_one * 1e3:7.3f} ({t_authors / t_one:4.2f}x)"
         if pack_size > 1:
-            t_pack = pack_time(specs, data, split, shift_now, scales, seconds)
-            row += f"   pack of {pack_size} {t_pack * 1e3:8.2f} ({t_authors / t_pack:4.2f}x)"
+            t_pack = pack_time(specs, phased, shift_now, scales, seconds)
+            t_bmm = bmm_time(specs, phased, shift_now, scales, seconds)
+            row += f"   pack of {pack_size} {t_pack * 1e3:7.3f} ({t_authors / t_pack:4.2f}x)"
+            row += f"   bmm {t_bmm * 1e3:7.3f} (pack at {t_bmm / t_pack:4.2f} of it)"
         else:
             row += "   (auto does not pack this P * h on a CPU)"
         print(row, flush=True)

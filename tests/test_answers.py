@@ -142,6 +142,11 @@ class FailingJobsAPI(BaseHTTPRequestHandler):
 
 def test_a_jobs_api_that_keeps_failing_is_retried_then_one_clear_message(tmp_path, monkeypatch):
     monkeypatch.setenv("JAMSWEEP_JOBS_RETRY_S", "3")
+    # Ray's client wants a token file before it dials; this one sends one that the fake
+    # API ignores (without it the test passed only after another test had made one)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    protect_token()
     server = ThreadingHTTPServer(("127.0.0.1", 0), FailingJobsAPI)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:

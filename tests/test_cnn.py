@@ -15,7 +15,8 @@ from tests.conftest import SHARED_DATA
 from workers.data import Dataset, Split
 from workers.execute import logits_table
 from workers.models import CNN, FC, build_cnn, count_weights
-from workers.train import build_model, errors, loss_value, measure, train
+from workers.train import build_model, errors, loss_value, measure
+from workers.trainer import train
 
 JPEG_ROOT = SHARED_DATA / "cifar10-jpeg"
 

@@ -129,7 +129,7 @@ def test_a_killed_worker_node_s_runs_resume_elsewhere_and_finish_once(tmp_path):
     assert not os.path.exists(layout.checkpoint(victim.run_id))  # removed once results landed
     # ... and its outputs are those of an uninterrupted run, bit for bit
     from workers.data import load_dataset
-    from workers.train import train
+    from workers.trainer import train
 
     torch.set_num_threads(1)  # as in a Ray worker (OMP_NUM_THREADS=1)
     spec = next(s for s in specs if s.run_id == victim.run_id)

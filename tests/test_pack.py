@@ -12,7 +12,8 @@ from schemas.run import RunSpec
 from workers.data import load_dataset
 from workers.pack import pack_key, packable, train_pack
 from workers.pack_plan import auto_pack_size, plan_tasks
-from workers.train import RunResult, TrainState, measurement_steps, train
+from workers.train import RunResult, TrainState, measurement_steps
+from workers.trainer import train
 
 GRID = """
 sweep: p
@@ -132,17 +133,16 @@ def test_a_stopped_run_is_frozen_while_the_rest_of_its_pack_goes_on(data):
 
 
 def test_a_narrow_runs_padding_stays_exactly_zero_and_leaves_with_the_widest_run(data):
-    from workers.pack import Member, outputs, pack_step, stack_runs
+    from workers.loop import DENSE, Member, Plan
+    from workers.pack import stack_runs
 
     narrow, wide = specs(widths="[2, 6]", seeds=1, extra=MIXED)
     pack = stack_runs([Member(narrow), Member(wide)], [None, None], data)
     assert [p.shape[1:] for p in pack.params] == pack.members[1].shapes  # the wide run's
     assert pack.members[0].shapes[:2] == [(2, 10), (2,)]
     mine = [(0, *(slice(0, n) for n in shape)) for shape in pack.members[0].shapes]
-    dense = True
-    for _ in range(200):
-        f = None if dense else outputs(pack, data.train.x)
-        dense = pack_step(pack, data.train, f) > 0.5
+    for step in range(200):  # both kinds of step
+        pack.step(DENSE if step < 100 else Plan(150))
     for tensors in (pack.params, pack.exp_avg, pack.exp_avg_sq):
         for t, block in zip(tensors, mine, strict=True):
             outside = t[0].detach().clone()

@@ -11,7 +11,8 @@ import torch
 from schemas.grid import load_grid
 from tests.conftest import jamsweep, write_grid
 from workers.data import load_dataset
-from workers.train import measurement_steps, train
+from workers.train import measurement_steps
+from workers.trainer import train
 
 pytestmark = pytest.mark.ray
 

@@ -16,8 +16,8 @@ from workers.train import (
     loss_value,
     measure,
     measurement_steps,
-    train,
 )
+from workers.trainer import train
 
 GRID = """
 sweep: t
@@ -241,11 +241,13 @@ def test_a_snapshot_at_the_final_step_is_not_stored_twice(data):
 
 
 @pytest.mark.usefixtures("one_torch_thread")  # as a worker trains: one CPU per task
-def test_a_run_resumed_in_the_violator_only_phase_equals_an_uninterrupted_one_bit_for_bit():
+# an FC run (a pack of one) and a torch module run (`Solo`: f minus its init)
+@pytest.mark.parametrize("extra", ["", "subtract_init: true"])
+def test_a_run_resumed_in_the_violator_only_phase_equals_an_uninterrupted_one_bit_for_bit(extra):
     """Issue 18 (defect 4): a checkpoint taken once only the violators are back-propagated
     (fewer than half the points violated) resumes in that phase, not in the dense one,
     whose gradient sums in another order (here the net then drifted by |f| ~ 1.8)."""
-    spec = run_spec(width=4, steps=8000, every=250)
+    spec = run_spec(width=4, steps=8000, every=250, extra=extra)
     spec = spec.model_copy(
         update={
             "dataset": spec.dataset.model_copy(update={"train_size": 300}),
@@ -261,6 +263,7 @@ def test_a_run_resumed_in_the_violator_only_phase_equals_an_uninterrupted_one_bi
     # the trace says when fewer than half the points were violated, from its own count
     sparse_from = min(r["step"] for r in whole.trace if r["n_unsat"] < 0.5 * p)
     assert sparse_from < 750 and resumed.metrics["resumed_from"] == 750
+    assert not late[0].dense and late[0].capacity is not None  # a violator step's capacity
     for a, b in zip(whole.outputs, resumed.outputs, strict=True):
         assert torch.equal(a.f, b.f)
     assert resumed.trace == whole.trace

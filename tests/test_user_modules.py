@@ -22,7 +22,8 @@ from schemas.grid import load_grid
 from tests.conftest import ROOT, jamsweep
 from workers.builders import batch_mixing, build_module, with_modules
 from workers.data import load_dataset
-from workers.train import TrainState, loss_value, squeeze_output, train, violator_only
+from workers.train import TrainState, loss_value, squeeze_output, violator_only
+from workers.trainer import train
 
 NETS = """
 import torch

@@ -26,7 +26,8 @@ from schemas.run import RunSpec
 from workers import io
 from workers.data import Dataset, load_dataset
 from workers.pack import train_pack
-from workers.train import DTYPES, RunResult, TrainState, train
+from workers.train import DTYPES, RunResult, TrainState
+from workers.trainer import train
 
 
 def pick_device(spec: RunSpec) -> torch.device:

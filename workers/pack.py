@@ -1,4 +1,4 @@
-"""Train a pack: several runs of one FC arch as one batched model. No files.
+"""A pack: several runs of one FC arch as one batched model, with a hand-written backward.
 
 Small nets waste the machine: a step of a width-8 net is a few dozen tiny kernels. A pack
 stacks the weights of R runs (seeds, and widths of one arch) along a leading run dimension
@@ -9,13 +9,17 @@ run owns stays its own:
   - its init (each run's net is built by `build_model`, exactly as when trained alone),
   - its Adam state and learning rate (moments, step count and lr per run, Adam's math
     vectorised over runs),
-  - its stop: a run that meets the stop rule leaves the batch (the batch is compacted), so
-    its weights and Adam moments never change again; Adam would otherwise keep moving a net
-    whose gradient is zero,
+  - its stop: a run that meets the stop rule leaves the batch (the batch is compacted at
+    that boundary), so its weights and Adam moments never change again,
   - its checkpoint, trace, snapshots and result, in the formats of `workers.train`, so a
     run's checkpoint resumes in a pack or alone.
-Steps are full-batch and violator-only as in `workers.train`: each run's violators are
-gathered into a (R, V_max, d) batch, padded rows masked out of the loss.
+The loop, the stop rule and the kind of step are `workers.loop`'s, as for a run alone.
+
+Why by hand: on a CPU the step of a small pack is per-op overhead, not arithmetic. The
+params, their gradients and Adam's moments each live in one flat buffer (the per-layer
+tensors are views into it), so Adam is a dozen elementwise ops for every tensor of every
+run, and the FC stack's backward is written out: per layer two bmm and one sum, written
+into the gradient buffer, with no autograd graph (tests check it against autograd).
 
 Packs are for FC nets trained full batch (`packable`); CNNs and mini-batch runs train alone.
 """
@@ -23,30 +27,23 @@ Packs are for FC nets trained full batch (`packable`); CNNs and mini-batch runs 
 from __future__ import annotations
 
 import copy
-import time
+import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
 from schemas.grid import FCArch
 from schemas.run import RunSpec
-from workers.data import Dataset, Split
+from workers.data import Dataset
+from workers.loop import Callbacks, Member, Plan, member, resumed_plan, run_loop, take_violators
 from workers.models import FC
 from workers.train import (
-    DENSE_FRACTION,
-    CheckpointClock,
     RunResult,
     TrainState,
     build_model,
-    check_finite,
     errors,
-    finish,
     make_optimizer,
     measure_outputs,
-    measurement_steps,
-    snapshot,
 )
 
 BETA1, BETA2 = 0.9, 0.999  # torch.optim.Adam's defaults, which make_optimizer uses
@@ -57,7 +54,13 @@ def packable(spec: RunSpec) -> bool:
     `train_pack` handles (the paper's FC setup)."""
     t = spec.training
     full_batch = t.batch_size is None or t.batch_size >= spec.dataset.train_size
-    return spec.arch.kind == "fc" and spec.n_outputs == 1 and full_batch and not t.subtract_init
+    return (
+        spec.arch.kind == "fc"
+        and spec.n_outputs == 1
+        and full_batch
+        and not t.subtract_init
+        and t.loss != "cross_entropy"
+    )
 
 
 def pack_key(spec: RunSpec) -> str:
@@ -65,65 +68,168 @@ def pack_key(spec: RunSpec) -> str:
     return spec.model_dump_json(exclude={"seed", "width"})
 
 
-@dataclass
-class Member:
-    """One run of the pack and the bookkeeping that is its own."""
+class Flat:
+    """Tensors of shapes (R, ...) as views of one contiguous buffer, one after the other."""
 
-    spec: RunSpec
-    shapes: list[torch.Size] = field(default_factory=list)  # its own params' shapes
-    step: int = 0
-    trace: list[dict[str, float]] = field(default_factory=list)
-    snapshots: list[dict[str, Any]] = field(default_factory=list)
-    rng: torch.Tensor | None = None
-    wall_before: float = 0.0
-    resumed_from: int = 0
-    last: dict[str, float] | None = None
+    def __init__(self, tensors: list[torch.Tensor]) -> None:
+        sizes = [t.numel() for t in tensors]
+        self.buffer = torch.cat([t.reshape(-1) for t in tensors])
+        self.views = [
+            part.view(t.shape) for part, t in zip(self.buffer.split(sizes), tensors, strict=True)
+        ]
 
 
 class Pack:
     """The stacked state of the runs still training: params [W0, b0, W1, b1, ...] with
     W_l (R, out, in) and b_l (R, out) in the widest run's shapes (narrower runs
-    zero-padded), Adam moments of the same shapes, steps t (R,) and learning rates (R,)."""
+    zero-padded), their gradients and Adam moments of the same shapes, Adam's steps t (R,)
+    and learning rates (R,); `train` the full-batch training set."""
 
-    def __init__(self, members: list[Member], params: list[torch.Tensor], adam: dict) -> None:
+    def __init__(
+        self, members: list[Member], params: list[torch.Tensor], adam: dict, data: Dataset
+    ) -> None:
         self.members = members
-        self.params = [p.detach().requires_grad_(True) for p in params]
-        self.exp_avg: list[torch.Tensor] = adam["exp_avg"]
-        self.exp_avg_sq: list[torch.Tensor] = adam["exp_avg_sq"]
-        self.adam_steps: torch.Tensor = adam["step"]  # (R,) float64, Adam's t per run
+        self.data = data
+        self.y = data.train.y.to(data.train.x.dtype)  # labels +-1 in the params' dtype
+        self._load(params, adam["exp_avg"], adam["exp_avg_sq"])
+        device = params[0].device
+        self.adam_steps: torch.Tensor = adam["step"].to(device)  # (R,) float64
         self.lr = torch.tensor(
-            [m.spec.training.learning_rate(m.spec.width) for m in members], dtype=torch.float64
+            [m.spec.training.learning_rate(m.spec.width) for m in members],
+            dtype=torch.float64,
+            device=device,
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """f of every run (R, n): x (n, d) shared by the runs, or (R, n, d) per run."""
+    def _load(self, params: list[torch.Tensor], exp_avg: list, exp_avg_sq: list) -> None:
+        self.flat, self.grad_flat = Flat(params), Flat([torch.zeros_like(p) for p in params])
+        self.m_flat, self.v_flat = Flat(exp_avg), Flat(exp_avg_sq)
+        self.params, self.grads = self.flat.views, self.grad_flat.views
+        self.exp_avg, self.exp_avg_sq = self.m_flat.views, self.v_flat.views
+        # the run of every element of the flat buffers (T,): per-run values to elements
+        r = len(self.members)
+        self.run_of = torch.cat(
+            [torch.arange(r, device=p.device).repeat_interleave(p[0].numel()) for p in params]
+        )
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """f of every run (R, n) and each layer's input (what the backward needs): x (n, d)
+        shared by the runs, or (R, n, d) per run."""
         h = x.expand(len(self.members), *x.shape) if x.ndim == 2 else x
+        inputs = []
         n_layers = len(self.params) // 2
         for i in range(n_layers):
+            inputs.append(h)
             weight, bias = self.params[2 * i], self.params[2 * i + 1]
             h = torch.baddbmm(bias[:, None, :], h, weight.transpose(1, 2))  # (R, n, out)
             if i + 1 < n_layers:
-                h = torch.relu(h)
-        return h[..., 0]  # one output
+                h = h.relu_()
+        return h[..., 0], inputs  # one output
+
+    def backward(self, grad_f: torch.Tensor, inputs: list[torch.Tensor]) -> None:
+        """Gradients of a loss with d loss / d f = grad_f (R, n) into `grads`, by hand:
+        layer l's weight gets g^T h_l, its bias sum_n g, and g flows on as g W_l, zero
+        where the ReLU was (h_l = relu(...) <= 0)."""
+        g = grad_f[:, :, None]  # (R, n, 1): d loss / d of the last layer's output
+        for i in reversed(range(len(inputs))):
+            torch.bmm(g.transpose(1, 2), inputs[i], out=self.grads[2 * i])  # (R, out, in)
+            torch.sum(g, 1, out=self.grads[2 * i + 1])  # (R, out)
+            if i:
+                g = torch.bmm(g, self.params[2 * i])  # (R, n, in)
+                g = torch.ops.aten.threshold_backward(g, inputs[i], 0)
+
+    def step(self, plan: Plan) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One full-batch hinge step of every run (see `workers.loop`)."""
+        counts, overflow = self.gradients(plan)
+        self.update()
+        return counts, overflow
+
+    def gradients(self, plan: Plan) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Every run's gradient into `grads`: the loss of a run is (1/P) sum of its hinge
+        terms, so its gradient is the run's own. Returns the violator counts (R,) at
+        these weights and a violator step's overflow ()."""
+        t = self.members[0].spec.training
+        x, y, n = self.data.train.x, self.y, len(self.data.train)
+        if plan.capacity is None:
+            f, inputs = self.forward(x)
+            delta = t.margin - y * f  # (R, P)
+            counts, overflow = (delta > 0).sum(1), None
+            grad_f = _hinge_grad(t.loss, delta, y) / n
+        else:
+            violated = t.margin - y * self.forward(x)[0] > 0  # (R, P)
+            order, real, counts = take_violators(violated, plan.capacity)
+            overflow = counts.max() > plan.capacity
+            y_v = y[order]  # (R, C)
+            f, inputs = self.forward(x[order])
+            grad_f = _hinge_grad(t.loss, t.margin - y_v * f, y_v) * real / n
+        self.backward(grad_f, inputs)
+        return counts, overflow
+
+    def update(self) -> None:
+        """One optimizer step of every run on the flat buffers: torch.optim.Adam's math
+        (single-tensor form) with each run's own step count and learning rate, or SGD."""
+        t = self.members[0].spec.training
+        p, g = self.flat.buffer, self.grad_flat.buffer
+        if t.optimizer == "sgd":
+            p.sub_(g * self.lr[self.run_of].to(p))
+            return
+        self.adam_steps += 1
+        step_size = (self.lr / (1 - BETA1**self.adam_steps))[self.run_of].to(p)  # (T,)
+        bias2_sqrt = (1 - BETA2**self.adam_steps).sqrt()[self.run_of].to(p)
+        m, v = self.m_flat.buffer, self.v_flat.buffer
+        m.lerp_(g, 1 - BETA1)
+        v.mul_(BETA2).addcmul_(g, g, value=1 - BETA2)
+        denom = (v.sqrt() / bias2_sqrt).add_(t.adam_eps)
+        p.sub_(step_size * (m / denom))
+
+    def measure(self, data: Dataset) -> list[dict[str, float]]:
+        f, f_test = outputs(self, data.train.x), outputs(self, data.test.x)
+        return [
+            {
+                **measure_outputs(f[row], data.train.y, m.spec),
+                "test_error": errors(f_test[row], data.test.y).mean().item(),
+            }
+            for row, m in enumerate(self.members)
+        ]
+
+    def model(self, row: int) -> FC:
+        return run_model(self, row, self.data.train.x.shape[1])
+
+    def state(self, row: int, wall_s: float, plan: Plan) -> TrainState:
+        return run_state(self, row, self.data.train.x.shape[1], wall_s, plan)
+
+    def save_point(self) -> list[torch.Tensor]:
+        return [b.buffer.clone() for b in (self.flat, self.m_flat, self.v_flat)] + [
+            self.adam_steps.clone()
+        ]
+
+    def roll_back(self, point: list[torch.Tensor]) -> None:
+        for b, saved in zip((self.flat, self.m_flat, self.v_flat), point, strict=False):
+            b.buffer.copy_(saved)
+        self.adam_steps.copy_(point[3])
 
     def keep(self, rows: list[int]) -> None:
         """Compact the batch to the runs at `rows` (the others have stopped), in the shapes
         of the widest run left (what is cut off is padding: zeros)."""
         self.members = [self.members[i] for i in rows]
         if not self.members:
-            self.params, self.exp_avg, self.exp_avg_sq = [], [], []
             return
         index = torch.tensor(rows, dtype=torch.long, device=self.params[0].device)
         cuts = [(slice(None), *_block(shape)) for shape in _widest(self.members)]
 
         def kept(stacked: list[torch.Tensor]) -> list[torch.Tensor]:
-            return [t[index][cut].contiguous() for t, cut in zip(stacked, cuts, strict=True)]
+            return [t[index][cut] for t, cut in zip(stacked, cuts, strict=True)]
 
-        self.params = [p.requires_grad_(True) for p in kept([p.detach() for p in self.params])]
-        self.exp_avg = kept(self.exp_avg)
-        self.exp_avg_sq = kept(self.exp_avg_sq)
-        self.adam_steps = self.adam_steps[index.cpu()]
-        self.lr = self.lr[index.cpu()]
+        self._load(kept(self.params), kept(self.exp_avg), kept(self.exp_avg_sq))
+        self.adam_steps = self.adam_steps[index]
+        self.lr = self.lr[index]
+
+
+def _hinge_grad(loss: str, delta: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """d/df of the per-sample hinge terms (`workers.train.hinge_terms`), delta = margin - y f:
+    -y where delta > 0 (hinge), -y relu(delta) (square hinge)."""
+    if loss == "hinge":
+        return torch.where(delta > 0, -y, 0.0)
+    return -y * torch.relu(delta)
 
 
 def _block(shape: torch.Size) -> tuple[slice, ...]:
@@ -144,14 +250,14 @@ def stack_runs(members: list[Member], resumes: list[TrainState | None], data: Da
     checkpoint, loaded through a real model and optimizer so the formats stay torch's)."""
     device, dtype = data.train.x.device, data.train.x.dtype
     params, exp_avg, exp_avg_sq, steps = [], [], [], []
-    for member, resume in zip(members, resumes, strict=True):
-        model = build_model(member.spec, data.train.x.shape[1]).to(device=device, dtype=dtype)
-        optimizer = make_optimizer(member.spec, model)
+    for m, resume in zip(members, resumes, strict=True):
+        model = build_model(m.spec, data.train.x.shape[1]).to(device=device, dtype=dtype)
+        optimizer = make_optimizer(m.spec, model)
         if resume is not None:
             model.load_state_dict(resume.model)
             optimizer.load_state_dict(resume.optimizer)
         run_params = list(model.parameters())
-        member.shapes = [p.shape for p in run_params]
+        m.shapes = [p.shape for p in run_params]
         params.append([p.detach() for p in run_params])
         state = [optimizer.state.get(p, {}) for p in run_params]  # {} before a first step
         exp_avg.append(
@@ -182,7 +288,7 @@ def stack_runs(members: list[Member], resumes: list[TrainState | None], data: Da
         "exp_avg_sq": stacked(exp_avg_sq),
         "step": torch.tensor(steps, dtype=torch.float64),
     }
-    return Pack(members, stacked(params), adam)
+    return Pack(members, stacked(params), adam, data)
 
 
 def run_model(pack: Pack, row: int, d_in: int) -> FC:
@@ -197,107 +303,37 @@ def run_model(pack: Pack, row: int, d_in: int) -> FC:
     return model
 
 
-def run_state(pack: Pack, row: int, d_in: int, wall_s: float, dense: bool) -> TrainState:
-    """The checkpoint of the run at `row`, exactly as `workers.train.train` saves one
-    (`dense`: the pack's next kind of step)."""
-    member = pack.members[row]
+def run_state(pack: Pack, row: int, d_in: int, wall_s: float, plan: Plan) -> TrainState:
+    """The checkpoint of the run at `row`, exactly as a run alone saves one (`plan`: the
+    next interval's kind of step)."""
+    m = pack.members[row]
     model = run_model(pack, row, d_in)
-    optimizer = make_optimizer(member.spec, model)
-    if member.spec.training.optimizer == "adam" and pack.adam_steps[row] > 0:
+    optimizer = make_optimizer(m.spec, model)
+    t_row = float(pack.adam_steps[row])
+    if m.spec.training.optimizer == "adam" and t_row > 0:
         for i, p in enumerate(model.parameters()):
             optimizer.state[p] = {
                 # fused Adam keeps its step as a float32 tensor on the param's device
-                "step": torch.tensor(
-                    float(pack.adam_steps[row]), dtype=torch.float32, device=p.device
-                ),
+                "step": torch.tensor(t_row, dtype=torch.float32, device=p.device),
                 "exp_avg": pack.exp_avg[i][row][_block(p.shape)].clone(),
                 "exp_avg_sq": pack.exp_avg_sq[i][row][_block(p.shape)].clone(),
             }
     return TrainState(
-        member.step,
+        m.step,
         {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         copy.deepcopy(optimizer.state_dict()),
-        member.rng if member.rng is not None else torch.Generator().get_state(),
-        [dict(t) for t in member.trace],
-        list(member.snapshots),
+        m.rng if m.rng is not None else torch.Generator().get_state(),
+        [dict(t) for t in m.trace],
+        list(m.snapshots),
         wall_s,
-        dense,
+        plan.dense,
+        plan.capacity,
     )
 
 
-def pack_step_loss(pack: Pack, data: Split, f: torch.Tensor | None) -> tuple[torch.Tensor, float]:
-    """The summed loss of every run (their params are disjoint, so its gradient is each
-    run's own) and the largest fraction of violators of a run.
-
-    f (R, P) of the current weights, computed without a graph: back-propagate through each
-    run's violators only, gathered into (R, V_max, d) and padded (padding masked out of the
-    loss). f None: one forward with a graph over all P points (early in training)."""
-    spec = pack.members[0].spec
-    t, n = spec.training, len(data)
-    if f is None:
-        f = pack.forward(data.x)
-        violated = _violated(f.detach(), data.y, t.margin)
-        return _hinge(t.loss, f, data.y, t.margin).sum() / n, _max_fraction(violated)
-    violated = _violated(f, data.y, t.margin)  # (R, P)
-    counts = violated.sum(1)
-    width = int(counts.max())
-    # violators first in each row (a stable sort keeps their order), then padding
-    order = torch.argsort((~violated).to(torch.int8), dim=1, stable=True)[:, :width]
-    real = torch.arange(width, device=f.device)[None, :] < counts[:, None]  # (R, V)
-    fv = pack.forward(data.x[order])  # (R, V)
-    terms = _hinge(t.loss, fv, data.y[order], t.margin) * real
-    return terms.sum() / n, width / n
-
-
-def _violated(f: torch.Tensor, y: torch.Tensor, margin: float) -> torch.Tensor:
-    """(R, P) bool: Delta > 0, as `workers.train.violators`."""
-    return margin - y * f > 0
-
-
-def _hinge(name: str, f: torch.Tensor, y: torch.Tensor, margin: float) -> torch.Tensor:
-    """Per-sample hinge terms (R, n), as `workers.train.hinge_sum` sums them."""
-    delta = margin - y * f
-    return torch.relu(delta) if name == "hinge" else 0.5 * torch.relu(delta) ** 2
-
-
-def _max_fraction(violated: torch.Tensor) -> float:
-    return violated.sum(1).max().item() / violated.shape[1]
-
-
-def optimizer_step(pack: Pack) -> None:
-    """One step of every run's optimizer, vectorised over runs: torch.optim.Adam's math
-    (single-tensor form) with each run's own step count and learning rate, or plain SGD."""
-    t = pack.members[0].spec.training
-    with torch.no_grad():
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in pack.params]
-        if t.optimizer == "sgd":
-            for p, g in zip(pack.params, grads, strict=True):
-                p.sub_(g * _per_run(pack.lr, p))
-            return
-        pack.adam_steps += 1
-        step_size = pack.lr / (1 - BETA1**pack.adam_steps)  # (R,) float64
-        bias2_sqrt = (1 - BETA2**pack.adam_steps).sqrt()
-        for p, g, m, v in zip(pack.params, grads, pack.exp_avg, pack.exp_avg_sq, strict=True):
-            m.lerp_(g, 1 - BETA1)
-            v.mul_(BETA2).addcmul_(g, g, value=1 - BETA2)
-            denom = (v.sqrt() / _per_run(bias2_sqrt, p)).add_(t.adam_eps)
-            p.sub_(_per_run(step_size, p) * (m / denom))
-
-
-def _per_run(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """values (R,) as `like`'s dtype and device, shaped to broadcast over its run rows."""
-    return values.to(like).view((-1,) + (1,) * (like.ndim - 1))
-
-
-def pack_step(pack: Pack, data: Split, f: torch.Tensor | None) -> float:
-    """One optimizer step of every run of the pack (f: as in pack_step_loss); returns the
-    largest fraction of violators, which decides whether the next step goes dense."""
-    loss, fraction = pack_step_loss(pack, data, f)
-    for p in pack.params:
-        p.grad = None
-    loss.backward()
-    optimizer_step(pack)
-    return fraction
+def outputs(pack: Pack, x: torch.Tensor) -> torch.Tensor:
+    """f (R, n) of every run (no autograd graph: the pack's params do not record one)."""
+    return pack.forward(x)[0]
 
 
 def train_pack(
@@ -312,81 +348,19 @@ def train_pack(
 ) -> None:
     """Train `specs` (one pack_key, packable) together to each run's stop rule. Each run
     is handed to `done` as it stops (or to `failed` if it diverges) and to `save` as its
-    checkpoints fall due: the same results and states as `workers.train.train`, run by run.
-    """
-    started = time.monotonic()
+    checkpoints fall due: the same results and states as a run alone, run by run."""
     first = specs[0]
     assert all(packable(s) and pack_key(s) == pack_key(first) for s in specs), "not one pack"
     resumes = resumes if resumes is not None else [None] * len(specs)
-    members = [_member(s, r) for s, r in zip(specs, resumes, strict=True)]
+    members = [member(s, r) for s, r in zip(specs, resumes, strict=True)]
     pack = stack_runs(members, resumes, data)
-    t, d_in = first.training, data.train.x.shape[1]
-    checks = measurement_steps(t.max_steps)
-    snapshot_at = set(t.snapshot_steps)
-    clock = CheckpointClock(first.checkpoint.every_steps, first.checkpoint.every_s)
-    # One kind of step for the whole pack: dense unless every run resumes past it.
-    dense = any(r is None or r.dense for r in resumes)
-    while pack.members:
-        f = None if dense else outputs(pack, data.train.x)
-        f_test = None  # the test set's outputs, when a run measures
-        stopped: list[int] = []
-        for row, m in enumerate(pack.members):
-            if m.step in snapshot_at and not any(s["step"] == m.step for s in m.snapshots):
-                m.snapshots.extend(snapshot(run_model(pack, row, d_in), data, m.step))
-            if m.step not in checks:
-                continue
-            f = outputs(pack, data.train.x) if f is None else f
-            m.last = {"step": m.step, **measure_outputs(f[row], data.train.y, m.spec)}
-            f_test = outputs(pack, data.test.x) if f_test is None else f_test
-            m.last["test_error"] = errors(f_test[row], data.test.y).mean().item()
-            if not m.trace or m.trace[-1]["step"] != m.step:
-                m.trace.append(m.last)
-            try:
-                check_finite(m.last, m.step)
-            except FloatingPointError as exc:
-                stopped.append(row)
-                if failed is not None:
-                    failed(m.spec, exc)
-                continue
-            if m.last["n_unsat"] == 0 or m.step >= t.max_steps:
-                stopped.append(row)
-                if done is not None:
-                    wall = m.wall_before + time.monotonic() - started
-                    model = run_model(pack, row, d_in)
-                    args = (m.step, m.last, m.snapshots, m.trace, wall, str(device))
-                    done(m.spec, finish(m.spec, model, data, *args, m.resumed_from))
-        if stopped:
-            rows = [r for r in range(len(pack.members)) if r not in stopped]
-            if f is not None:
-                f = f[rows]
-            pack.keep(rows)
-            if not pack.members:
-                break
-        dense = pack_step(pack, data.train, None if dense else f) > DENSE_FRACTION
-        for m in pack.members:
-            m.step += 1
-        if save is not None and clock.due(pack.members[0].step):
-            for row, m in enumerate(pack.members):
-                wall = m.wall_before + time.monotonic() - started
-                save(m.spec, run_state(pack, row, d_in, wall, dense))
-            clock.saved()
+    plan = resumed_plan(resumes, len(data.train))
+    run_loop(pack, data, plan, str(device), Callbacks(save, done, failed))
 
 
-def outputs(pack: Pack, x: torch.Tensor) -> torch.Tensor:
-    """f (R, n) of every run, without a graph."""
-    with torch.no_grad():
-        return pack.forward(x)
-
-
-def _member(spec: RunSpec, resume: TrainState | None) -> Member:
-    if resume is None:
-        return Member(spec, rng=torch.Generator().manual_seed(spec.seed).get_state())
-    return Member(
-        spec,
-        step=resume.step,
-        trace=list(resume.trace),
-        snapshots=list(resume.snapshots),
-        rng=resume.rng,
-        wall_before=resume.wall_s,
-        resumed_from=resume.step,
-    )
+def flops_per_run_step(spec: RunSpec, rows: float, d_in: int) -> float:
+    """Multiply-adds x 2 of a forward and backward through `rows` points of the run's net
+    (3 matmuls per layer), the arithmetic a step cannot avoid."""
+    assert isinstance(spec.arch, FCArch)
+    widths = [d_in, *spec.arch.layer_widths(spec.width), 1]
+    return 2 * 3 * rows * math.fsum(a * b for a, b in zip(widths, widths[1:], strict=False))

@@ -1,16 +1,17 @@
-"""Train one run: a RunSpec and tensors in, outputs and metrics out. No files, no globals.
+"""What a training run is: its state, loss, measurements, net and result. No files, no globals.
 
-The loop follows DESIGN.md section 1: full-batch Adam (or SGD) on the hinge loss, stop as
-soon as every constraint Delta_mu = margin - y_mu f(x_mu) is satisfied (Delta <= delta_tol),
-checked at log-spaced measurement steps and every 1000 steps, or at max_steps.
-Checkpointing is a callback, so the caller decides where (and whether) state is stored.
+DESIGN.md section 1: full-batch Adam (or SGD) on the hinge loss, stop as soon as every
+constraint Delta_mu = margin - y_mu f(x_mu) is satisfied (Delta <= delta_tol), checked at
+log-spaced measurement steps and every 1000 steps, or at max_steps. The loop that does it,
+for one run or a pack, is `workers.loop`; `workers.trainer.train` trains one run, and
+`workers.pack.train_pack` several FC nets at once. Checkpointing is a callback, so the
+caller decides where (and whether) state is stored.
 
 Violator-only steps: a hinge loss has no gradient on a point with Delta <= 0, so a
-full-batch hinge step finds the violators (Delta > 0) with a forward pass without a graph
-and back-propagates through those only, still dividing by P. Late in training a few dozen
-of 10,000 points remain and most of the step's work disappears. While most points are
-violated (early on) the extra forward would cost more than it saves, so the step then
-back-propagates through the whole batch as before; both give the same gradient.
+full-batch hinge step may find the violators (Delta > 0) with a forward pass without a
+graph and back-propagate through those only, still dividing by P (`violator_only` says
+when that is exact). Late in training a few dozen of 10,000 points remain and most of the
+step's work disappears.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,10 +45,12 @@ class TrainState:
     trace: list[dict[str, float]]
     snapshots: list[dict[str, Any]]
     wall_s: float
-    # The next step's kind: dense (all P points) or violators only. The two sum the
-    # gradient in another order, so a resume must take the step it would have taken
-    # (checkpoints written before this field resume dense, as they always did).
+    # The next interval's kind of step: dense (all P points) or violators only. The two
+    # sum the gradient in another order, so a resume must take the steps it would have
+    # taken (checkpoints written before this field resume dense, as they always did).
     dense: bool = True
+    # A violator step's rows per run (workers.loop.Plan), when `dense` is False.
+    capacity: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -109,11 +111,12 @@ def loss_value(name: str, f: torch.Tensor, y: torch.Tensor, margin: float) -> to
     return per_sample.flatten(1).sum(1).mean() if f.ndim > 1 else per_sample.mean()
 
 
-def hinge_sum(name: str, f: torch.Tensor, y: torch.Tensor, margin: float) -> torch.Tensor:
-    """sum_mu of a hinge loss's per-sample terms (no division by the number of samples)."""
+def hinge_terms(name: str, f: torch.Tensor, y: torch.Tensor, margin: float) -> torch.Tensor:
+    """A hinge loss's term of each sample (n,), summed over the wrong classes for C outputs
+    (the loss is their mean)."""
     delta = deltas(f, y, margin)
     per_sample = torch.relu(delta) if name == "hinge" else 0.5 * torch.relu(delta) ** 2
-    return per_sample.sum()
+    return per_sample.sum(1) if per_sample.ndim > 1 else per_sample
 
 
 def violators(f: torch.Tensor, y: torch.Tensor, margin: float) -> torch.Tensor:
@@ -124,12 +127,6 @@ def violators(f: torch.Tensor, y: torch.Tensor, margin: float) -> torch.Tensor:
     return delta > 0 if delta.ndim == 1 else (delta > 0).any(1)
 
 
-# Above this fraction of violators, one forward/backward over all P points is cheaper than
-# a forward without a graph plus a forward/backward over the violators (1 + 3v < 3 at most,
-# less the cost of gathering them): bench/bench_throughput.py.
-DENSE_FRACTION = 0.5
-
-
 def violator_only(spec: RunSpec, n_train: int) -> bool:
     """Whether a step may back-propagate through the violators only: hinge losses, full
     batch, and a net whose output for a sample does not depend on the rest of the batch (a
@@ -138,30 +135,6 @@ def violator_only(spec: RunSpec, n_train: int) -> bool:
     full_batch = t.batch_size is None or t.batch_size >= n_train
     mixing = spec.arch.kind == "module" and spec.module_facts.batch_mixing is not None
     return t.loss != "cross_entropy" and full_batch and not mixing
-
-
-def hinge_step_loss(
-    model: nn.Module, data: Split, spec: RunSpec, dense: bool
-) -> tuple[torch.Tensor, float]:
-    """The loss to back-propagate for one full-batch hinge step, and the fraction of the P
-    points that are violators (it decides `dense` for the next step).
-
-    dense: a forward with a graph over all P points (today's full-batch step). Otherwise a
-    forward without a graph finds the violators and only those go through with a graph;
-    the loss is still divided by P, so the gradient is the full-batch gradient. With no
-    violator the loss is an empty sum whose gradient is zero, as in the full batch (Adam
-    still steps: its moments decay as they would)."""
-    t = spec.training
-    n = len(data)
-    if dense:
-        f = squeeze_output(model, data.x)
-        violated = violators(f.detach(), data.y, t.margin)
-        return hinge_sum(t.loss, f, data.y, t.margin) / n, violated.double().mean().item()
-    with torch.no_grad():
-        violated = violators(squeeze_output(model, data.x), data.y, t.margin)
-    pick = violated.nonzero()[:, 0]  # (V,)
-    f = squeeze_output(model, data.x[pick])
-    return hinge_sum(t.loss, f, data.y[pick], t.margin) / n, len(pick) / n
 
 
 def errors(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -281,86 +254,6 @@ class CheckpointClock:
         self.last = time.monotonic()
 
 
-def train(
-    spec: RunSpec,
-    data: Dataset,
-    *,
-    device: torch.device | str = "cpu",
-    resume: TrainState | None = None,
-    save: Callable[[TrainState], None] | None = None,
-) -> RunResult:
-    """Train `spec` on `data` (already on `device`, in the run's dtype) to the stop rule."""
-    started = time.monotonic()
-    dtype = DTYPES[spec.training.dtype]
-    model = build_model(spec, data.train.x.shape[1]).to(device=device, dtype=dtype)
-    optimizer = make_optimizer(spec, model)
-    batches = torch.Generator().manual_seed(spec.seed)
-    step, trace, snapshots, wall_before = 0, [], [], 0.0
-    dense = True  # at init nearly every point is violated
-    if resume is not None:
-        model.load_state_dict(resume.model)
-        optimizer.load_state_dict(resume.optimizer)
-        batches.set_state(resume.rng)
-        step, trace, snapshots, wall_before = (
-            resume.step,
-            list(resume.trace),
-            list(resume.snapshots),
-            resume.wall_s,
-        )
-        dense = resume.dense
-
-    t = spec.training
-    checks = measurement_steps(t.max_steps)
-    snapshot_at = set(t.snapshot_steps)
-    clock = CheckpointClock(spec.checkpoint.every_steps, spec.checkpoint.every_s)
-    train_set = data.train
-    last: dict[str, float] | None = None
-    sparse = violator_only(spec, len(train_set))
-
-    while True:
-        if step in snapshot_at and not any(s["step"] == step for s in snapshots):
-            snapshots.extend(snapshot(model, data, step))
-        if step in checks:
-            last = {"step": step, **measure(model, train_set, spec)}
-            last["test_error"] = test_error(model, data.test)
-            check_finite(last, step)
-            if not trace or trace[-1]["step"] != step:
-                trace.append(last)
-            if last["n_unsat"] == 0 or step >= t.max_steps:
-                break
-        if sparse:
-            loss, fraction = hinge_step_loss(model, train_set, spec, dense)
-            dense = fraction > DENSE_FRACTION
-        else:
-            x, y = _batch(train_set, t.batch_size, batches)
-            loss = loss_value(t.loss, squeeze_output(model, x), y, t.margin)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        step += 1
-        if save is not None and clock.due(step):
-            wall = wall_before + time.monotonic() - started
-            # Copies: the callback may keep the state while training goes on.
-            save(
-                TrainState(
-                    step,
-                    _cpu(model.state_dict()),
-                    copy.deepcopy(optimizer.state_dict()),
-                    batches.get_state(),
-                    [dict(t) for t in trace],
-                    list(snapshots),
-                    wall,
-                    dense,
-                )
-            )
-            clock.saved()
-
-    assert last is not None
-    wall = wall_before + time.monotonic() - started
-    resumed_from = resume.step if resume is not None else 0
-    return finish(spec, model, data, step, last, snapshots, trace, wall, str(device), resumed_from)
-
-
 def check_finite(last: dict[str, float], step: int) -> None:
     if not math.isfinite(last["loss"]):
         raise FloatingPointError(
@@ -417,7 +310,7 @@ def finish(
     )
 
 
-def _batch(
+def minibatch(
     data: Split, batch_size: int | None, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if batch_size is None or batch_size >= len(data):
