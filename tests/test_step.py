@@ -152,3 +152,29 @@ def test_a_pack_of_one_is_the_run_alone_and_a_run_in_a_pack(data):
         assert alone.metrics["steps"] == results[spec.run_id].metrics["steps"]
         for a, b in zip(alone.outputs, results[spec.run_id].outputs, strict=True):
             torch.testing.assert_close(a.f, b.f, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("capacity", ["twice the count", "room for one"])
+def test_checkpoints_do_not_change_the_steps_a_run_takes(data, monkeypatch, capacity):
+    """Checkpoints end an interval early (every 7 steps here, across the measurement
+    steps); the run must take the same steps as one that never saves, bit for bit, also
+    when its violator steps overflow and are taken again one at a time."""
+    if capacity == "room for one":
+        monkeypatch.setattr(loop, "plan_after", tiny_capacity)
+    spec = specs(widths="[3]", seeds=1, steps=700)[0]
+    often = spec.model_copy(
+        update={"checkpoint": spec.checkpoint.model_copy(update={"every_steps": 7})}
+    )
+    for engine_spec in (
+        often,
+        often.model_copy(
+            update={"training": often.training.model_copy(update={"subtract_init": True})}
+        ),
+    ):
+        never = train(engine_spec, data)
+        saved = []
+        split = train(engine_spec, data, save=saved.append)
+        assert len(saved) == 100
+        assert any(not s.dense for s in saved)  # violator intervals were split
+        for a, b in zip(split.outputs, never.outputs, strict=True):
+            assert torch.equal(a.f, b.f)

@@ -5,19 +5,20 @@ torch module and optimizer for one run, `workers.pack`'s stacked FC nets for R r
 which knows how to take a step and hand out each run's net and state. The loop owns:
   - the stop rule (DESIGN.md section 1): a run is measured at `measurement_steps` and
     stops at the first with no unsatisfied constraint, or at max_steps;
-  - the kind of step, decided at boundaries only. Between two boundaries every step has
-    static shapes and never waits for the device (no `.item()`, no `nonzero()`): a dense
-    step back-propagates through all P points; a violator step through `capacity` rows per
-    run, its violators first (found by a forward without a graph) and padding after,
-    masked out of the loss. A run's violators can outgrow the capacity within an
-    interval; the step then records an overflow on the device, and at the boundary the
-    loop rolls the interval back and takes its steps dense (the gradient of a clipped
-    batch would be wrong; a dense one is the same gradient summed in another order);
-  - boundaries: measurement steps, snapshot steps and checkpoints. A checkpoint is taken
-    at a boundary and holds the next interval's kind, so a resumed run takes the steps
-    the uninterrupted one took, bit for bit.
+  - the kind of step, decided at marks (measurement and snapshot steps) only. Between two
+    boundaries every step has static shapes and never waits for the device (no `.item()`,
+    no `nonzero()`): a dense step back-propagates through all P points; a violator step
+    through `capacity` rows per run, its violators first (found by a forward without a
+    graph) and padding after, masked out of the loss. A run's violators can outgrow the
+    capacity within an interval; the step then records an overflow on the device, and at
+    the boundary the loop rolls the interval back and takes it again a step at a time,
+    an overflowing step dense (the gradient of a clipped batch would be wrong; a dense
+    one is the same gradient summed in another order);
+  - boundaries: marks and checkpoints. A checkpoint is taken at a boundary and holds the
+    kind of step in force, which a checkpoint does not change: a resumed run takes the
+    steps the uninterrupted one took, bit for bit, wherever its checkpoints fell.
 One host sync per boundary reads the overflow flag and the violator count that sets the
-next capacity; a measurement adds one more for its numbers.
+next capacity; a measurement reads its numbers too.
 """
 
 from __future__ import annotations
@@ -179,9 +180,11 @@ def run_loop(engine: Engine, data: Dataset, plan: Plan, device: str, calls: Call
         if not engine.members:
             return
         steps = min(marks[bisect.bisect_right(marks, m.step)] - m.step for m in engine.members)
-        taken, plan = _interval(engine, plan, steps, clock if calls.save else None, n)
+        taken, most = _interval(engine, plan, steps, clock if calls.save else None)
         for m in engine.members:
             m.step += taken
+        if taken == steps and most is not None:  # at a mark: the next kind of step
+            plan = plan_after(most, n)
         if calls.save is not None and clock.due(engine.members[0].step):
             for row, m in enumerate(engine.members):
                 wall = m.wall_before + time.monotonic() - started
@@ -190,32 +193,46 @@ def run_loop(engine: Engine, data: Dataset, plan: Plan, device: str, calls: Call
 
 
 def _interval(
-    engine: Engine, plan: Plan, steps: int, clock: CheckpointClock | None, n: int
-) -> tuple[int, Plan]:
-    """Up to `steps` steps of `plan` (fewer when a checkpoint falls due), rolled back and
-    taken dense if a run's violators outgrew the capacity; the steps taken and the plan
-    for the next interval."""
+    engine: Engine, plan: Plan, steps: int, clock: CheckpointClock | None
+) -> tuple[int, int | None]:
+    """Up to `steps` steps of `plan` (fewer when a checkpoint falls due); the steps taken
+    and the largest violator count of a run at the last one (None: steps that count
+    none, mini-batch or cross-entropy)."""
     point = None if plan.dense else engine.save_point()
     start = engine.members[0].step
     counts, overflow = None, None
     taken = 0
     while taken < steps:
         counts, over = engine.step(plan)
-        overflow = over if overflow is None else overflow | over  # over: None when dense
+        if over is not None:  # None: a dense step, which cannot overflow
+            overflow = over if overflow is None else overflow | over
         taken += 1
         if clock is not None and clock.due(start + taken):
             break
-    if counts is None:  # steps that count no violators (mini-batch, cross-entropy)
-        return taken, plan
+    if counts is None:
+        return taken, None
     flag = overflow if overflow is not None else torch.zeros((), dtype=torch.bool)
     most, overflowed = torch.stack([counts.max(), flag.to(counts)]).tolist()  # the sync
     if overflowed:
         engine.roll_back(point)
-        for _ in range(taken):
-            replayed, _ = engine.step(DENSE)
-        assert replayed is not None
-        most = int(replayed.max())
-    return taken, plan_after(int(most), n)
+        most = _replay(engine, plan, taken)
+    return taken, int(most)
+
+
+def _replay(engine: Engine, plan: Plan, steps: int) -> int:
+    """An interval again, a step at a time: a step whose violators outgrew the capacity
+    is undone and taken dense. So every step is what it would be in any split of the
+    interval (a checkpoint that ends one early changes nothing)."""
+    most = 0
+    for _ in range(steps):
+        point = engine.save_point()
+        counts, over = engine.step(plan)
+        if over is not None and bool(over):
+            engine.roll_back(point)
+            counts, _ = engine.step(DENSE)
+        assert counts is not None
+        most = int(counts.max())
+    return most
 
 
 def _boundary(
