@@ -36,8 +36,9 @@ def check_finished_sweep(sweep_dir: Path, grid: Path = DEMO_GRID) -> pd.DataFram
     return curves.sort_values(["arch", "n_params"]).reset_index(drop=True)
 
 
-def live_test_error(sweep_dir: Path, n_star: float, chance: float = 0.5) -> pd.Series:
-    """The mean test error over the seeds that did not die, by N, after checking that at
+def live_test_error(sweep_dir: Path, n_star: float, chance: float = 0.5) -> pd.DataFrame:
+    """The mean test error over the seeds that did not die, by N, with its standard error
+    (columns mean, sem), after checking that at
     most one net died and only below N*. A dead net (every ReLU off: f constant, so test
     error at chance; f = 0 counts every sample as an error) is a fact of narrow depth-5
     nets on some CPUs: on an AMD EPYC the demo's h = 4 seed 2 died (test error 0.5), on an
@@ -45,4 +46,5 @@ def live_test_error(sweep_dir: Path, n_star: float, chance: float = 0.5) -> pd.S
     runs = pd.read_parquet(sweep_dir / "metrics", columns=["n_params", "test_error"])
     dead = runs[runs["test_error"] >= 0.8 * chance]
     assert len(dead) <= 1 and (dead["n_params"] < n_star).all(), dead
-    return runs.drop(dead.index).groupby("n_params")["test_error"].mean().sort_index()
+    by_n = runs.drop(dead.index).groupby("n_params")["test_error"]
+    return pd.DataFrame({"mean": by_n.mean(), "sem": by_n.sem()}).sort_index()

@@ -211,6 +211,11 @@ def test_what_may_share_a_pack():
     assert pack_key(specs(extra="margin: 0.5")[0]) != pack_key(fc[0])
     assert not packable(specs(extra="batch_size: 30")[0])
     assert not packable(specs(extra="subtract_init: true")[0])
+    # a pack steps a hinge loss; cross-entropy runs were packed (and trained on the square
+    # hinge) before issue 19: they train alone
+    cross_entropy = specs(extra="loss: cross_entropy", pack="auto")
+    assert not packable(cross_entropy[0])
+    assert [len(t) for t in plan_tasks(cross_entropy, slots=1)] == [1, 1, 1]
 
 
 def test_auto_pack_size_packs_small_nets_and_leaves_wide_ones_alone():

@@ -12,9 +12,9 @@ from schemas.run import RunSpec
 from workers import loop
 from workers.data import Dataset, load_dataset
 from workers.datasets.split import Split
-from workers.loop import DENSE, Member, Plan, member
+from workers.loop import DENSE, Member, Plan, member, plan_after, resumed_plan
 from workers.pack import Pack, run_model, stack_runs, train_pack
-from workers.train import RunResult, loss_value, squeeze_output
+from workers.train import RunResult, TrainState, loss_value, squeeze_output
 from workers.trainer import Solo, train
 
 GRID = """
@@ -178,3 +178,19 @@ def test_checkpoints_do_not_change_the_steps_a_run_takes(data, monkeypatch, capa
         assert any(not s.dense for s in saved)  # violator intervals were split
         for a, b in zip(split.outputs, never.outputs, strict=True):
             assert torch.equal(a.f, b.f)
+
+
+def test_the_kind_of_step_follows_the_violator_count():
+    assert plan_after(51, 100) == DENSE  # more than half violated: one dense pass pays
+    assert plan_after(50, 100) == Plan(100)  # capped at the P points there are
+    assert plan_after(30, 1000) == Plan(2 * 30 + 16)
+    assert plan_after(0, 1000) == Plan(16)
+    # a resume takes the checkpoint's kind; dense as soon as one run was dense
+    fresh = TrainState(0, {}, {}, torch.zeros(1), [], [], 0.0)
+    assert resumed_plan([None], 1000) == DENSE
+    assert resumed_plan([fresh], 1000) == DENSE
+    late = TrainState(5, {}, {}, torch.zeros(1), [], [], 0.0, dense=False, capacity=40)
+    older = TrainState(5, {}, {}, torch.zeros(1), [], [], 0.0, dense=False)  # no capacity
+    assert resumed_plan([late], 1000) == Plan(40)
+    assert resumed_plan([late, older], 1000) == Plan(1000)
+    assert resumed_plan([late, fresh], 1000) == DENSE
