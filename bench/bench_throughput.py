@@ -107,15 +107,32 @@ def single_time(spec, data, shift, scale, seconds: float) -> float:  # noqa: ANN
     return timed(lambda: engine.step(plan), seconds)
 
 
-def pack_time(specs, data, shift, scales, seconds: float) -> float:  # noqa: ANN001
-    """Seconds per run-step of a pack of len(specs) runs."""
+def pack_time(specs, data, shift, scales, seconds: float) -> tuple[float, Plan]:  # noqa: ANN001
+    """Seconds per run-step of a pack of len(specs) runs, and the plan it stepped."""
     pack: Pack = stack_runs([Member(s) for s in specs], [None] * len(specs), data)
     if shift:  # late: every run from the seed-0 state, each with its own violated share
         for p in pack.params:
             p.copy_(p[0].expand_as(p))
         make_late(pack.params, shift, scales)
     plan = late_plan(pack.forward(data.train.x)[0], pack.y)
-    return timed(lambda: pack.step(plan), seconds) / len(specs)
+    return timed(lambda: pack.step(plan), seconds) / len(specs), plan
+
+
+def matmul_peak(seconds: float) -> float:
+    """FLOP/s of a 2048 x 2048 float64 matmul on this thread: the CPU's practical peak."""
+    a = torch.randn(2048, 2048, dtype=torch.float64)
+    return 2 * 2048**3 / timed(lambda: a @ a, seconds)
+
+
+def step_flops(spec, plan: Plan, n: int, d_in: int = 10) -> float:  # noqa: ANN001
+    """The arithmetic of one run's step: 2 flops per multiply-add of a forward through n
+    points, three times over (forward, d weight, d input) for the rows back-propagated,
+    plus the forward over all n that finds the violators in a violator step."""
+    widths = [d_in, *spec.arch.layer_widths(spec.width), 1]
+    per_point = 2 * sum(a * b for a, b in zip(widths, widths[1:], strict=False))
+    if plan.capacity is None:
+        return 3 * per_point * n
+    return per_point * n + 3 * per_point * plan.capacity
 
 
 def bmm_time(specs, data, shift, scales, seconds: float) -> float:  # noqa: ANN001
@@ -145,7 +162,7 @@ def bmm_time(specs, data, shift, scales, seconds: float) -> float:  # noqa: ANN0
     return timed(matmuls, seconds) / len(specs)
 
 
-def bench_width(h: float, pack_size: int, data: Dataset, seconds: float) -> None:
+def bench_width(h: float, pack_size: int, data: Dataset, seconds: float, peak: float) -> None:
     text = GRID.format(root=DATA, h=h, seeds=max(pack_size, 1), p=len(data.train))
     specs = parse_grid(text).expand()
     spec, x = specs[0], data.train.x
@@ -164,15 +181,17 @@ def bench_width(h: float, pack_size: int, data: Dataset, seconds: float) -> None
         phased = Dataset(type(data.train)(x, y, data.train.index), data.test)
         t_authors = authors_time(spec, x, y, shift_now, scale, seconds)
         t_module = single_time(spec, phased, shift_now, scale, seconds)
-        t_one = pack_time(specs[:1], phased, shift_now, scales[:1], seconds)
+        t_one, _ = pack_time(specs[:1], phased, shift_now, scales[:1], seconds)
         row = f"h={h:<4g} {phase:<5}  authors {t_authors * 1e3:7.3f}"
         row += f"   module {t_module * 1e3:7.3f} ({t_authors / t_module:4.2f}x)"
         row += f"   one {t_one * 1e3:7.3f} ({t_authors / t_one:4.2f}x)"
         if pack_size > 1:
-            t_pack = pack_time(specs, phased, shift_now, scales, seconds)
+            t_pack, plan = pack_time(specs, phased, shift_now, scales, seconds)
             t_bmm = bmm_time(specs, phased, shift_now, scales, seconds)
+            rate = step_flops(spec, plan, len(x)) / t_pack
             row += f"   pack of {pack_size} {t_pack * 1e3:7.3f} ({t_authors / t_pack:4.2f}x)"
             row += f"   bmm {t_bmm * 1e3:7.3f} (pack at {t_bmm / t_pack:4.2f} of it)"
+            row += f"   {rate / 1e9:5.2f} GFLOP/s = {rate / peak:4.1%} of the matmul peak"
         else:
             row += "   (auto does not pack this P * h on a CPU)"
         print(row, flush=True)
@@ -191,10 +210,12 @@ def main() -> None:
     torch.set_num_threads(1)
     spec = parse_grid(GRID.format(root=DATA, h=4, seeds=1, p=args.train_size)).expand()[0]
     data = load_dataset(spec.dataset)
+    peak = matmul_peak(args.seconds)
     print(f"P = {len(data.train)}, d = 10, L = 5, float64, 1 thread; ms per run-step")
+    print(f"float64 matmul peak (2048 x 2048, this thread): {peak / 1e9:.1f} GFLOP/s")
     for h in args.widths:
         packed = args.force_pack or auto_pack_size(h, 5, len(data.train), gpu=False) > 1
-        bench_width(h, args.pack if packed else 1, data, args.seconds)
+        bench_width(h, args.pack if packed else 1, data, args.seconds, peak)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
     print(f"peak RSS of this process (a worker's work, P = {len(data.train)}): {peak:.2f} GiB")
 

@@ -220,7 +220,8 @@ def test_what_may_share_a_pack():
 
 def test_auto_pack_size_packs_small_nets_and_leaves_wide_ones_alone():
     assert auto_pack_size(8, 5, 1000, gpu=False) == 20
-    assert auto_pack_size(4, 5, 10_000, gpu=False) == 20
+    assert auto_pack_size(4, 5, 5000, gpu=False) == 20
+    assert auto_pack_size(4, 5, 10_000, gpu=False) == 1  # no gain at P h = 40,000 (issue 19)
     assert auto_pack_size(16, 5, 10_000, gpu=False) == 1  # element-bound on a CPU
     assert auto_pack_size(300, 5, 10_000, gpu=False) == 1
     assert 1 < auto_pack_size(100, 5, 10_000, gpu=True) < 20  # memory-capped

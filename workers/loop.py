@@ -143,7 +143,7 @@ class Engine(Protocol):
         ...
 
     def state(self, row: int, wall_s: float, plan: Plan) -> TrainState:
-        """The run's checkpoint, with the next interval's plan."""
+        """The run's checkpoint, with the plan in force (a checkpoint does not change it)."""
         ...
 
     def keep(self, rows: list[int]) -> None:

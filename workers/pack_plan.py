@@ -16,14 +16,16 @@ from workers.pack import pack_key, packable
 def auto_pack_size(width: float, depth: int, train_size: int, gpu: bool) -> int:
     """The pack size `resources.pack: auto` gives one (arch, width).
 
-    CPU (bench/bench_throughput.py, 1 thread): a step pays a fixed cost per kernel, so a
-    pack wins while P * h is small (P = 1000, h = 8: a pack of 20 takes 0.55 ms per run-step,
-    one run alone 2.3 ms); from P * h of about 50,000 on the work per element dominates and
-    batched matmuls are no faster than one run's (P = 10,000, h = 16: slower), so those runs
-    train alone. GPU (not measured here: no GPU was available): kernel-launch bound, so
-    pack up to 20 runs. Either way a pack's activations (about 3 (R, P, h) float64 tensors
-    per layer, kept for the backward) stay under 512 MiB."""
-    if not gpu and train_size * width > 50_000:
+    CPU (bench/bench_throughput.py, 1 thread, issue 19's step): a pack of 20 beats a pack
+    of one (a run alone) while P * h is small: P = 1000, h = 8: 0.17 vs 0.25 ms per
+    run-step early, 0.09 vs 0.31 late; P * h = 20,000 (P = 2500, h = 8; P = 5000, h = 4):
+    0.94-1.06x early, 1.5-2.0x late; P * h = 40,000 (P = 10,000, h = 4): 0.86x early,
+    1.14x late, no gain; from P * h = 160,000 on a pack is 1.3-2.5x slower (batched
+    matmuls of (R, P, h) leave the caches). So pack while P * h <= 25,000. GPU (not
+    measured here: no GPU was available): kernel-launch bound, so pack up to 20 runs.
+    Either way a pack's activations (about 3 (R, P, h) float64 tensors per layer, kept for
+    the backward) stay under 512 MiB."""
+    if not gpu and train_size * width > 25_000:
         return 1
     per_run = 3 * train_size * width * depth * 8
     return max(1, min(20, int(512 * 2**20 // max(per_run, 1))))
