@@ -27,7 +27,6 @@ Packs are for FC nets trained full batch (`packable`); CNNs and mini-batch runs 
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable
 
 import torch
@@ -356,11 +355,3 @@ def train_pack(
     pack = stack_runs(members, resumes, data)
     plan = resumed_plan(resumes, len(data.train))
     run_loop(pack, data, plan, str(device), Callbacks(save, done, failed))
-
-
-def flops_per_run_step(spec: RunSpec, rows: float, d_in: int) -> float:
-    """Multiply-adds x 2 of a forward and backward through `rows` points of the run's net
-    (3 matmuls per layer), the arithmetic a step cannot avoid."""
-    assert isinstance(spec.arch, FCArch)
-    widths = [d_in, *spec.arch.layer_widths(spec.width), 1]
-    return 2 * 3 * rows * math.fsum(a * b for a, b in zip(widths, widths[1:], strict=False))
