@@ -29,6 +29,8 @@ from workers import io
 pytestmark = pytest.mark.ray
 
 # h = 1.5 nets cannot fit P = 60 and run to max_steps (long, checkpointed); h = 6 fit fast.
+# Budgets are sized so that a run lasts seconds: the kills must fall inside one (issue 19's
+# step made a 4,000-step run last ~1 s, and the killed-node test missed its window).
 GRID = """
 sweep: {sweep}
 dataset: {{name: digits_parity_pca, train_size: 60, test_size: 100, pca_dim: 10}}
@@ -58,10 +60,11 @@ def done_ids(layout: SweepLayout, specs) -> set[str]:  # noqa: ANN001
 def test_a_killed_worker_node_s_runs_resume_elsewhere_and_finish_once(tmp_path):
     from ray.cluster_utils import Cluster
 
-    grid = parse_grid(GRID.format(sweep="nodes", widths="[1.5]", seeds=3, steps=4000))
+    text = GRID.format(sweep="nodes", widths="[1.5]", seeds=3, steps=16000)
+    grid = parse_grid(text)
     specs = grid.expand()
     layout = SweepLayout(str(tmp_path), "nodes")
-    io.write_text(layout.grid_yaml, GRID.format(sweep="nodes", widths="[1.5]", seeds=3, steps=4000))
+    io.write_text(layout.grid_yaml, text)
     io.write_table(layout.manifest, manifest_table(specs))
     cluster = Cluster(
         initialize_head=True, head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1"}
@@ -218,13 +221,13 @@ def test_killing_the_submitting_client_does_not_stop_the_sweep(tmp_path, head):
 
 
 def test_after_the_whole_cluster_dies_a_resubmission_runs_only_what_is_missing(tmp_path, head):
-    grid_text = GRID.format(sweep="phoenix", widths="[6, 1.5]", seeds=2, steps=8000)
+    grid_text = GRID.format(sweep="phoenix", widths="[6, 1.5]", seeds=2, steps=24000)
     grid = write_grid(tmp_path / "g.yaml", grid_text)
     layout = SweepLayout(str(tmp_path / "res"), "phoenix", FLAT)
     specs = parse_grid(grid_text).expand()
     proc = submit_detached(grid, head, tmp_path / "res")
     assert "Ray job jamsweep-phoenix-" in proc.stdout
-    # h = 6 runs fit in a few hundred steps; h = 1.5 runs train all 8,000 (seconds after
+    # h = 6 runs fit in a few hundred steps; h = 1.5 runs train all 24,000 (seconds after
     # their first checkpoint): the kill comes once one of those has checkpointed, so it
     # falls before that run ends (waiting for any checkpoint could pick an h = 6 run's
     # that then finished, leaving the unfinished runs without one)
