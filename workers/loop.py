@@ -129,9 +129,10 @@ class Engine(Protocol):
 
     members: list[Member]
 
-    def step(self, plan: Plan) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """One optimizer step of every run: (violator counts (R,) at the weights before the
-        step, overflow ()), on the device; (None, None) for a step that counts none."""
+    def step(self, plan: Plan) -> torch.Tensor | None:
+        """One optimizer step of every run: the violator counts (R,) at the weights before
+        the step, on the device (more than `plan.capacity`: an overflow); None for a step
+        that counts none."""
         ...
 
     def measure(self, data: Dataset) -> list[dict[str, float]]:
@@ -203,8 +204,9 @@ def _interval(
     counts, overflow = None, None
     taken = 0
     while taken < steps:
-        counts, over = engine.step(plan)
-        if over is not None:  # None: a dense step, which cannot overflow
+        counts = engine.step(plan)
+        if counts is not None and plan.capacity is not None:  # a dense step cannot overflow
+            over = counts.max() > plan.capacity
             overflow = over if overflow is None else overflow | over
         taken += 1
         if clock is not None and clock.due(start + taken):
@@ -226,10 +228,10 @@ def _replay(engine: Engine, plan: Plan, steps: int) -> int:
     most = 0
     for _ in range(steps):
         point = engine.save_point()
-        counts, over = engine.step(plan)
-        if over is not None and bool(over):
+        counts = engine.step(plan)
+        if counts is not None and plan.capacity is not None and counts.max() > plan.capacity:
             engine.roll_back(point)
-            counts, _ = engine.step(DENSE)
+            counts = engine.step(DENSE)
         assert counts is not None
         most = int(counts.max())
     return most

@@ -136,32 +136,31 @@ class Pack:
                 g = torch.bmm(g, self.params[2 * i])  # (R, n, in)
                 g = torch.ops.aten.threshold_backward(g, inputs[i], 0)
 
-    def step(self, plan: Plan) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def step(self, plan: Plan) -> torch.Tensor:
         """One full-batch hinge step of every run (see `workers.loop`)."""
-        counts, overflow = self.gradients(plan)
+        counts = self.gradients(plan)
         self.update()
-        return counts, overflow
+        return counts
 
-    def gradients(self, plan: Plan) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def gradients(self, plan: Plan) -> torch.Tensor:
         """Every run's gradient into `grads`: the loss of a run is (1/P) sum of its hinge
         terms, so its gradient is the run's own. Returns the violator counts (R,) at
-        these weights and a violator step's overflow ()."""
+        these weights."""
         t = self.members[0].spec.training
         x, y, n = self.data.train.x, self.y, len(self.data.train)
         if plan.capacity is None:
             f, inputs = self.forward(x)
             delta = t.margin - y * f  # (R, P)
-            counts, overflow = (delta > 0).sum(1), None
+            counts = (delta > 0).sum(1)
             grad_f = _hinge_grad(t.loss, delta, y) / n
         else:
             violated = t.margin - y * self.forward(x)[0] > 0  # (R, P)
             order, real, counts = take_violators(violated, plan.capacity)
-            overflow = counts.max() > plan.capacity
             y_v = y[order]  # (R, C)
             f, inputs = self.forward(x[order])
             grad_f = _hinge_grad(t.loss, t.margin - y_v * f, y_v) * real / n
         self.backward(grad_f, inputs)
-        return counts, overflow
+        return counts
 
     def update(self) -> None:
         """One optimizer step of every run on the flat buffers: torch.optim.Adam's math

@@ -61,19 +61,19 @@ class Solo:
             self.batches.set_state(resume.rng)
         self.sparse = violator_only(spec, len(data.train))
 
-    def step(self, plan: Plan) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        loss, counts, overflow = self.loss(plan)
+    def step(self, plan: Plan) -> torch.Tensor | None:
+        loss, counts = self.loss(plan)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return counts, overflow
+        return counts
 
-    def loss(self, plan: Plan) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """The loss of one step with a graph to back-propagate, the violator counts (1,) at
-        these weights and the overflow () of a violator step (`workers.loop`)."""
+    def loss(self, plan: Plan) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The loss of one step with a graph to back-propagate and the violator counts (1,)
+        at these weights (None for steps that count none: `workers.loop`)."""
         t = self.members[0].spec.training
         train = self.data.train
-        counts = overflow = None
+        counts = None
         if not self.sparse:  # mini-batch, cross-entropy or a batch-mixing module
             x, y = minibatch(train, t.batch_size, self.batches)
             loss = loss_value(t.loss, squeeze_output(self.net, x), y, t.margin)
@@ -85,12 +85,11 @@ class Solo:
             with torch.no_grad():
                 violated = violators(squeeze_output(self.net, train.x), train.y, t.margin)
             order, real, counts = take_violators(violated[None], plan.capacity)
-            overflow = counts.max() > plan.capacity
             pick = order[0]  # (C,): the violators, then padding masked out of the loss
             f = squeeze_output(self.net, train.x[pick])
             terms = hinge_terms(t.loss, f, train.y[pick], t.margin) * real[0]
             loss = terms.sum() / len(train)
-        return loss, counts, overflow
+        return loss, counts
 
     def measure(self, data: Dataset) -> list[dict[str, float]]:
         spec = self.members[0].spec
